@@ -1,0 +1,103 @@
+"""PyTorch reference for the WCMA frequency stage (Eq. 5-6) and its cross-attention (Eq. 7).
+
+These functions are the test oracle for the Triton kernels in ``wcma_triton.py`` and the code the model runs
+when the kernels are not used (CPU tensors, training, ONNX's portable flavor). Layout is channels-last:
+a patch grid is ``(B, H, W, C)``.
+
+Haar convention (pinned to ``pytorch_wavelets.DWTForward(J=1, wave="haar", mode="zero")``): odd sides are
+zero-padded at the end, each 2x2 block ``[[a, b], [c, d]]`` gives
+
+    LL = (a+b+c+d)/2,  LH = (a+b-c-d)/2,  HL = (a-b+c-d)/2,  HH = (a-b-c+d)/2
+
+so ``F_L + F_H = LL + LH + HL + HH = 2a``: the attention input of Eq. 5 is a strided subsample, and only
+``LL`` needs all four pixels.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _pad_even(x: Tensor) -> Tensor:
+    """Zero-pad H and W (dims 1, 2 of a BHWC tensor) at the end up to even sizes."""
+    H, W = x.shape[1], x.shape[2]
+    ph, pw = H % 2, W % 2
+    if ph or pw:
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    return x
+
+
+def haar_dwt_ref(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One-level 2-D Haar DWT of a BHWC grid: ``(LL, LH, HL, HH)``, each ``(B, ceil(H/2), ceil(W/2), C)``."""
+    if x.dim() != 4:
+        raise ValueError(f"haar_dwt_ref expects (B, H, W, C), got shape {tuple(x.shape)}")
+    x = _pad_even(x)
+    a = x[:, 0::2, 0::2]
+    b = x[:, 0::2, 1::2]
+    c = x[:, 1::2, 0::2]
+    d = x[:, 1::2, 1::2]
+    ll = (a + b + c + d) * 0.5
+    lh = (a + b - c - d) * 0.5
+    hl = (a - b + c - d) * 0.5
+    hh = (a - b - c + d) * 0.5
+    return ll, lh, hl, hh
+
+
+def wcma_frequency_ref(
+    x: Tensor,
+    w_global: Tensor,
+    b_global: Tensor,
+    w_pw: Tensor,
+    b_pw: Tensor,
+    w_local: Tensor,
+    b_local: Tensor,
+) -> Tensor:
+    """Frequency-enhanced patch features ``F_p`` (Eq. 5-6).
+
+    Args:
+        x: patch grid ``F_I``, ``(B, H, W, C)``.
+        w_global, b_global: ``W_1`` of Eq. 5, ``(C, C)`` and ``(C,)`` (nn.Linear layout: out x in).
+        w_pw, b_pw: pointwise convolution ``delta_p``, ``(D, C)`` and ``(D,)``.
+        w_local, b_local: ``W_2`` of Eq. 5, ``(C, D)`` and ``(C,)``.
+
+    Returns:
+        ``F_p = F_H * W_h + F_L`` with ``W_h = sigmoid(W_1 ReLU(GAP(F_L+F_H)) + W_2 ReLU(delta_p(F_L+F_H)))``,
+        shape ``(B, ceil(H/2), ceil(W/2), C)``, dtype of ``x``.
+    """
+    ll, lh, hl, hh = haar_dwt_ref(x)
+    f_l = ll
+    f_h = lh + hl + hh
+    s = f_l + f_h  # = 2 * top-left pixel of each block
+    g = F.linear(F.relu(s.mean(dim=(1, 2))), w_global, b_global)  # (B, C): global branch
+    loc = F.linear(F.relu(F.linear(s, w_pw, b_pw)), w_local, b_local)  # (B, h, w, C): local branch
+    w_h = torch.sigmoid(loc + g[:, None, None, :])
+    return f_h * w_h + f_l
+
+
+def wcma_cross_attention_ref(
+    f_t: Tensor,
+    f_p: Tensor,
+    w_q: Tensor,
+    w_k: Tensor,
+    w_v: Tensor,
+) -> Tensor:
+    """Text queries over frequency-enhanced patches (Eq. 7): ``softmax(Q_T K_I^T / sqrt(C)) V_I``.
+
+    Args:
+        f_t: text embeddings ``F_T``, ``(B, T, C)`` (T = 2: normal, abnormal).
+        f_p: ``F_p``, ``(B, h, w, C)``.
+        w_q, w_k, w_v: ``(C, C)`` each, nn.Linear layout (out x in), no bias.
+
+    Returns:
+        ``F'_T``, ``(B, T, C)``.
+    """
+    B, h, w, C = f_p.shape
+    kv = f_p.reshape(B, h * w, C)
+    q = F.linear(f_t, w_q)
+    k = F.linear(kv, w_k)
+    v = F.linear(kv, w_v)
+    attn = torch.softmax((q @ k.transpose(1, 2)) / (C ** 0.5), dim=-1)
+    return attn @ v

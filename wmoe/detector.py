@@ -1,0 +1,98 @@
+"""``wmoe.Detector``: score images with a trained WMoE-CLIP checkpoint.
+
+    >>> det = Detector.from_checkpoint("runs/demo/model.safetensors")
+    >>> result = det(image)            # numpy uint8 HxWx3, PIL, torch, or a list/batch of them
+    >>> result.scores[0], result.maps[0].shape   # image score, anomaly map at the input's own resolution
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_model
+from .model import WMoECLIP
+from .preprocess import original_sizes, resize_normalize, to_chw_list
+
+
+@dataclass
+class DetectionResult:
+    """Per-image results. ``scores``: s_hat (N,), ``text_scores``: s_txt (N,); ``maps``: one float32 HxW map per
+    image at that image's own resolution (a list, since sizes may differ; ``np.stack`` them when equal)."""
+
+    scores: np.ndarray
+    text_scores: np.ndarray
+    maps: List[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def is_anomalous(self, threshold: float) -> np.ndarray:
+        return self.scores >= threshold
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class Detector:
+    """Inference wrapper: input checking, preprocessing, batching, maps back at input resolution.
+
+    Args:
+        model: a WMoE-CLIP model (eval mode is set here).
+        device: "cpu", "cuda", "cuda:1", ...; default CUDA when available.
+        dtype: "fp32" (default), or "fp16"/"bf16" on CUDA.
+        batch_size: images per forward pass.
+        threshold: decision threshold on ``scores`` (e.g. the F1-max threshold stored at evaluation).
+    """
+
+    def __init__(self, model: WMoECLIP, device: Optional[str] = None, dtype: Union[str, torch.dtype] = "fp32",
+                 batch_size: int = 16, threshold: Optional[float] = None) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+            dtype = _DTYPES[dtype]
+        if dtype != torch.float32 and self.device.type != "cuda":
+            raise ValueError(f"{dtype} inference needs a CUDA device; use fp32 on {self.device}")
+        self.dtype = dtype
+        self.model = model.to(self.device, dtype).eval()
+        self.batch_size = int(batch_size)
+        self.threshold = threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], pretrained: Optional[str] = None, **kwargs: Any) -> "Detector":
+        model = load_model(path, pretrained=pretrained)
+        thr = kwargs.pop("threshold", None)
+        if thr is None:
+            thr = getattr(model, "checkpoint_info").extra.get("threshold")
+        return cls(model, threshold=thr, **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.cfg.image_size
+
+    @torch.no_grad()
+    def __call__(self, images: Any) -> DetectionResult:
+        chw = to_chw_list(images)
+        sizes = original_sizes(chw)
+        scores, tscores, maps = [], [], []
+        for start in range(0, len(chw), self.batch_size):
+            chunk = [t.to(self.device) for t in chw[start:start + self.batch_size]]
+            x = resize_normalize(chunk, self.image_size).to(self.dtype)
+            out = self.model(x)
+            scores.append(out.scores.float().cpu())
+            tscores.append(out.text_scores.float().cpu())
+            m = out.maps.float().unsqueeze(1)
+            for j, (h, w) in enumerate(sizes[start:start + len(chunk)]):
+                mj = m[j:j + 1]
+                if (h, w) != tuple(mj.shape[-2:]):
+                    mj = F.interpolate(mj, size=(h, w), mode="bilinear", align_corners=False)
+                maps.append(mj[0, 0].cpu().numpy())
+        return DetectionResult(torch.cat(scores).numpy(), torch.cat(tscores).numpy(), maps)

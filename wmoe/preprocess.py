@@ -1,0 +1,108 @@
+"""Image input checking and preprocessing shared by the Detector, export and the runtime.
+
+Squash resize (no crop: the whole part stays in view, as the peers do) with antialiased bicubic interpolation,
+then OpenAI CLIP's mean/std normalization.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class InputError(ValueError):
+    """An image handed to the detector cannot be used; the message says which one and why."""
+
+
+def _from_numpy(a: np.ndarray, where: str) -> Tensor:
+    if a.dtype != np.uint8:
+        raise InputError(f"{where}: numpy images must be uint8 HxWxC (0-255), got dtype {a.dtype}; "
+                         f"convert with (img * 255).clip(0, 255).astype(np.uint8) or pass a float torch tensor")
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3:
+        raise InputError(f"{where}: expected an HxWxC image, got shape {a.shape}")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.shape[2] != 3:
+        raise InputError(f"{where}: expected 1, 3 or 4 channels (HxWxC), got {a.shape[2]} in shape {a.shape}")
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only buffers
+        a = a.copy()
+    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
+
+
+def _from_tensor(t: Tensor, where: str) -> Tensor:
+    if t.dtype == torch.uint8:
+        return _from_numpy(t.cpu().numpy(), where)
+    if not t.is_floating_point():
+        raise InputError(f"{where}: tensors must be uint8 HxWxC or float CxHxW in [0, 1], got dtype {t.dtype}")
+    if t.dim() != 3 or t.shape[0] not in (1, 3):
+        raise InputError(f"{where}: float tensors must be CxHxW with C = 1 or 3, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{where}: image contains NaN or infinite values")
+    return t.float().expand(3, -1, -1) if t.shape[0] == 1 else t.float()
+
+
+def to_chw_list(images: Any) -> List[Tensor]:
+    """Normalize any accepted input to a list of float CxHxW tensors in [0, 1] (on the CPU or their device).
+
+    Accepts: a uint8 numpy array HxWxC or NxHxWxC; a PIL image; a torch tensor (uint8 HxWxC / NxHxWxC, or float
+    CxHxW / NxCxHxW in [0, 1]); or a list of any of these.
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None  # type: ignore
+    if Image is not None and isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    elif isinstance(images, Tensor) and images.dim() == 4:
+        images = list(images.permute(0, 3, 1, 2) if images.dtype == torch.uint8 else images)
+        images = [i.permute(1, 2, 0) if i.dtype == torch.uint8 else i for i in images]
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    if len(images) == 0:
+        raise InputError("no images given (empty batch)")
+    out: List[Tensor] = []
+    for i, img in enumerate(images):
+        where = f"image {i}"
+        if Image is not None and isinstance(img, Image.Image):
+            img = np.asarray(img.convert("RGB"))
+        if isinstance(img, np.ndarray):
+            t = _from_numpy(img, where)
+        elif isinstance(img, Tensor):
+            t = _from_tensor(img, where)
+        else:
+            raise InputError(f"{where}: unsupported type {type(img).__name__}; pass numpy uint8, PIL or torch")
+        if t.shape[1] == 0 or t.shape[2] == 0:
+            raise InputError(f"{where}: empty image of shape {tuple(t.shape)}")
+        out.append(t)
+    return out
+
+
+def resize_normalize(images: Sequence[Tensor], size: int) -> Tensor:
+    """Squash-resize float CxHxW images in [0, 1] to ``size`` and normalize: (B, 3, size, size)."""
+    batch = []
+    for t in images:
+        x = t.unsqueeze(0)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        batch.append(x.clamp_(0.0, 1.0))
+    x = torch.cat(batch, 0)
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def original_sizes(images: Sequence[Tensor]) -> List[Tuple[int, int]]:
+    return [(int(t.shape[1]), int(t.shape[2])) for t in images]
