@@ -1,0 +1,1 @@
+"""Parity and throughput benchmarks (``wmoe.bench``)."""

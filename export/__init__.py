@@ -1,0 +1,1 @@
+"""Export of a trained WMoE-CLIP: ONNX, ONNX Runtime, TensorRT engines and plugins (``wmoe.export``)."""

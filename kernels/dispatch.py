@@ -1,0 +1,46 @@
+"""One entry point per fused stage: the model calls these, never a kernel or a reference directly.
+
+Backend choice: ``"auto"`` (Triton for CUDA tensors when Triton is importable and no gradient is needed, the
+PyTorch reference otherwise), ``"triton"`` or ``"reference"``. Set it per call, process-wide with
+:func:`set_backend`, or with the environment variable ``WMOE_KERNELS``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .moe_ref import moe_experts_dense_ref, moe_experts_ref
+from .wcma_ref import wcma_frequency_ref
+
+_BACKENDS = ("auto", "triton", "reference")
+_backend = os.environ.get("WMOE_KERNELS", "auto")
+
+
+def set_backend(name: str) -> None:
+    """Force a backend for every later call: ``auto``, ``triton`` or ``reference``."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {_BACKENDS}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,
+                   w_local: Tensor, b_local: Tensor, backend: Optional[str] = None) -> Tensor:
+    """``F_p`` of Eq. 5-6 for a BHWC grid; see :func:`wmoe.kernels.wcma_ref.wcma_frequency_ref`."""
+    return wcma_frequency_ref(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
+
+
+def moe_experts(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                top_k: int, backend: Optional[str] = None) -> Tensor:
+    """``x_p`` of Eq. 8; see :func:`wmoe.kernels.moe_ref.moe_experts_ref`."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        # No data-dependent shapes while tracing: the dense masked form gives the same numbers.
+        return moe_experts_dense_ref(x, w_router, b_router, w1, b1, w2, b2, top_k)
+    return moe_experts_ref(x, w_router, b_router, w1, b1, w2, b2, top_k)
