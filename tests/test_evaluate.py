@@ -1,0 +1,82 @@
+"""Evaluation end to end on the demo data, with the bad-input suite: skipped files are counted, not fatal."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wmoe.checkpoint import read_checkpoint, save_checkpoint
+from wmoe.config import ModelConfig
+from wmoe.data import make_demo_dataset, write_meta
+from wmoe.evaluate import evaluate
+from wmoe.model import WMoECLIP
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "m.safetensors")
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return make_demo_dataset(tmp_path / "demo", image_size=64, n_test_good=3, n_test_defect=3,
+                             categories=["gravel", "cell"])
+
+
+def test_eval_writes_tables_and_stores_threshold(ckpt, data, tmp_path):
+    table = evaluate(ckpt, data, out_dir=tmp_path / "out", progress=False)
+    assert [r.name for r in table.rows] == ["cell", "gravel"]
+    for r in table.rows:
+        assert r.n_images == 6 and r.n_anomalous == 3
+        for v in (r.image_auroc, r.pixel_auroc, r.pixel_pro, r.pixel_pro_binned):
+            assert 0.0 <= v <= 1.0
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["extra"]["skipped_files"] == 0 and doc["mean"]["name"] == "mean"
+    info, _ = read_checkpoint(ckpt)
+    assert info.extra["threshold"] == pytest.approx(doc["extra"]["threshold"])
+    # deterministic: a second run gives the same table
+    again = evaluate(ckpt, data, progress=False, store_threshold=False)
+    assert again.rows == table.rows
+
+
+def test_bad_files_are_skipped_and_counted(ckpt, data, tmp_path):
+    test = data / "gravel" / "test"
+    goods = sorted((test / "good").glob("*.png"))
+    goods[0].write_bytes(b"")                                    # zero-byte file
+    goods[1].write_text("this is not an image")                  # text named .png
+    raw = goods[2].read_bytes()
+    defect = sorted(p for p in test.iterdir() if p.name != "good")[0]
+    img = sorted(defect.glob("*.png"))[0]
+    img.write_bytes(img.read_bytes()[:200])                      # truncated PNG
+    masks = sorted((data / "gravel" / "ground_truth").rglob("*.png"))
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks[-1])  # mask of the wrong size
+    table = evaluate(ckpt, data, out_dir=tmp_path / "out", progress=False, store_threshold=False)
+    skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert table.extra["skipped_files"] == len(skipped) == 4
+    reasons = " ".join(s["reason"] for s in skipped)
+    assert str(goods[0]) in reasons or goods[0].name in reasons
+    gravel = [r for r in table.rows if r.name == "gravel"][0]
+    assert gravel.n_images == 2
+
+
+def test_class_without_anomalies_gives_nan_not_crash(ckpt, data, tmp_path):
+    test = data / "cell" / "test"
+    for d in test.iterdir():
+        if d.name != "good":
+            shutil.rmtree(d)
+    shutil.rmtree(data / "cell" / "ground_truth")
+    write_meta(data, "mvtec")
+    with pytest.warns(RuntimeWarning):
+        table = evaluate(ckpt, data, progress=False, store_threshold=False)
+    cell = [r for r in table.rows if r.name == "cell"][0]
+    assert math.isnan(cell.image_auroc) and math.isnan(cell.pixel_auroc)
+    assert not math.isnan(table.mean().image_auroc)  # the mean uses the defined classes
+
+
+def test_missing_folder_is_a_clear_error(ckpt, tmp_path):
+    from wmoe.data import DataError
+    with pytest.raises(DataError, match="nope"):
+        evaluate(ckpt, tmp_path / "nope", progress=False)

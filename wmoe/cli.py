@@ -1,0 +1,181 @@
+"""The ``wmoe`` command line: data, train, eval, predict, demo (and export / bench when installed).
+
+Errors about the user's files (bad data, checkpoints, images) print one line and exit with status 2; ``--debug``
+shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from . import __version__
+
+
+def _classes(s: Optional[str]) -> Optional[List[str]]:
+    return [c for c in s.split(",") if c] if s else None
+
+
+def _cmd_data_meta(a: argparse.Namespace) -> int:
+    from .data import write_meta
+    path = write_meta(a.root, a.format, out=a.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_data_demo(a: argparse.Namespace) -> int:
+    from .data import make_demo_dataset
+    root = make_demo_dataset(a.out, seed=a.seed, image_size=a.size)
+    print(f"wrote the demo data set to {root} (meta.json included)")
+    return 0
+
+
+def _model_cfg(a: argparse.Namespace):
+    from .config import ModelConfig
+    if a.tiny:
+        return ModelConfig.tiny(image_size=a.image_size or 336)
+    kw = {"image_size": a.image_size} if a.image_size else {}
+    if a.backbone:
+        kw["backbone"] = a.backbone
+    return ModelConfig(**kw)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+    cfg = TrainConfig(a.data, out_dir=a.out, meta=a.meta, classes=_classes(a.classes), epochs=a.epochs,
+                      batch_size=a.batch_size, lr=a.lr, seed=a.seed, num_workers=a.workers, device=a.device,
+                      max_steps=a.max_steps, resume=a.resume, amp=False if a.no_amp else None)
+    path = train(_model_cfg(a), cfg, pretrained=a.pretrained)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    table = evaluate(a.checkpoint, a.data, meta=a.meta, classes=_classes(a.classes), batch_size=a.batch_size,
+                     out_dir=a.out, pro=not a.no_pro, sigma=a.sigma, pretrained=a.pretrained, device=a.device,
+                     store_threshold=not a.no_store_threshold)
+    print(table.to_markdown())
+    print(f"wrote {a.out}/metrics.md, .csv, .json")
+    return 0
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import predict
+    doc = predict(a.checkpoint, a.images, a.out, threshold=a.threshold, pretrained=a.pretrained, device=a.device,
+                  batch_size=a.batch_size, overlays=not a.no_overlays)
+    for r in doc["results"]:
+        verdict = "" if "anomalous" not in r else ("  ANOMALOUS" if r["anomalous"] else "  ok")
+        print(f"{r['score']:.4f}{verdict}  {r['path']}")
+    for e in doc["errors"]:
+        print(f"error: {e['error']}", file=sys.stderr)
+    print(f"wrote {a.out}/scores.csv, scores.json")
+    return 1 if doc["errors"] else 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+    run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, seed=a.seed, device=a.device,
+                        max_steps=a.max_steps))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wmoe", description="WMoE-CLIP zero-shot anomaly detection")
+    p.add_argument("--version", action="version", version=f"wmoe {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
+    m = d.add_parser("meta", help="write ROOT/meta.json for a data set layout")
+    m.add_argument("root")
+    m.add_argument("--format", required=True, help="mvtec, visa, folder, btad, ... (see docs/data.md)")
+    m.add_argument("--out", default=None, help="where to write meta.json (default ROOT/meta.json)")
+    m.set_defaults(func=_cmd_data_meta)
+    dd = d.add_parser("demo", help="write the embedded demo data set")
+    dd.add_argument("out")
+    dd.add_argument("--seed", type=int, default=0)
+    dd.add_argument("--size", type=int, default=256)
+    dd.set_defaults(func=_cmd_data_demo)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--pretrained", default=None, help="local open_clip/OpenAI weights file of the backbone")
+        sp.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+
+    t = sub.add_parser("train", help="train on an auxiliary data set (paper defaults)")
+    t.add_argument("data", help="data root with meta.json")
+    t.add_argument("--out", default="runs/wmoe")
+    t.add_argument("--meta", default=None)
+    t.add_argument("--classes", default=None, help="comma-separated subset")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--seed", type=int, default=111)
+    t.add_argument("--workers", type=int, default=0)
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    t.add_argument("--no-amp", action="store_true")
+    t.add_argument("--tiny", action="store_true", help="the tiny random-init backbone (tests, demos)")
+    t.add_argument("--backbone", default=None, help="open_clip model name (default ViT-L-14-336-quickgelu)")
+    t.add_argument("--image-size", type=int, default=None, help="336 or 518 (default 518)")
+    model_args(t)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="zero-shot evaluation: per-class metrics table")
+    e.add_argument("checkpoint")
+    e.add_argument("data")
+    e.add_argument("--out", default="eval_out")
+    e.add_argument("--meta", default=None)
+    e.add_argument("--classes", default=None)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--sigma", type=float, default=4.0)
+    e.add_argument("--no-pro", action="store_true", help="skip the PRO metrics")
+    e.add_argument("--no-store-threshold", action="store_true",
+                   help="do not store the F1-max threshold in the checkpoint")
+    model_args(e)
+    e.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="score images; CSV/JSON and heatmap overlays")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--threshold", type=float, default=None)
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--no-overlays", action="store_true")
+    model_args(pr)
+    pr.set_defaults(func=_cmd_predict)
+
+    de = sub.add_parser("demo", help="the end-to-end demo: data, training, evaluation, predictions, report")
+    de.add_argument("--out", default="demo_out")
+    de.add_argument("--epochs", type=int, default=20)
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--max-steps", type=int, default=None)
+    model_args(de)
+    de.set_defaults(func=_cmd_demo)
+
+    for mod in ("wmoe.export.cli", "wmoe.bench.cli"):
+        try:
+            module = __import__(mod, fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .preprocess import InputError
+    try:
+        return int(a.func(a) or 0)
+    except (DataError, CheckpointError, InputError, FileNotFoundError) as e:
+        if a.debug:
+            raise
+        print(f"wmoe {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

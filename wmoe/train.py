@@ -1,0 +1,177 @@
+"""Training on an auxiliary data set (Eq. 11), as the peers do: on its *test* split, where anomalies and masks are.
+
+Defaults are the paper's: Adam, lr 2e-4, 20 epochs, batch 32. Only CTDS, WCMA and SA-MoE parameters are optimized;
+the CLIP backbone stays frozen. A checkpoint (trainable weights, safetensors) and the optimizer state (also
+safetensors) are written atomically after every epoch, so ``resume`` continues from the last saved step.
+Several GPUs: ``torchrun --nproc_per_node=N -m wmoe train ...`` (DistributedDataParallel; gloo on CPU).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import ModelConfig
+from .data import AnomalyDataset, DataError, SkippedFiles, collate
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .losses import total_loss
+from .model import WMoECLIP
+from .optim_state import load_optimizer, save_optimizer
+
+
+@dataclass
+class TrainConfig:
+    data_root: str
+    out_dir: str = "runs/wmoe"
+    meta: Optional[str] = None
+    classes: Optional[List[str]] = None
+    split: str = "test"  # the peers train on the auxiliary set's test split (it holds the anomalies)
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-4
+    betas: Sequence[float] = (0.9, 0.999)
+    seed: int = 111
+    num_workers: int = 0
+    amp: Optional[bool] = None  # None: on for CUDA
+    device: Optional[str] = None
+    max_steps: Optional[int] = None  # stop early (tests, the demo)
+    resume: bool = False
+    log_every: int = 1
+    progress: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def checkpoint_paths(out_dir: Path) -> "tuple[Path, Path]":
+    return out_dir / "last.safetensors", out_dir / "last.optim.safetensors"
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str] = None) -> Path:
+    """Train and return the path of the last checkpoint (``OUT/last.safetensors``)."""
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info: DistInfo = init_distributed(device)
+    if dist_info.enabled and device.startswith("cuda"):
+        device = f"cuda:{dist_info.local_rank}"
+    out_dir = Path(cfg.out_dir)
+    ckpt_path, optim_path = checkpoint_paths(out_dir)
+    try:
+        return _train(model_cfg, cfg, pretrained, device, dist_info, out_dir, ckpt_path, optim_path)
+    finally:
+        cleanup(dist_info)
+
+
+def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], device: str, dist_info: DistInfo,
+           out_dir: Path, ckpt_path: Path, optim_path: Path) -> Path:
+    _seed_all(cfg.seed)
+    dataset = AnomalyDataset(cfg.data_root, cfg.meta, split=cfg.split, classes=cfg.classes,
+                             image_size=model_cfg.image_size, on_error="skip")
+    if len(dataset) == 0:
+        raise DataError(f"{cfg.data_root}: the '{cfg.split}' split has no images to train on")
+    model = WMoECLIP(model_cfg, pretrained=pretrained).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+    start_step, history = 0, []
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise DataError(f"cannot resume: {ckpt_path} does not exist")
+        info, tensors = read_checkpoint(ckpt_path)
+        if info.config.to_dict() != model_cfg.to_dict():
+            raise DataError(f"cannot resume from {ckpt_path}: it was trained with another model config")
+        model.load_state_dict(tensors, strict=False)
+        progress, rng = load_optimizer(opt, optim_path)
+        start_step, history = int(progress["step"]), list(progress.get("history", []))
+        torch.set_rng_state(rng)
+    steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * dist_info.world_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, int(cfg.max_steps))
+    amp = cfg.amp if cfg.amp is not None else device.startswith("cuda")
+    train_model: torch.nn.Module = model
+    if dist_info.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device.startswith("cuda") else None)
+    model.train()
+    model.backbone.eval()  # frozen: no dropout/batch-norm updates
+    skipped = SkippedFiles()
+    step = start_step
+    bar = None
+    if cfg.progress and dist_info.is_main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    t0 = time.time()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        # The order is a function of (seed, epoch): resuming mid-epoch skips the batches already seen.
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        if dist_info.enabled:
+            sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True,
+                                         seed=cfg.seed, drop_last=False)
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+        else:
+            order = torch.randperm(len(dataset), generator=g).tolist()
+        order = order[in_epoch * cfg.batch_size:]
+        loader = DataLoader(Subset(dataset, order), batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.num_workers, collate_fn=collate,
+                            # its own generator: creating a loader must not draw from the global RNG (resume)
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        for batch, bad in loader:
+            skipped.add(bad)
+            if batch is None:
+                step += 1
+                continue
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            labels = batch["label"].to(device)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.startswith("cuda")):
+                out = train_model(images)
+            terms = total_loss(out, labels, masks)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            opt.step()
+            step += 1
+            rec = {k: float(v.detach()) for k, v in terms.items()}
+            rec["step"] = step
+            history.append(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "global", "local", "kl", "rec") if k in rec})
+            end_of_epoch = step % steps_per_epoch == 0
+            if end_of_epoch or step >= total_steps:
+                _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info,
+                      time.time() - t0)
+            if step >= total_steps or end_of_epoch:
+                break
+    if bar is not None:
+        bar.close()
+    if step == start_step and dist_info.is_main and not ckpt_path.exists():
+        _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info, 0.0)
+    if len(skipped) and dist_info.is_main:
+        print(skipped.summary())
+    barrier(dist_info)
+    return ckpt_path
+
+
+def _save(model, opt, cfg: TrainConfig, ckpt_path: Path, optim_path: Path, step: int, steps_per_epoch: int,
+          history: List[Dict[str, float]], skipped: SkippedFiles, dist_info: DistInfo, seconds: float) -> None:
+    if not dist_info.is_main:
+        return
+    tc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    extra = {"step": step, "epoch": step / steps_per_epoch, "train_config": tc, "skipped_files": len(skipped),
+             "final_loss": history[-1]["loss"] if history else None, "world_size": dist_info.world_size,
+             "train_seconds": round(seconds, 2), **cfg.extra}
+    save_checkpoint(model, ckpt_path, extra=extra)
+    save_optimizer(opt, optim_path, {"step": step, "history": history[-1000:]})
