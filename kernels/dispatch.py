@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .moe_ref import moe_experts_dense_ref, moe_experts_ref
+from .moe_ref import _tracing, moe_experts_dense_ref, moe_experts_ref
 from .wcma_ref import wcma_frequency_ref
 
 _BACKENDS = ("auto", "triton", "reference")
@@ -40,7 +40,7 @@ def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, 
 def moe_experts(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                 top_k: int, backend: Optional[str] = None) -> Tensor:
     """``x_p`` of Eq. 8; see :func:`wmoe.kernels.moe_ref.moe_experts_ref`."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+    if _tracing():
         # No data-dependent shapes while tracing: the dense masked form gives the same numbers.
         return moe_experts_dense_ref(x, w_router, b_router, w1, b1, w2, b2, top_k)
     return moe_experts_ref(x, w_router, b_router, w1, b1, w2, b2, top_k)

@@ -16,6 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _tracing() -> bool:
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting
+                or torch.onnx.is_in_onnx_export())
+
+
 def moe_router_ref(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
     """Routing gate ``G(x_a)``: returns ``(weights (B, k) float32, experts (B, k) int64)``.
 
@@ -26,9 +32,14 @@ def moe_router_ref(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int) ->
         raise ValueError(f"top_k must be in [1, {n_experts}], got {top_k}")
     logits = F.linear(x.float(), w_router.float(), b_router.float())
     probs = torch.softmax(logits, dim=-1)
-    # A stable descending sort makes ties go to the lower expert index: deterministic on every backend.
-    top_p, top_i = torch.sort(probs, dim=-1, descending=True, stable=True)
-    top_p, top_i = top_p[:, :top_k], top_i[:, :top_k]
+    if _tracing():
+        # ONNX TopK puts the lower index first on ties (its spec), the same order as the stable sort below;
+        # the exporters have no stable sort.
+        top_p, top_i = torch.topk(probs, top_k, dim=-1, largest=True, sorted=True)
+    else:
+        # A stable descending sort makes ties go to the lower expert index: deterministic on every backend.
+        top_p, top_i = torch.sort(probs, dim=-1, descending=True, stable=True)
+        top_p, top_i = top_p[:, :top_k], top_i[:, :top_k]
     return top_p / top_p.sum(dim=-1, keepdim=True), top_i
 
 

@@ -168,9 +168,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .preprocess import InputError
+    errors = [DataError, CheckpointError, InputError, FileNotFoundError]
+    try:
+        from wmoe.export.onnx_export import ExportError
+        errors.append(ExportError)
+    except ImportError:
+        pass
     try:
         return int(a.func(a) or 0)
-    except (DataError, CheckpointError, InputError, FileNotFoundError) as e:
+    except tuple(errors) as e:
         if a.debug:
             raise
         print(f"wmoe {a.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,61 @@
+"""``wmoe export onnx|trt`` (also installed as ``wmoe-export``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _onnx(a: argparse.Namespace) -> int:
+    from .onnx_export import export_onnx
+    frame = tuple(int(v) for v in a.frame_size.lower().split("x")) if a.frame_size else None
+    path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=bool(frame), frame_size=frame,
+                       opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor)
+    print(f"wrote {path} ({a.flavor}, {a.precision}, exporter {a.exporter})")
+    return 0
+
+
+def _trt(a: argparse.Namespace) -> int:
+    from .trt_build import build_engine
+    path = build_engine(a.onnx, a.out, precision=a.precision, batch=a.batch, workspace_gb=a.workspace_gb)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export to ONNX / TensorRT")
+    sub = p.add_subparsers(dest="export_command", required=True)
+    o = sub.add_parser("onnx", help="checkpoint -> ONNX (scores, maps, text_scores)")
+    o.add_argument("checkpoint")
+    o.add_argument("--out", required=True)
+    o.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    o.add_argument("--flavor", choices=["portable", "plugin"], default="portable")
+    o.add_argument("--frame-size", default=None, help="HxW: put uint8 preprocessing in the graph (camera frames)")
+    o.add_argument("--opset", type=int, default=18)
+    o.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    o.add_argument("--pretrained", default=None)
+    o.set_defaults(func=_onnx)
+    t = sub.add_parser("trt", help="ONNX -> TensorRT engine (+ JSON sidecar)")
+    t.add_argument("onnx")
+    t.add_argument("--out", required=True)
+    t.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
+    t.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX, several comma-separated")
+    t.add_argument("--workspace-gb", type=float, default=4.0)
+    t.set_defaults(func=_trt)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from wmoe.checkpoint import CheckpointError
+    from .onnx_export import ExportError
+    parser = argparse.ArgumentParser(prog="wmoe-export")
+    register(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(["export"] + list(sys.argv[1:] if argv is None else argv))
+    try:
+        return int(a.func(a) or 0)
+    except (CheckpointError, ExportError, ValueError) as e:
+        print(f"wmoe export: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

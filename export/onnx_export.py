@@ -1,0 +1,148 @@
+"""ONNX export of a trained WMoE-CLIP: one graph from an image batch to image scores and anomaly maps.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export based; the TorchScript exporter is deprecated
+upstream) with opset 18; ``exporter="torchscript"`` is kept as a fallback for older torch. Known traps handled:
+``nn.MultiheadAttention``'s fast path (``aten::_native_multi_head_attention``) has no ONNX form, so it is switched
+off during export; the SA-MoE uses its dense masked form and the router ``TopK`` (no data-dependent shapes).
+Outputs are the Detector's fields ``scores`` (N,), ``maps`` (N,S,S), ``text_scores`` (N,) with a dynamic batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import torch
+
+from wmoe import __version__
+from wmoe.atomic import atomic_path
+from wmoe.checkpoint import CheckpointError, load_model
+from wmoe.model import WMoECLIP
+from wmoe.preprocess import CLIP_MEAN, CLIP_STD
+
+from .wrapper import OUTPUT_NAMES, ExportWrapper
+
+DEFAULT_OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
+
+
+class ExportError(RuntimeError):
+    """Export failed; the message says what and where."""
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    mha = getattr(torch.backends, "mha", None)
+    old = mha.get_fastpath_enabled() if mha else None
+    if mha:
+        mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        if mha:
+            mha.set_fastpath_enabled(old)
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path], *, precision: str = "fp32",
+                preprocess: bool = False, frame_size: Optional["tuple[int, int]"] = None, opset: int = DEFAULT_OPSET,
+                batch: int = 2, max_batch: int = 256, exporter: str = "dynamo", pretrained: Optional[str] = None,
+                flavor: str = "portable") -> Path:
+    """Export to ``out`` (written atomically) and return its path.
+
+    Args:
+        precision: ``fp32`` or ``fp16`` (weights and compute in fp16, inputs and outputs stay fp32 — what TensorRT 11's
+            strongly typed networks need to build a reduced-precision engine).
+        preprocess: input ``frames`` uint8 (N,H,W,3) of ``frame_size`` (H, W) instead of ``images``.
+        flavor: ``portable`` (standard ONNX ops only). The ``plugin`` flavor needs the Triton kernels of
+            ``wmoe.kernels``, which this release does not ship yet.
+    """
+    import onnx
+
+    if flavor != "portable":
+        raise ExportError(f"flavor {flavor!r} is not available: the plugin flavor needs the fused Triton kernels "
+                          f"(wmoe.kernels), not shipped in this release; use flavor='portable'")
+    if precision not in ("fp32", "fp16"):
+        raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    ckpt_sha = "in-memory-model"
+    if isinstance(ckpt_or_model, WMoECLIP):
+        model = ckpt_or_model
+    else:
+        path = Path(ckpt_or_model)
+        model = load_model(path, pretrained=pretrained)  # CheckpointError names the file
+        ckpt_sha = sha256_file(path)
+    model = model.float().eval().cpu()
+    s = model.image_size
+    wrapper = ExportWrapper(model, preprocess=preprocess,
+                            dtype=torch.float16 if precision == "fp16" else torch.float32)
+    if preprocess:
+        if not frame_size:
+            raise ExportError("preprocess=True needs frame_size=(H, W): the camera's frame size")
+        h, w = frame_size
+        example = torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8)
+        in_name = "frames"
+    else:
+        example = torch.randn(batch, 3, s, s)
+        in_name = "images"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with atomic_path(out) as tmp:
+            if exporter == "dynamo":
+                dim = torch.export.Dim("N", min=1, max=max_batch)
+                prog = torch.onnx.export(wrapper, (example,), None, input_names=[in_name],
+                                         output_names=list(OUTPUT_NAMES), dynamic_shapes=({0: dim},),
+                                         dynamo=True, opset_version=opset, verbose=False)
+                prog.optimize()
+                proto = prog.model_proto
+            else:
+                axes = {n: {0: "N"} for n in (in_name, *OUTPUT_NAMES)}
+                torch.onnx.export(wrapper, (example,), str(tmp), input_names=[in_name],
+                                  output_names=list(OUTPUT_NAMES), dynamic_axes=axes, dynamo=False,
+                                  opset_version=opset)
+                proto = onnx.load(str(tmp))
+            proto.producer_name = "wmoe"
+            proto.producer_version = __version__
+            meta = {
+                "wmoe.config": model.cfg.to_json(), "wmoe.image_size": str(s), "wmoe.flavor": flavor,
+                "wmoe.input": in_name, "wmoe.mean": json.dumps(list(CLIP_MEAN)), "wmoe.std": json.dumps(list(CLIP_STD)),
+                "wmoe.checkpoint_sha256": ckpt_sha, "wmoe.version": __version__, "wmoe.exporter": exporter,
+                "wmoe.precision": precision,
+            }
+            if preprocess:
+                meta["wmoe.frame_size"] = json.dumps(list(frame_size))
+            del proto.metadata_props[:]
+            for k, v in sorted(meta.items()):
+                proto.metadata_props.add(key=k, value=v)
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
+    return out
+
+
+def read_metadata(path: Union[str, Path]) -> dict:
+    """The ``wmoe.*`` metadata of an exported file; a clear error for files that are not ONNX."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
+    if not proto.graph.node:
+        raise ExportError(f"{path} is not an ONNX model (no graph)")
+    return {p.key: p.value for p in proto.metadata_props}

@@ -1,0 +1,158 @@
+"""TensorRT engine build from the exported ONNX (TensorRT Python API), with a JSON sidecar beside the engine.
+
+Written against TensorRT 10.x / 11 documented APIs: ``trt.Builder``, ``OnnxParser`` (every parser error printed),
+one optimization profile per declared batch range, a timing cache reused across builds. TensorRT 11 networks are
+strongly typed (no precision flags): reduced precision must come from the ONNX itself (``--precision fp16`` export);
+TensorRT 10 takes the builder flags. Where TensorRT is not installed, :func:`require_tensorrt` says what to install.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+from wmoe.atomic import atomic_path, atomic_write_text
+
+from .onnx_export import ExportError, read_metadata, sha256_file
+
+INSTALL_HINT = ("TensorRT is not installed. On x86-64 with CUDA 12/13: pip install tensorrt cuda-python; "
+                "on Jetson (JetPack 6): apt install python3-libnvinfer (ships with JetPack) and pip install cuda-python")
+
+
+class EngineCompatError(RuntimeError):
+    """An engine cannot run here (other GPU, other TensorRT, other input shape)."""
+
+
+def require_tensorrt():
+    try:
+        import tensorrt as trt  # type: ignore
+    except ImportError as e:
+        raise ExportError(INSTALL_HINT) from e
+    return trt
+
+
+def parse_batch(spec: str) -> List[Tuple[int, int, int]]:
+    """``"1:8:32"`` -> [(1, 8, 32)] (min:opt:max); several ranges comma-separated: ``"1:1:1,8:16:32"``."""
+    ranges = []
+    for part in spec.split(","):
+        bits = part.strip().split(":")
+        if len(bits) == 1:
+            bits = bits * 3
+        if len(bits) != 3 or not all(b.isdigit() for b in bits):
+            raise ValueError(f"batch range {part!r}: expected MIN:OPT:MAX, e.g. 1:8:32")
+        lo, opt, hi = map(int, bits)
+        if not 1 <= lo <= opt <= hi:
+            raise ValueError(f"batch range {part!r}: need 1 <= MIN <= OPT <= MAX")
+        ranges.append((lo, opt, hi))
+    return ranges
+
+
+@dataclass
+class EngineSidecar:
+    engine: str
+    onnx_sha256: str
+    checkpoint_sha256: str
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    inputs: Dict[str, List[int]] = field(default_factory=dict)  # name -> shape with -1 for the batch
+    outputs: Dict[str, List[int]] = field(default_factory=dict)
+    batch_ranges: List[List[int]] = field(default_factory=list)
+    image_size: int = 0
+    input_kind: str = "images"
+    host: str = field(default_factory=platform.machine)
+
+    def write(self, path: Union[str, Path]) -> Path:
+        atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: Union[str, Path]) -> "EngineSidecar":
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except FileNotFoundError as e:
+            raise EngineCompatError(f"{path}: engine sidecar missing (it is written next to the engine)") from e
+        except (ValueError, TypeError) as e:
+            raise EngineCompatError(f"{path}: damaged engine sidecar ({e})") from e
+
+
+def _major_minor(v: str) -> Tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+
+
+def check_engine_compat(sidecar: EngineSidecar, gpu_name: str, tensorrt_version: str,
+                        input_shape: Optional[Tuple[int, ...]] = None) -> None:
+    """Raise :class:`EngineCompatError` naming the mismatch: engines are specific to a GPU model and TensorRT version."""
+    if sidecar.gpu_name != gpu_name:
+        raise EngineCompatError(f"engine {sidecar.engine} was built for {sidecar.gpu_name!r}, this GPU is "
+                                f"{gpu_name!r}: rebuild it here (wmoe export trt)")
+    if _major_minor(sidecar.tensorrt_version) != _major_minor(tensorrt_version):
+        raise EngineCompatError(f"engine {sidecar.engine} was built with TensorRT {sidecar.tensorrt_version}, "
+                                f"this is TensorRT {tensorrt_version}: rebuild it (engines do not move across versions)")
+    if input_shape is not None:
+        want = next(iter(sidecar.inputs.values()))
+        n = input_shape[0]
+        ok_batch = any(lo <= n <= hi for lo, _, hi in sidecar.batch_ranges) if sidecar.batch_ranges else True
+        if len(want) != len(input_shape) or any(w not in (-1, g) for w, g in zip(want, input_shape)) or not ok_batch:
+            raise EngineCompatError(f"input shape {tuple(input_shape)} does not fit engine {sidecar.engine}: "
+                                    f"expects {want} with batch in {sidecar.batch_ranges}")
+
+
+def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: str = "fp16",
+                 batch: str = "1:8:32", workspace_gb: float = 4.0, timing_cache: Optional[str] = None) -> Path:
+    """Build ``out`` from ``onnx_path``; write ``out`` + ``.json`` sidecar atomically. Needs TensorRT and a GPU."""
+    trt = require_tensorrt()
+    onnx_path, out = Path(onnx_path), Path(out)
+    meta = read_metadata(onnx_path)
+    ranges = parse_batch(batch)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = _major_minor(trt.__version__)[0]
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path}:\n{errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if major < 11:  # TensorRT 11: strongly typed networks, precision comes from the ONNX
+        if precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif precision == "bf16":
+            config.set_flag(trt.BuilderFlag.BF16)
+    elif precision != meta.get("wmoe.precision", "fp32"):
+        raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks: export the ONNX with "
+                          f"--precision {precision} (this file is {meta.get('wmoe.precision', 'fp32')})")
+    cache_path = Path(timing_cache or out.with_suffix(".timing.cache"))
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    inp = network.get_input(0)
+    shape = list(inp.shape)
+    for lo, opt, hi in ranges:
+        prof = builder.create_optimization_profile()
+        prof.set_shape(inp.name, [lo] + shape[1:], [opt] + shape[1:], [hi] + shape[1:])
+        config.add_optimization_profile(prof)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(bytes(blob))
+    with atomic_path(cache_path) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    from cuda.bindings import runtime as cudart  # type: ignore  # cuda-python
+    _, prop = cudart.cudaGetDeviceProperties(0)
+    EngineSidecar(
+        engine=out.name, onnx_sha256=sha256_file(onnx_path), checkpoint_sha256=meta.get("wmoe.checkpoint_sha256", ""),
+        precision=precision, tensorrt_version=trt.__version__, gpu_name=prop.name.decode().rstrip("\x00"),
+        compute_capability=f"{prop.major}.{prop.minor}",
+        inputs={inp.name: [-1] + shape[1:]},
+        outputs={network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)},
+        batch_ranges=[list(r) for r in ranges], image_size=int(meta.get("wmoe.image_size", 0)),
+        input_kind=meta.get("wmoe.input", "images"),
+    ).write(out.with_suffix(".json"))
+    return out

@@ -1,0 +1,106 @@
+"""ONNX export: the real exporter and the real ONNX Runtime against PyTorch; determinism; bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from wmoe.checkpoint import CheckpointError, save_checkpoint
+from wmoe.config import ModelConfig
+from wmoe.export.onnx_export import ExportError, export_onnx, read_metadata
+from wmoe.export.ort_session import make_session
+from wmoe.model import WMoECLIP
+from wmoe.preprocess import resize_normalize, to_chw_list
+
+SIZE = 112
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = WMoECLIP(ModelConfig.tiny(image_size=SIZE)).eval()
+    # train-like weights: perturb the trainable parameters so the heads are not at their init
+    with torch.no_grad():
+        for p in model.trainable_state_dict().values():
+            p.add_(torch.randn_like(p) * 0.02)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "m.safetensors")
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, tmp_path_factory):
+    return export_onnx(ckpt, tmp_path_factory.mktemp("onnx") / "m.onnx")
+
+
+def _torch(ckpt, x):
+    from wmoe.checkpoint import load_model
+    m = load_model(ckpt)
+    with torch.no_grad():
+        o = m(x)
+    return o.scores.numpy(), o.maps.numpy(), o.text_scores.numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_onnxruntime_matches_pytorch_fp32(ckpt, exported, batch):
+    x = torch.randn(batch, 3, SIZE, SIZE)
+    sess = make_session(exported)
+    assert [o.name for o in sess.get_outputs()] == ["scores", "maps", "text_scores"]
+    got = sess.run(None, {"images": x.numpy()})
+    ref = _torch(ckpt, x)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape
+        assert np.abs(g - r).max() <= 1e-4
+
+
+def test_metadata_checker_and_exporter_pinned(ckpt, exported):
+    proto = onnx.load(str(exported))
+    onnx.checker.check_model(proto)
+    meta = read_metadata(exported)
+    assert meta["wmoe.exporter"] == "dynamo" and meta["wmoe.flavor"] == "portable"
+    assert meta["wmoe.input"] == "images" and int(meta["wmoe.image_size"]) == SIZE
+    assert ModelConfig.from_dict(json.loads(meta["wmoe.config"])) == ModelConfig.tiny(image_size=SIZE)
+    ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
+    assert "TopK" in ops and all(n.domain in ("", "ai.onnx", "pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common")
+                                  for n in proto.graph.node)
+    # dynamic batch axis
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_export_is_deterministic(ckpt, exported, tmp_path):
+    again = export_onnx(ckpt, tmp_path / "again.onnx")
+    assert again.read_bytes() == exported.read_bytes()
+
+
+def test_in_graph_preprocessing_and_fp16(ckpt, tmp_path):
+    frames = np.random.default_rng().integers(0, 256, (2, 90, 120, 3), dtype=np.uint8)
+    p = export_onnx(ckpt, tmp_path / "frames.onnx", preprocess=True, frame_size=(90, 120))
+    got = make_session(p).run(None, {"frames": frames})
+    ref = _torch(ckpt, resize_normalize(to_chw_list(frames), SIZE))
+    # ONNX Resize's antialiased cubic differs slightly from torch's: a documented, small tolerance
+    assert np.abs(got[0] - ref[0]).max() < 1e-2 and np.abs(got[1] - ref[1]).max() < 2e-2
+    p16 = export_onnx(ckpt, tmp_path / "fp16.onnx", precision="fp16")
+    x = torch.randn(2, 3, SIZE, SIZE)
+    got = make_session(p16).run(None, {"images": x.numpy()})
+    ref = _torch(ckpt, x)
+    assert np.abs(got[0] - ref[0]).max() < 1e-2 and np.abs(got[1] - ref[1]).max() < 1e-2
+    assert read_metadata(p16)["wmoe.precision"] == "fp16"
+
+
+def test_bad_inputs(tmp_path, ckpt):
+    with pytest.raises(CheckpointError, match="nope.safetensors"):
+        export_onnx(tmp_path / "nope.safetensors", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not onnx at all")
+    with pytest.raises(ExportError, match="bad.onnx"):
+        read_metadata(bad)
+    with pytest.raises(ExportError, match="plugin"):
+        export_onnx(ckpt, tmp_path / "p.onnx", flavor="plugin")
+    r = subprocess.run([sys.executable, "-m", "wmoe", "export", "onnx", str(tmp_path / "nope.safetensors"),
+                        "--out", str(tmp_path / "y.onnx")], capture_output=True, text=True)
+    assert r.returncode == 2 and "nope.safetensors" in r.stderr and not (tmp_path / "y.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp.onnx")]
