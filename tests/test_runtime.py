@@ -1,0 +1,87 @@
+"""The runtime (numpy + ONNX Runtime, no torch) against the PyTorch model; bad frames; TensorRT sidecar checks."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from wmoe.checkpoint import save_checkpoint
+from wmoe.config import ModelConfig
+from wmoe.detector import Detector
+from wmoe.export.onnx_export import export_onnx
+from wmoe.model import WMoECLIP
+from wmoe.runtime import FrameError, Runtime
+from wmoe.runtime.trt_backend import EngineMismatch, check_sidecar
+
+SIZE = 112
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rt")
+    torch.manual_seed(1)
+    model = WMoECLIP(ModelConfig.tiny(image_size=SIZE)).eval()
+    ckpt = save_checkpoint(model, d / "m.safetensors")
+    return ckpt, export_onnx(ckpt, d / "m.onnx")
+
+
+def test_runtime_matches_detector(model_files):
+    ckpt, onnx_path = model_files
+    rng = np.random.default_rng()
+    frames = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), rng.integers(0, 256, (200, 150, 3), dtype=np.uint8)]
+    with Runtime.open(onnx_path) as rt:
+        assert rt.input_size == SIZE
+        res = rt.score(frames)
+    ref = Detector.from_checkpoint(ckpt)(frames)
+    # Pillow float bicubic vs torch antialiased bicubic: same filter, float rounding apart
+    np.testing.assert_allclose(res.scores, ref.scores, atol=2e-3)
+    for i, f in enumerate(frames):
+        m = res.maps_at(i)
+        assert m.shape == f.shape[:2]
+        # plus Pillow vs torch bilinear map resizing (Pillow antialiases when shrinking): measured <= 1e-2 on noise
+        assert np.abs(m - ref.maps[i]).max() < 2e-2
+
+
+def test_runtime_exact_on_preprocessed_input(model_files):
+    ckpt, onnx_path = model_files
+    x = torch.randn(3, 3, SIZE, SIZE)
+    from wmoe.checkpoint import load_model
+    with torch.no_grad():
+        o = load_model(ckpt)(x)
+    res = Runtime.open(onnx_path).score_preprocessed(x.numpy())
+    assert np.abs(res.maps - o.maps.numpy()).max() <= 1e-4
+    assert np.abs(res.scores - o.scores.numpy()).max() <= 1e-4
+
+
+def test_bad_frames(model_files):
+    rt = Runtime.open(model_files[1])
+    with pytest.raises(FrameError, match="frame 1 is None"):
+        rt.score([np.zeros((8, 8, 3), np.uint8), None])
+    with pytest.raises(FrameError, match="uint8"):
+        rt.score(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(FrameError, match="shape"):
+        rt.score(np.zeros((8, 8, 5), np.uint8))
+    gray = rt.score(np.full((30, 40), 128, np.uint8))  # gray frames are expanded to RGB
+    rgb = rt.score(np.full((30, 40, 3), 128, np.uint8))
+    np.testing.assert_array_equal(gray.scores, rgb.scores)
+    with pytest.raises(FileNotFoundError):
+        Runtime.open(model_files[1].with_name("missing.onnx"))
+
+
+def test_runtime_does_not_import_torch(model_files):
+    code = ("import sys, numpy as np\nfrom wmoe.runtime import Runtime\n"
+            f"r = Runtime.open({str(model_files[1])!r}).score(np.zeros((50, 60, 3), np.uint8))\n"
+            "assert r.scores.shape == (1,)\nassert 'torch' not in sys.modules, 'torch imported'\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_engine_sidecar_mismatch_messages():
+    side = {"engine": "m.engine", "gpu_name": "NVIDIA H100 80GB HBM3", "tensorrt_version": "10.9.0"}
+    check_sidecar(side, "NVIDIA H100 80GB HBM3", "10.9.3")
+    with pytest.raises(EngineMismatch, match="Orin"):
+        check_sidecar(side, "Orin", "10.9.0")
+    with pytest.raises(EngineMismatch, match="10.3"):
+        check_sidecar(side, "NVIDIA H100 80GB HBM3", "10.3.0")
