@@ -1,0 +1,88 @@
+"""Backends the bench can run, each built from a checkpoint, or skipped with the reason it cannot run here."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+
+ALL_BACKENDS = ("torch-fp32", "torch-fp16", "torch-bf16", "torch-compile", "torch-triton", "ort-cpu", "ort-cuda",
+                "ort-trt", "trt-engine", "aoti")
+
+
+class Skip(Exception):
+    """The backend cannot run on this machine; the message says why."""
+
+
+@dataclass
+class Backend:
+    name: str
+    run: Callable[[np.ndarray], Dict[str, np.ndarray]]  # images (N,3,S,S) float32 -> outputs
+    device: str
+    sync: Callable[[], None] = lambda: None
+
+
+def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: bool = False) -> Backend:
+    m = model.to(device, dtype).eval()
+    fn = torch.compile(m) if compile_ else m
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> Dict[str, np.ndarray]:
+        o = fn(torch.from_numpy(x).to(device, dtype))
+        return {"scores": o.scores.float().cpu().numpy(), "maps": o.maps.float().cpu().numpy(),
+                "text_scores": o.text_scores.float().cpu().numpy()}
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return Backend(name, run, device, sync)
+
+
+def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onnx_path: Optional[Path] = None,
+                 engine_path: Optional[Path] = None, aoti_path: Optional[Path] = None, allow_compile: bool = False,
+                 workdir: Optional[Path] = None) -> Backend:
+    cuda = torch.cuda.is_available()
+    if name == "torch-fp32":
+        return _torch_backend(model_factory(), name, "cuda" if cuda else "cpu", torch.float32)
+    if name in ("torch-fp16", "torch-bf16"):
+        if not cuda:
+            raise Skip("reduced-precision PyTorch inference is benchmarked on CUDA only")
+        return _torch_backend(model_factory(), name, "cuda", torch.float16 if name == "torch-fp16" else torch.bfloat16)
+    if name == "torch-compile":
+        if not (cuda or allow_compile):
+            raise Skip("torch.compile on the CPU takes minutes to compile; pass --backends torch-compile to force")
+        return _torch_backend(model_factory(), name, "cuda" if cuda else "cpu", torch.float32, compile_=True)
+    if name == "torch-triton":
+        raise Skip("the fused Triton kernels (wmoe.kernels) are not shipped in this release")
+    if name.startswith("ort-"):
+        import onnxruntime as ort
+        provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                    "ort-trt": "TensorrtExecutionProvider"}[name]
+        if provider not in ort.get_available_providers():
+            raise Skip(f"{provider} not available (installed: {ort.get_available_providers()}; "
+                       f"pip install onnxruntime-gpu)")
+        if onnx_path is None:
+            from wmoe.export.onnx_export import export_onnx
+            wd = Path(workdir or tempfile.mkdtemp(prefix="wmoe-bench-"))
+            onnx_path = export_onnx(model_factory(), wd / "model.onnx")
+        sess = ort.InferenceSession(str(onnx_path), providers=[provider, "CPUExecutionProvider"]
+                                    if provider != "CPUExecutionProvider" else [provider])
+        names = [o.name for o in sess.get_outputs()]
+
+        def run(x: np.ndarray) -> Dict[str, np.ndarray]:
+            return dict(zip(names, sess.run(None, {"images": x})))
+        return Backend(name, run, "cpu" if name == "ort-cpu" else "cuda")
+    if name == "trt-engine":
+        if engine_path is None:
+            raise Skip("no --engine given (build one with wmoe export trt on the target GPU)")
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise Skip("tensorrt is not installed (pip install tensorrt cuda-python)")
+        from wmoe.runtime.trt_backend import TrtBackend
+        be = TrtBackend(engine_path)
+        return Backend(name, be.run, "cuda")
+    if name == "aoti":
+        raise Skip("the AOTInductor package export is not shipped in this release")
+    raise ValueError(f"unknown backend {name!r}; choose from {ALL_BACKENDS}")

@@ -1,0 +1,242 @@
+"""Parity (every backend vs the PyTorch fp32 reference) and throughput (images/s, p50/p99 latency, peak memory,
+FLOPs per image and the fraction of the device's measured matmul rate), written as JSON, markdown and a PNG plot."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from wmoe import __version__
+from wmoe.atomic import atomic_path, atomic_write_text
+
+from .backends import Backend, Skip, make_backend
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: str
+    out: str = "bench_out"
+    backends: Sequence[str] = ("torch-fp32", "ort-cpu")
+    batches: Sequence[int] = (1, 8, 32)
+    sizes: Optional[Sequence[int]] = None  # default: the checkpoint's size
+    warmup: int = 3
+    repeats: int = 10
+    onnx: Optional[str] = None
+    engine: Optional[str] = None
+    parity_data: Optional[str] = None
+    pretrained: Optional[str] = None
+    seed: int = 0
+    records: List[dict] = field(default_factory=list)
+
+
+def device_info() -> Dict[str, str]:
+    info = {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "wmoe": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds")}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    else:
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   platform.processor())
+        info["device"] = f"CPU: {cpu} ({torch.get_num_threads()} threads)"
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def matmul_rate(seconds: float = 1.0) -> float:
+    """Measured dense matmul rate (FLOP/s) of the device in this run: the roofline the model is held to."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    n = 4096 if dev == "cuda" else 1024
+    dtype = torch.float16 if dev == "cuda" else torch.float32
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    a @ b
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
+
+
+def count_flops(model: torch.nn.Module, size: int) -> float:
+    """FLOPs of one image, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(1, 3, size, size)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.float().cpu()(x)
+    return float(fc.get_total_flops())
+
+
+def _peak_mem_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak)
+
+
+def _model_factory(cfg: BenchConfig, size: int):
+    from wmoe.checkpoint import load_model, read_checkpoint
+    from wmoe.model import WMoECLIP
+
+    def build():
+        m = load_model(cfg.checkpoint, pretrained=cfg.pretrained)
+        if size != m.image_size:  # same trainable weights, another input size (position embedding resized)
+            from dataclasses import replace
+            m2 = WMoECLIP(replace(m.cfg, image_size=size), pretrained=cfg.pretrained)
+            m2.load_state_dict(read_checkpoint(cfg.checkpoint)[1], strict=False)
+            m = m2
+        return m.eval()
+    return build
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from wmoe.checkpoint import read_checkpoint
+    base_size = read_checkpoint(cfg.checkpoint)[0].config.image_size
+    sizes = list(cfg.sizes or [base_size])
+    info = device_info()
+    rate = matmul_rate()
+    records: List[dict] = []
+    skipped: Dict[str, str] = {}
+    rng = np.random.default_rng(cfg.seed)
+    for size in sizes:
+        factory = _model_factory(cfg, size)
+        flops = count_flops(factory(), size)
+        ref_be = make_backend("torch-fp32", factory)
+        x_par = rng.standard_normal((max(cfg.batches), 3, size, size)).astype(np.float32)
+        ref = ref_be.run(x_par)
+        for name in cfg.backends:
+            try:
+                be = ref_be if name == "torch-fp32" else make_backend(
+                    name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx and size == base_size else None,
+                    engine_path=Path(cfg.engine) if cfg.engine else None, workdir=out / "work")
+            except Skip as e:
+                skipped[name] = str(e)
+                continue
+            got = be.run(x_par)
+            parity = {f"max_abs_{k}": float(np.abs(got[k] - ref[k]).max()) for k in ("scores", "maps", "text_scores")}
+            for b in cfg.batches:
+                x = x_par[:b] if b <= len(x_par) else rng.standard_normal((b, 3, size, size)).astype(np.float32)
+                if be.device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                for _ in range(cfg.warmup):
+                    be.run(x)
+                be.sync()
+                times = []
+                for _ in range(cfg.repeats):
+                    t0 = time.perf_counter()
+                    be.run(x)
+                    be.sync()
+                    times.append(time.perf_counter() - t0)
+                t = np.array(times)
+                ips = b / float(np.median(t))
+                rec = {"backend": name, "size": size, "batch": b, "images_per_s": ips,
+                       "latency_p50_ms": float(np.percentile(t, 50) * 1e3),
+                       "latency_p99_ms": float(np.percentile(t, 99) * 1e3), "peak_mem_mb": _peak_mem_mb(be.device),
+                       "flops_per_image": flops, "fraction_of_matmul_rate": ips * flops / rate,
+                       "warmup": cfg.warmup, "repeats": cfg.repeats, **parity}
+                records.append(rec)
+                if progress:
+                    print(f"{name:12s} {size}px batch {b:3d}: {ips:8.1f} img/s, p50 {rec['latency_p50_ms']:.1f} ms, "
+                          f"maps |diff| {parity['max_abs_maps']:.1e}", flush=True)
+    doc = {"device": info, "matmul_flops_per_s": rate, "records": records, "skipped": skipped,
+           "checkpoint": cfg.checkpoint}
+    if cfg.parity_data:
+        doc["auroc_parity"] = auroc_parity(cfg, skipped)
+    atomic_write_text(out / "bench.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / "bench.md", to_markdown(doc))
+    plot(doc, out / "bench.png")
+    return doc
+
+
+def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
+    """Image and pixel AUROC per backend on a data set (e.g. the demo set), and their change vs torch-fp32."""
+    from torch.utils.data import DataLoader
+
+    from wmoe.checkpoint import read_checkpoint
+    from wmoe.data import AnomalyDataset, collate
+    from wmoe.metrics import image_metrics, pixel_metrics, smooth_maps
+    size = read_checkpoint(cfg.checkpoint)[0].config.image_size
+    ds = AnomalyDataset(cfg.parity_data, split="test", image_size=size)
+    images, labels, masks = [], [], []
+    for batch, _ in DataLoader(ds, batch_size=16, collate_fn=collate):
+        if batch is not None:
+            images.append(batch["image"].numpy())
+            labels.append(batch["label"].numpy())
+            masks.append(batch["mask"][:, 0].numpy() > 0.5)
+    x, y, m = np.concatenate(images), np.concatenate(labels), np.concatenate(masks)
+    res: Dict[str, dict] = {}
+    factory = _model_factory(cfg, size)
+    for name in cfg.backends:
+        if name in skipped:
+            continue
+        be = make_backend(name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx else None,
+                          workdir=Path(cfg.out) / "work")
+        outs = [be.run(x[i:i + 8]) for i in range(0, len(x), 8)]
+        s = np.concatenate([o["scores"] for o in outs])
+        maps = smooth_maps(np.concatenate([o["maps"] for o in outs]))
+        res[name] = {"image_auroc": image_metrics(y, s)["auroc"],
+                     "pixel_auroc": pixel_metrics(m, maps, pro=False, pro_binned=False)["auroc"]}
+    ref = res.get("torch-fp32")
+    if ref:
+        for r in res.values():
+            r["delta_image_auroc"] = r["image_auroc"] - ref["image_auroc"]
+            r["delta_pixel_auroc"] = r["pixel_auroc"] - ref["pixel_auroc"]
+    return res
+
+
+def to_markdown(doc: Dict) -> str:
+    d = doc["device"]
+    lines = [f"# wmoe bench — {d['device']}", "",
+             f"{d['date']}, torch {d['torch']}, onnxruntime {d.get('onnxruntime', '-')}, wmoe {d['wmoe']}; "
+             f"measured matmul rate {doc['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", "",
+             "| backend | size | batch | images/s | p50 ms | p99 ms | peak MB | GFLOP/img | % matmul rate | "
+             "max\\|Δ\\| maps | max\\|Δ\\| scores |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["records"]:
+        lines.append(f"| {r['backend']} | {r['size']} | {r['batch']} | {r['images_per_s']:.1f} | "
+                     f"{r['latency_p50_ms']:.2f} | {r['latency_p99_ms']:.2f} | {r['peak_mem_mb']:.0f} | "
+                     f"{r['flops_per_image'] / 1e9:.3f} | {100 * r['fraction_of_matmul_rate']:.1f} | "
+                     f"{r['max_abs_maps']:.1e} | {r['max_abs_scores']:.1e} |")
+    if doc.get("auroc_parity"):
+        lines += ["", "| backend | image AUROC | pixel AUROC | Δ image | Δ pixel |", "|---|---:|---:|---:|---:|"]
+        for k, v in doc["auroc_parity"].items():
+            lines.append(f"| {k} | {v['image_auroc']:.4f} | {v['pixel_auroc']:.4f} | "
+                         f"{v.get('delta_image_auroc', 0):+.1e} | {v.get('delta_pixel_auroc', 0):+.1e} |")
+    if doc["skipped"]:
+        lines += ["", "Skipped backends:", ""] + [f"- {k}: {v}" for k, v in doc["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: Dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = sorted({(r["backend"], r["size"]) for r in doc["records"]})
+    for be, size in keys:
+        rs = sorted((r for r in doc["records"] if r["backend"] == be and r["size"] == size), key=lambda r: r["batch"])
+        ax.plot([r["batch"] for r in rs], [r["images_per_s"] for r in rs], marker="o", label=f"{be} {size}px")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("images/s")
+    ax.set_title(doc["device"]["device"][:60], fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

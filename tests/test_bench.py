@@ -1,0 +1,45 @@
+"""The bench CLI on the CPU backends (smoke test): JSON, markdown and PNG with numbers and skip reasons."""
+import json
+import subprocess
+import sys
+
+import torch
+
+from wmoe.bench.harness import count_flops
+from wmoe.checkpoint import save_checkpoint
+from wmoe.config import ModelConfig
+from wmoe.data import make_demo_dataset
+from wmoe.model import WMoECLIP
+
+
+def test_bench_cli_cpu(tmp_path):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), tmp_path / "m.safetensors")
+    data = make_demo_dataset(tmp_path / "demo", image_size=64, n_test_good=2, n_test_defect=2,
+                             categories=["gravel", "cell"])
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "wmoe", "bench", str(ckpt), "--out", str(out), "--backends", "auto",
+                        "--batch", "1,2", "--warmup", "1", "--repeats", "3", "--parity-data", str(data)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    got = {(x["backend"], x["batch"]) for x in doc["records"]}
+    assert got == {("torch-fp32", 1), ("torch-fp32", 2), ("ort-cpu", 1), ("ort-cpu", 2)}
+    for rec in doc["records"]:
+        assert rec["images_per_s"] > 0 and rec["latency_p99_ms"] >= rec["latency_p50_ms"] > 0
+        assert rec["flops_per_image"] > 0 and 0 < rec["fraction_of_matmul_rate"]
+        assert rec["max_abs_maps"] <= 1e-4
+    assert "torch-fp16" in doc["skipped"] and "CUDA" in doc["skipped"]["torch-fp16"]
+    assert "trt-engine" in doc["skipped"]
+    assert abs(doc["auroc_parity"]["ort-cpu"]["delta_image_auroc"]) < 1e-6
+    md = (out / "bench.md").read_text()
+    assert "| ort-cpu | 112 | 2 |" in md and "Skipped backends" in md
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flop_count_scales_with_input_size():
+    m = WMoECLIP(ModelConfig.tiny(image_size=112)).eval()
+    m2 = WMoECLIP(ModelConfig.tiny(image_size=224)).eval()
+    f1, f2 = count_flops(m, 112), count_flops(m2, 224)
+    # 4x the patches: the patch-proportional part of the FLOPs grows ~4x, attention more, text part constant
+    assert 2.0 < f2 / f1 < 6.0
