@@ -74,6 +74,9 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
                           f"(wmoe.kernels), not shipped in this release; use flavor='portable'")
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
+    if batch < 2:
+        # torch.export specializes a dimension whose example size is 1: the batch axis would become static
+        raise ExportError("batch (the example batch used for tracing) must be >= 2 to keep the batch axis dynamic")
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     ckpt_sha = "in-memory-model"

@@ -122,7 +122,7 @@ def test_full_size_vit_l_14_336_parity(tmp_path):
     measured max |diff| ~5e-7 on maps and scores)."""
     torch.manual_seed(0)
     model = WMoECLIP(ModelConfig(image_size=336)).eval()
-    p = export_onnx(model, tmp_path / "vitl.onnx", batch=1)
+    p = export_onnx(model, tmp_path / "vitl.onnx")
     sess = make_session(p)
     for batch in (1, 4):
         x = torch.randn(batch, 3, 336, 336)
