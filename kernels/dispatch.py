@@ -31,9 +31,39 @@ def get_backend() -> str:
     return _backend
 
 
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton_wcma(x: Tensor, *weights: Tensor, backend: Optional[str] = None) -> bool:
+    """Whether :func:`wcma_frequency` runs the Triton kernel for these inputs.
+
+    ``auto``: CUDA tensors, fp32/fp16, no gradient needed (the kernel has no backward: training falls back to the
+    reference), not while tracing for export. ``triton``: forced, also on CPU tensors (under
+    ``TRITON_INTERPRET=1``); a gradient still falls back to the reference, with no error, since the result is equal.
+    """
+    b = backend or _backend
+    if b not in _BACKENDS:
+        raise ValueError(f"unknown kernel backend {b!r}; choose one of {_BACKENDS}")
+    if b == "reference" or _tracing() or not _triton_available():
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return False
+    if x.dtype not in (torch.float32, torch.float16):  # bf16: not verified (see wcma_ops)
+        return False
+    return b == "triton" or x.is_cuda
+
+
 def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,
                    w_local: Tensor, b_local: Tensor, backend: Optional[str] = None) -> Tensor:
     """``F_p`` of Eq. 5-6 for a BHWC grid; see :func:`wmoe.kernels.wcma_ref.wcma_frequency_ref`."""
+    if use_triton_wcma(x, w_global, b_global, w_pw, b_pw, w_local, b_local, backend=backend):
+        from .wcma_ops import wcma_frequency_triton
+        return wcma_frequency_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
     return wcma_frequency_ref(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
 
 

@@ -1,0 +1,121 @@
+"""Triton kernels of the WCMA frequency stage (Eq. 5-6), fused with the Haar DWT.
+
+Haar identity (see ``wcma_ref``): for each 2x2 block [[a, b], [c, d]], ``F_L + F_H = 2a`` and
+``F_L = LL = (a+b+c+d)/2``, ``F_H = 2a - LL``. So the attention input is a strided subsample of the grid and only
+the output epilogue needs all four pixels.
+
+Three launches:
+
+1. ``_pool_kernel``: ``p[b, c] = ReLU(mean_{i,j} 2 x[b, 2i, 2j, c])`` (the tiny pooling pre-pass of GAP),
+2. ``_gemv_kernel``: ``g[b] = W_1 p[b] + b_1`` (the global branch, a (C, C) GEMV per image),
+3. ``_wcma_main_kernel``: per tile of BLOCK_M output positions: ``t = ReLU(2a W_pw^T + b_pw)`` on tensor cores
+   (``tl.dot``), kept on chip; then per BLOCK_N channels ``loc = t W_2^T + b_2``, and the epilogue
+   ``F_p = F_H * sigmoid(loc + g[b]) + F_L`` computed from a, b, c, d (zero outside the grid: odd sides).
+
+TensorRT-plugin friendly by construction: arguments are ordered inputs, int32 scalars, outputs; no scratch memory,
+no TMA descriptors; float constants are compile-time constants.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pool_kernel(x_ptr, B, H, W, h, w, C, p_ptr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # grid: (B, cdiv(C, BLOCK_C))
+    b = tl.program_id(0)
+    cb = tl.program_id(1)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    n = h * w
+    for start in range(0, n, BLOCK_P):
+        offs_p = start + tl.arange(0, BLOCK_P)
+        pmask = offs_p < n
+        i = offs_p // w
+        j = offs_p % w
+        row = (b * H + 2 * i) * W + 2 * j  # top-left pixel a of each block
+        ptrs = x_ptr + row[:, None] * C + offs_c[None, :]
+        a = tl.load(ptrs, mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(a, axis=0)
+    mean = 2.0 * acc / n
+    tl.store(p_ptr + b * C + offs_c, tl.maximum(mean, 0.0), mask=cmask)
+
+
+@triton.jit
+def _gemv_kernel(p_ptr, w_ptr, bias_ptr, B, C, g_ptr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # g[b, n] = sum_k W[n, k] p[b, k] + bias[n]; grid: (B, cdiv(C, BLOCK_N))
+    b = tl.program_id(0)
+    nb = tl.program_id(1)
+    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < C
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < C
+        pv = tl.load(p_ptr + b * C + offs_k, mask=kmask, other=0.0)
+        wv = tl.load(w_ptr + offs_n[:, None] * C + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
+                     other=0.0).to(tl.float32)
+        acc += tl.sum(wv * pv[None, :], axis=1)
+    acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    tl.store(g_ptr + b * C + offs_n, acc, mask=nmask)
+
+
+@triton.jit
+def _wcma_main_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr,
+                      B, H, W, h, w, C, D,
+                      out_ptr,
+                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    # grid: (cdiv(B*h*w, BLOCK_M),)
+    pid = tl.program_id(0)
+    M = B * h * w
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = offs_m < M
+    bidx = offs_m // (h * w)
+    rem = offs_m % (h * w)
+    i = rem // w
+    j = rem % w
+    row_a = (bidx * H + 2 * i) * W + 2 * j
+    has_b = (2 * j + 1) < W
+    has_c = (2 * i + 1) < H
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    # t = ReLU(2a @ W_pw^T + b_pw): (BLOCK_M, BLOCK_D), fp32 accumulation, stays on chip
+    t = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < C
+        a = tl.load(x_ptr + row_a[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        wt = tl.load(wpw_ptr + offs_d[None, :] * C + offs_k[:, None], mask=kmask[:, None] & dmask[None, :],
+                     other=0.0)  # (BLOCK_K, BLOCK_D) = W_pw^T tile
+        if x_ptr.dtype.element_ty == tl.float32:
+            t += tl.dot(a, wt.to(tl.float32), input_precision="ieee")  # fp32 stays exact (no TF32)
+        else:
+            t += tl.dot(a, wt.to(a.dtype))
+    t = 2.0 * t + tl.load(bpw_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    t = tl.maximum(t, 0.0)
+    t_lo = t.to(x_ptr.dtype.element_ty)
+    for n0 in range(0, C, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < C
+        wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=dmask[:, None] & nmask[None, :],
+                     other=0.0)  # (BLOCK_D, BLOCK_N) = W_2^T tile
+        if x_ptr.dtype.element_ty == tl.float32:
+            loc = tl.dot(t, wl.to(tl.float32), input_precision="ieee")
+        else:
+            loc = tl.dot(t_lo, wl.to(t_lo.dtype))
+        loc += tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        mn = mmask[:, None] & nmask[None, :]
+        loc += tl.load(g_ptr + bidx[:, None] * C + offs_n[None, :], mask=mn, other=0.0)
+        wh = tl.sigmoid(loc)
+        base = x_ptr + offs_n[None, :]
+        a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
+        bb = tl.load(base + (row_a + 1)[:, None] * C, mask=mn & has_b[:, None], other=0.0).to(tl.float32)
+        cc = tl.load(base + (row_a + W)[:, None] * C, mask=mn & has_c[:, None], other=0.0).to(tl.float32)
+        dd = tl.load(base + (row_a + W + 1)[:, None] * C, mask=mn & (has_b & has_c)[:, None], other=0.0).to(tl.float32)
+        ll = 0.5 * (a + bb + cc + dd)
+        fh = 2.0 * a - ll
+        res = fh * wh + ll
+        tl.store(out_ptr + offs_m[:, None] * C + offs_n[None, :], res.to(out_ptr.dtype.element_ty), mask=mn)
