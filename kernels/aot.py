@@ -35,9 +35,27 @@ WCMA_GEMV_ARGS = [("p_ptr", "in", "*fp32"), ("w_ptr", "in", "*fp32"), ("bias_ptr
                   ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("g_ptr", "out", "*fp32")]
 
 
+MOE_ROUTER_ARGS = [("x_ptr", "in", "*T"), ("wr_ptr", "in", "*fp32"), ("br_ptr", "in", "*fp32"),
+                   ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("NE", "scalar", "i32"), ("TOPK", "scalar", "i32"),
+                   ("w_out_ptr", "out", "*fp32"), ("e_out_ptr", "out", "*i32")]
+MOE_UP_ARGS = [("x_ptr", "in", "*T"), ("w1_ptr", "in", "*T"), ("b1_ptr", "in", "*fp32"), ("order_ptr", "in", "*i32"),
+               ("offsets_ptr", "in", "*i32"), ("counts_ptr", "in", "*i32"), ("C", "scalar", "i32"),
+               ("DH", "scalar", "i32"), ("TOPK", "scalar", "i32"), ("h_ptr", "out", "*T")]
+MOE_DOWN_ARGS = [("h_ptr", "in", "*T"), ("w2_ptr", "in", "*T"), ("b2_ptr", "in", "*fp32"), ("order_ptr", "in", "*i32"),
+                 ("offsets_ptr", "in", "*i32"), ("counts_ptr", "in", "*i32"), ("wts_ptr", "in", "*fp32"),
+                 ("C", "scalar", "i32"), ("DH", "scalar", "i32"), ("y_ptr", "out", "*fp32")]
+MOE_COMBINE_ARGS = [("y_ptr", "in", "*fp32"), ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("TOPK", "scalar", "i32"),
+                    ("out_ptr", "out", "*T")]
+
+
 def kernel_specs() -> Dict[str, tuple]:
+    from .moe_triton import _combine_kernel, _expert_down_kernel, _expert_up_kernel, _router_kernel
     from .wcma_triton import _gemv_kernel, _pool_kernel, _wcma_main_kernel
     return {
+        "moe_router": (_router_kernel, MOE_ROUTER_ARGS, {"BLOCK_B": 16, "BLOCK_E": 8, "BLOCK_K": 32}, 4, 2),
+        "moe_up": (_expert_up_kernel, MOE_UP_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, 4, 2),
+        "moe_down": (_expert_down_kernel, MOE_DOWN_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, 4, 2),
+        "moe_combine": (_combine_kernel, MOE_COMBINE_ARGS, {"BLOCK_C": 128}, 4, 2),
         "wcma_pool": (_pool_kernel, WCMA_POOL_ARGS, {"BLOCK_P": 32, "BLOCK_C": 64}, 4, 2),
         "wcma_gemv": (_gemv_kernel, WCMA_GEMV_ARGS, {"BLOCK_N": 64, "BLOCK_K": 32}, 4, 2),
         # D = 192 (the default freq_hidden) -> BLOCK_D 256

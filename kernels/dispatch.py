@@ -39,8 +39,8 @@ def _triton_available() -> bool:
     return True
 
 
-def use_triton_wcma(x: Tensor, *weights: Tensor, backend: Optional[str] = None) -> bool:
-    """Whether :func:`wcma_frequency` runs the Triton kernel for these inputs.
+def use_triton(x: Tensor, *weights: Tensor, backend: Optional[str] = None) -> bool:
+    """Whether :func:`wcma_frequency` / :func:`moe_experts` run their Triton kernels for these inputs.
 
     ``auto``: CUDA tensors, fp32/fp16, no gradient needed (the kernel has no backward: training falls back to the
     reference), not while tracing for export. ``triton``: forced, also on CPU tensors (under
@@ -61,7 +61,7 @@ def use_triton_wcma(x: Tensor, *weights: Tensor, backend: Optional[str] = None) 
 def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,
                    w_local: Tensor, b_local: Tensor, backend: Optional[str] = None) -> Tensor:
     """``F_p`` of Eq. 5-6 for a BHWC grid; see :func:`wmoe.kernels.wcma_ref.wcma_frequency_ref`."""
-    if use_triton_wcma(x, w_global, b_global, w_pw, b_pw, w_local, b_local, backend=backend):
+    if use_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local, backend=backend):
         from .wcma_ops import wcma_frequency_triton
         return wcma_frequency_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
     return wcma_frequency_ref(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
@@ -70,6 +70,9 @@ def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, 
 def moe_experts(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                 top_k: int, backend: Optional[str] = None) -> Tensor:
     """``x_p`` of Eq. 8; see :func:`wmoe.kernels.moe_ref.moe_experts_ref`."""
+    if use_triton(x, w_router, b_router, w1, b1, w2, b2, backend=backend):  # same rules as the WCMA kernel
+        from .moe_ops import moe_experts_triton
+        return moe_experts_triton(x, w_router, b_router, w1, b1, w2, b2, top_k)
     if _tracing():
         # No data-dependent shapes while tracing: the dense masked form gives the same numbers.
         return moe_experts_dense_ref(x, w_router, b_router, w1, b1, w2, b2, top_k)

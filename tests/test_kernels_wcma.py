@@ -53,19 +53,19 @@ def test_odd_non_square_and_tiny_grids():
 def test_dispatch_rules():
     x = torch.randn(1, 6, 6, 32, device=DEVICE)
     ws = _weights(32, 8, torch.float32)
-    assert not dispatch.use_triton_wcma(x, *ws, backend="reference")
-    assert dispatch.use_triton_wcma(x, *ws, backend="triton")
-    assert dispatch.use_triton_wcma(x, *ws, backend="auto") == x.is_cuda
+    assert not dispatch.use_triton(x, *ws, backend="reference")
+    assert dispatch.use_triton(x, *ws, backend="triton")
+    assert dispatch.use_triton(x, *ws, backend="auto") == x.is_cuda
     # gradients needed: the kernel has no backward, the reference runs
     xg = x.clone().requires_grad_(True)
-    assert not dispatch.use_triton_wcma(xg, *ws, backend="triton")
+    assert not dispatch.use_triton(xg, *ws, backend="triton")
     y = dispatch.wcma_frequency(xg, *ws, backend="triton")
     y.sum().backward()
     assert xg.grad is not None
     # bf16 is not verified: it goes to the reference
-    assert not dispatch.use_triton_wcma(x.bfloat16(), *ws, backend="triton")
+    assert not dispatch.use_triton(x.bfloat16(), *ws, backend="triton")
     with pytest.raises(ValueError, match="unknown kernel backend"):
-        dispatch.use_triton_wcma(x, *ws, backend="cuda")
+        dispatch.use_triton(x, *ws, backend="cuda")
 
 
 def test_model_output_identical_through_the_kernel(tiny_model):
