@@ -57,7 +57,7 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
         if not cuda:
             raise Skip("compiled Triton kernels need a CUDA device")
         from wmoe.kernels import set_backend
-        set_backend("triton")  # the fused WCMA frequency stage; the MoE stays on the reference (no kernel yet)
+        set_backend("triton")  # both fused stages: WCMA frequency and the MoE path
         return _torch_backend(model_factory(), name, "cuda", torch.float16)
     if name.startswith("ort-"):
         import onnxruntime as ort
@@ -88,5 +88,5 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
         be = TrtBackend(engine_path)
         return Backend(name, be.run, "cuda")
     if name == "aoti":
-        raise Skip("the AOTInductor package export is not shipped in this release")
+        raise Skip("the AOTInductor package export is not implemented in this release")
     raise ValueError(f"unknown backend {name!r}; choose from {ALL_BACKENDS}")

@@ -64,14 +64,13 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         precision: ``fp32`` or ``fp16`` (weights and compute in fp16, inputs and outputs stay fp32 — what TensorRT 11's
             strongly typed networks need to build a reduced-precision engine).
         preprocess: input ``frames`` uint8 (N,H,W,3) of ``frame_size`` (H, W) instead of ``images``.
-        flavor: ``portable`` (standard ONNX ops only). The ``plugin`` flavor needs the Triton kernels of
-            ``wmoe.kernels``, which this release does not ship yet.
+        flavor: ``portable`` (standard ONNX ops only). The ``plugin`` flavor is not implemented yet.
     """
     import onnx
 
     if flavor != "portable":
-        raise ExportError(f"flavor {flavor!r} is not available: the plugin flavor needs the fused Triton kernels "
-                          f"(wmoe.kernels), not shipped in this release; use flavor='portable'")
+        raise ExportError(f"flavor {flavor!r} is not available yet: the plugin flavor (the Triton kernels as "
+                          f"TensorRT plugin nodes) is not implemented in this release; use flavor='portable'")
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if batch < 2:
