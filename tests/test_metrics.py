@@ -141,3 +141,10 @@ def test_table_markdown_json_roundtrip(tmp_path):
     paths = t.write(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "metrics.json", "metrics.md"]
     assert paths["csv"].read_text().splitlines()[0].startswith("name,n_images")
+
+
+def test_metrics_benchmark_script_runs(tmp_path):
+    from wmoe.bench.bench_metrics import main
+    assert main(["--n", "6", "--size", "48", "--classes", "2", "--out", str(tmp_path / "t.md")]) == 0
+    text = (tmp_path / "t.md").read_text()
+    assert "| **total** |" in text and "6 maps of 48x48" in text
