@@ -56,3 +56,12 @@ def test_torch_compile_fullgraph():
     x = torch.randn(3, 7, 7, 16)
     compiled = torch.compile(mod, fullgraph=True, backend="eager")  # graph capture only: no C++ build in CI
     assert torch.allclose(compiled(x), mod(x))
+
+
+def test_kernel_bench_dry_run(capsys):
+    from wmoe.bench.bench_kernels import main, moe_floor, wcma_floor
+    assert main(["--dry-run", "--batches", "1,32", "--grids", "37"]) == 0
+    out = capsys.readouterr().out
+    assert "| wcma | 32 | 37 |" in out and "| moe | 32 |" in out
+    assert wcma_floor(32, 37)["bytes"] > wcma_floor(1, 37)["bytes"] > 0
+    assert moe_floor(1)["bytes"] < moe_floor(32)["bytes"]  # batch 1 touches only 2 experts

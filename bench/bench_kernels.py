@@ -1,0 +1,126 @@
+"""Kernel benchmark (GPU): the fused stages against eager PyTorch and torch.compile, with their bytes/FLOPs floors.
+
+    python -m wmoe.bench.bench_kernels --out bench/results/kernels_<gpu>   # on a CUDA machine
+    python -m wmoe.bench.bench_kernels --dry-run                          # floors only (any machine)
+
+WCMA frequency stage: eager = pytorch_wavelets' DWT + the nn ops of Eq. 5-6 (``wcma_frequency_ref`` on the
+sub-bands), compiled = ``torch.compile`` of the reference, fused = the Triton kernels. MoE: eager = the loop over
+experts (``moe_experts_ref``), dense = all experts with a masked combine, compiled dense, fused = the Triton path.
+Timings: ``triton.testing.do_bench`` (median, p20, p80) and ``do_bench_cudagraph``; achieved GB/s and TFLOP/s
+beside the floors (bytes that must be read/written once, FLOPs of the GEMMs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List
+
+C, D, NE, TOPK = 768, 192, 8, 2
+
+
+def wcma_floor(B: int, grid: int, itemsize: int = 2) -> Dict[str, float]:
+    h = (grid + 1) // 2
+    bytes_ = B * grid * grid * C * itemsize + B * h * h * C * itemsize + (2 * C * D + C * C) * itemsize
+    flops = 2 * B * h * h * C * D * 2 + 2 * B * C * C
+    return {"bytes": bytes_, "flops": flops}
+
+
+def moe_floor(B: int, itemsize: int = 2) -> Dict[str, float]:
+    used = min(NE, B * TOPK)  # experts that can receive tokens
+    bytes_ = used * 2 * C * C * itemsize + 2 * B * C * itemsize
+    flops = 2 * B * TOPK * C * C * 2
+    return {"bytes": bytes_, "flops": flops}
+
+
+def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
+    import torch
+    import triton.testing as tt
+    from pytorch_wavelets import DWTForward
+
+    from wmoe.kernels.moe_ops import moe_experts_triton
+    from wmoe.kernels.moe_ref import moe_experts_dense_ref, moe_experts_ref
+    from wmoe.kernels.wcma_ops import wcma_frequency_triton
+
+    dev, dt = "cuda", torch.float16
+    dwt = DWTForward(J=1, wave="haar", mode="zero").to(dev, dt)
+    w = [torch.randn(C, C, device=dev, dtype=dt) * 0.03, torch.zeros(C, device=dev, dtype=dt),
+         torch.randn(D, C, device=dev, dtype=dt) * 0.03, torch.zeros(D, device=dev, dtype=dt),
+         torch.randn(C, D, device=dev, dtype=dt) * 0.07, torch.zeros(C, device=dev, dtype=dt)]
+
+    def eager_wcma(x):
+        import torch.nn.functional as F
+        xc = x.permute(0, 3, 1, 2)
+        ll, (yh,) = dwt(xc)  # yh: (B, C, 3, h, w) = LH, HL, HH
+        f_l, f_h = ll, yh.sum(dim=2)
+        s = (f_l + f_h).permute(0, 2, 3, 1)
+        g = F.linear(F.relu(s.mean(dim=(1, 2))), w[0], w[1])
+        loc = F.linear(F.relu(F.linear(s, w[2], w[3])), w[4], w[5])
+        return f_h.permute(0, 2, 3, 1) * torch.sigmoid(loc + g[:, None, None]) + f_l.permute(0, 2, 3, 1)
+
+    compiled_wcma = torch.compile(eager_wcma)
+    mw = [torch.randn(NE, C, device=dev) * 0.05, torch.zeros(NE, device=dev),
+          torch.randn(NE, C, C, device=dev, dtype=dt) * 0.03, torch.zeros(NE, C, device=dev, dtype=dt),
+          torch.randn(NE, C, C, device=dev, dtype=dt) * 0.03, torch.zeros(NE, C, device=dev, dtype=dt)]
+    compiled_dense = torch.compile(lambda x: moe_experts_dense_ref(x, *mw, TOPK))
+    records = []
+
+    def bench(name, fn, floor, **key):
+        ms, p20, p80 = tt.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+        graph_ms = tt.do_bench_cudagraph(fn)
+        records.append({"impl": name, **key, "median_ms": ms, "p20_ms": p20, "p80_ms": p80, "cudagraph_ms": graph_ms,
+                        "GB_s": floor["bytes"] / ms / 1e6, "TFLOP_s": floor["flops"] / ms / 1e9, **floor})
+        print(records[-1], flush=True)
+
+    for grid in grids:
+        for B in batches:
+            x = torch.randn(B, grid, grid, C, device=dev, dtype=dt)
+            fl = wcma_floor(B, grid)
+            bench("wcma-eager", lambda: eager_wcma(x), fl, stage="wcma", batch=B, grid=grid)
+            bench("wcma-compile", lambda: compiled_wcma(x), fl, stage="wcma", batch=B, grid=grid)
+            bench("wcma-triton", lambda: wcma_frequency_triton(x, *w), fl, stage="wcma", batch=B, grid=grid)
+    for B in batches:
+        x = torch.randn(B, C, device=dev, dtype=dt)
+        fl = moe_floor(B)
+        bench("moe-eager-loop", lambda: moe_experts_ref(x, *mw, TOPK), fl, stage="moe", batch=B)
+        bench("moe-dense", lambda: moe_experts_dense_ref(x, *mw, TOPK), fl, stage="moe", batch=B)
+        bench("moe-dense-compile", lambda: compiled_dense(x), fl, stage="moe", batch=B)
+        bench("moe-triton", lambda: moe_experts_triton(x, *mw, TOPK), fl, stage="moe", batch=B)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "records": records},
+                                                 indent=2) + "\n")
+    return records
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,8,32,64,128,256")
+    ap.add_argument("--grids", default="24,37")
+    ap.add_argument("--out", default="bench_out/kernels")
+    ap.add_argument("--dry-run", action="store_true", help="print the bytes/FLOPs floors only")
+    a = ap.parse_args(argv)
+    batches = [int(v) for v in a.batches.split(",")]
+    grids = [int(v) for v in a.grids.split(",")]
+    if a.dry_run:
+        print("| stage | batch | grid | MB floor | GFLOP | H100 floor µs (3.35 TB/s, 990 TFLOP/s fp16) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for g in grids:
+            for B in batches:
+                f = wcma_floor(B, g)
+                us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
+                print(f"| wcma | {B} | {g} | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
+        for B in batches:
+            f = moe_floor(B)
+            us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
+            print(f"| moe | {B} | – | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
+        return 0
+    import torch
+    if not torch.cuda.is_available():
+        print("bench_kernels needs a CUDA GPU (use --dry-run for the floors)")
+        return 2
+    run(batches, grids, Path(a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
