@@ -136,11 +136,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                     be.run(x)
                 be.sync()
                 times = []
-                for _ in range(cfg.repeats):
-                    t0 = time.perf_counter()
-                    be.run(x)
-                    be.sync()
-                    times.append(time.perf_counter() - t0)
+                from .tegrastats import PowerSampler
+                with PowerSampler() as power:  # Jetson only: board power while the repeats run
+                    for _ in range(cfg.repeats):
+                        t0 = time.perf_counter()
+                        be.run(x)
+                        be.sync()
+                        times.append(time.perf_counter() - t0)
                 t = np.array(times)
                 ips = b / float(np.median(t))
                 rec = {"backend": name, "size": size, "batch": b, "images_per_s": ips,
@@ -148,6 +150,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                        "latency_p99_ms": float(np.percentile(t, 99) * 1e3), "peak_mem_mb": _peak_mem_mb(be.device),
                        "flops_per_image": flops, "fraction_of_matmul_rate": ips * flops / rate,
                        "warmup": cfg.warmup, "repeats": cfg.repeats, **parity}
+                if power.mean_watts:
+                    rec["power_w"] = power.mean_watts
+                    rec["images_per_joule"] = ips / power.mean_watts
                 records.append(rec)
                 if progress:
                     print(f"{name:12s} {size}px batch {b:3d}: {ips:8.1f} img/s, p50 {rec['latency_p50_ms']:.1f} ms, "

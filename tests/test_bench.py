@@ -43,3 +43,19 @@ def test_flop_count_scales_with_input_size():
     f1, f2 = count_flops(m, 112), count_flops(m2, 224)
     # 4x the patches: the patch-proportional part of the FLOPs grows ~4x, attention more, text part constant
     assert 2.0 < f2 / f1 < 6.0
+
+
+def test_tegrastats_parser():
+    from wmoe.bench.tegrastats import PowerSampler, parse_line
+    orin = ("11-24-2026 10:00:00 RAM 2448/7772MB (lfb 1x4MB) CPU [2%@1190,1%@1190] GR3D_FREQ 0% cpu@45.5C "
+            "VDD_IN 5123mW/4980mW VDD_CPU_GPU_CV 1502mW/1410mW VDD_SOC 1430mW/1420mW")
+    p = parse_line(orin)
+    assert p["total"] == 5.123 and p["VDD_CPU_GPU_CV"] == 1.502
+    nano = "RAM 1500/3964MB CPU [10%@1479] EMC_FREQ 0% GR3D_FREQ 0% POM_5V_IN 3280/3280 POM_5V_GPU 1020/1020"
+    assert parse_line(nano)["total"] == 3.28
+    assert parse_line("RAM 1/2MB CPU [1%@100]") == {}
+    s = PowerSampler(exe=None)
+    if not s.available:
+        with s:
+            pass
+        assert s.mean_watts is None
