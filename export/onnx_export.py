@@ -64,13 +64,14 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         precision: ``fp32`` or ``fp16`` (weights and compute in fp16, inputs and outputs stay fp32 — what TensorRT 11's
             strongly typed networks need to build a reduced-precision engine).
         preprocess: input ``frames`` uint8 (N,H,W,3) of ``frame_size`` (H, W) instead of ``images``.
-        flavor: ``portable`` (standard ONNX ops only). The ``plugin`` flavor is not implemented yet.
+        flavor: ``portable`` (standard ONNX ops only: ONNX Runtime, OpenVINO, any TensorRT) or ``plugin`` (the two
+            fused stages as ``wmoe`` custom nodes for TensorRT plugins, see :mod:`wmoe.export.plugin_graph`;
+            dynamo exporter only).
     """
     import onnx
 
-    if flavor != "portable":
-        raise ExportError(f"flavor {flavor!r} is not available yet: the plugin flavor (the Triton kernels as "
-                          f"TensorRT plugin nodes) is not implemented in this release; use flavor='portable'")
+    if flavor not in ("portable", "plugin"):
+        raise ExportError(f"flavor must be 'portable' or 'plugin', got {flavor!r}")
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if batch < 2:
@@ -100,14 +101,22 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         in_name = "images"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings():
+    if flavor == "plugin" and exporter != "dynamo":
+        raise ExportError("the plugin flavor needs the dynamo exporter")
+    from wmoe.kernels.dispatch import using_backend
+    stages = using_backend("ops") if flavor == "plugin" else contextlib.nullcontext()
+    with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings(), stages:
         warnings.simplefilter("ignore")
         with atomic_path(out) as tmp:
             if exporter == "dynamo":
                 dim = torch.export.Dim("N", min=1, max=max_batch)
+                extra = {}
+                if flavor == "plugin":
+                    from .plugin_graph import translation_table
+                    extra["custom_translation_table"] = translation_table()
                 prog = torch.onnx.export(wrapper, (example,), None, input_names=[in_name],
                                          output_names=list(OUTPUT_NAMES), dynamic_shapes=({0: dim},),
-                                         dynamo=True, opset_version=opset, verbose=False)
+                                         dynamo=True, opset_version=opset, verbose=False, **extra)
                 prog.optimize()
                 proto = prog.model_proto
             else:

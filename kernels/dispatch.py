@@ -6,8 +6,9 @@ PyTorch reference otherwise), ``"triton"`` or ``"reference"``. Set it per call, 
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -15,12 +16,13 @@ from torch import Tensor
 from .moe_ref import _tracing, moe_experts_dense_ref, moe_experts_ref
 from .wcma_ref import wcma_frequency_ref
 
-_BACKENDS = ("auto", "triton", "reference")
+_BACKENDS = ("auto", "triton", "reference", "ops")
 _backend = os.environ.get("WMOE_KERNELS", "auto")
 
 
 def set_backend(name: str) -> None:
-    """Force a backend for every later call: ``auto``, ``triton`` or ``reference``."""
+    """Force a backend for every later call: ``auto``, ``triton``, ``reference``, or ``ops`` (the
+    ``torch.library`` custom ops of :mod:`wmoe.kernels.ops`: one graph node per stage, for the plugin export)."""
     global _backend
     if name not in _BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; choose one of {_BACKENDS}")
@@ -49,7 +51,7 @@ def use_triton(x: Tensor, *weights: Tensor, backend: Optional[str] = None) -> bo
     b = backend or _backend
     if b not in _BACKENDS:
         raise ValueError(f"unknown kernel backend {b!r}; choose one of {_BACKENDS}")
-    if b == "reference" or _tracing() or not _triton_available():
+    if b in ("reference", "ops") or _tracing() or not _triton_available():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return False
@@ -58,9 +60,23 @@ def use_triton(x: Tensor, *weights: Tensor, backend: Optional[str] = None) -> bo
     return b == "triton" or x.is_cuda
 
 
+@contextlib.contextmanager
+def using_backend(name: str) -> Iterator[None]:
+    """Temporarily :func:`set_backend` (restored on exit)."""
+    old = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
 def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,
                    w_local: Tensor, b_local: Tensor, backend: Optional[str] = None) -> Tensor:
     """``F_p`` of Eq. 5-6 for a BHWC grid; see :func:`wmoe.kernels.wcma_ref.wcma_frequency_ref`."""
+    if (backend or _backend) == "ops":
+        from . import ops  # noqa: F401 - registers torch.ops.wmoe.*
+        return torch.ops.wmoe.wcma_frequency(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
     if use_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local, backend=backend):
         from .wcma_ops import wcma_frequency_triton
         return wcma_frequency_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
@@ -70,6 +86,9 @@ def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, 
 def moe_experts(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
                 top_k: int, backend: Optional[str] = None) -> Tensor:
     """``x_p`` of Eq. 8; see :func:`wmoe.kernels.moe_ref.moe_experts_ref`."""
+    if (backend or _backend) == "ops":
+        from . import ops  # noqa: F401
+        return torch.ops.wmoe.moe_experts(x, w_router, b_router, w1, b1, w2, b2, top_k)
     if use_triton(x, w_router, b_router, w1, b1, w2, b2, backend=backend):  # same rules as the WCMA kernel
         from .moe_ops import moe_experts_triton
         return moe_experts_triton(x, w_router, b_router, w1, b1, w2, b2, top_k)

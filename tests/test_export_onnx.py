@@ -98,8 +98,10 @@ def test_bad_inputs(tmp_path, ckpt):
     bad.write_text("not onnx at all")
     with pytest.raises(ExportError, match="bad.onnx"):
         read_metadata(bad)
-    with pytest.raises(ExportError, match="plugin"):
-        export_onnx(ckpt, tmp_path / "p.onnx", flavor="plugin")
+    with pytest.raises(ExportError, match="flavor"):
+        export_onnx(ckpt, tmp_path / "p.onnx", flavor="bogus")
+    with pytest.raises(ExportError, match="dynamo"):
+        export_onnx(ckpt, tmp_path / "p.onnx", flavor="plugin", exporter="torchscript")
     r = subprocess.run([sys.executable, "-m", "wmoe", "export", "onnx", str(tmp_path / "nope.safetensors"),
                         "--out", str(tmp_path / "y.onnx")], capture_output=True, text=True)
     assert r.returncode == 2 and "nope.safetensors" in r.stderr and not (tmp_path / "y.onnx").exists()
