@@ -88,5 +88,15 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
         be = TrtBackend(engine_path)
         return Backend(name, be.run, "cuda")
     if name == "aoti":
-        raise Skip("the AOTInductor package export is not implemented in this release")
+        if aoti_path is None:
+            raise Skip("no --aoti package given (build one with wmoe export aoti; compiling takes minutes)")
+        dev = "cuda" if cuda else "cpu"
+        runner = torch._inductor.aoti_load_package(str(aoti_path))
+
+        @torch.no_grad()
+        def run(x: np.ndarray) -> Dict[str, np.ndarray]:
+            s, m, t = runner(torch.from_numpy(x).to(dev))
+            return {"scores": s.float().cpu().numpy(), "maps": m.float().cpu().numpy(),
+                    "text_scores": t.float().cpu().numpy()}
+        return Backend(name, run, dev, torch.cuda.synchronize if cuda else (lambda: None))
     raise ValueError(f"unknown backend {name!r}; choose from {ALL_BACKENDS}")

@@ -23,7 +23,7 @@ def _run(a: argparse.Namespace) -> int:
         pass  # make_backend skips it on the CPU with the reason
     doc = run_bench(BenchConfig(a.checkpoint, out=a.out, backends=backends, batches=_ints(a.batch),
                                 sizes=_ints(a.sizes) if a.sizes else None, warmup=a.warmup, repeats=a.repeats,
-                                onnx=a.onnx, engine=a.engine, parity_data=a.parity_data, pretrained=a.pretrained))
+                                onnx=a.onnx, engine=a.engine, aoti=a.aoti, parity_data=a.parity_data, pretrained=a.pretrained))
     for k, v in doc["skipped"].items():
         print(f"skipped {k}: {v}")
     print(f"wrote {a.out}/bench.json, bench.md, bench.png")
@@ -41,6 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--onnx", default=None, help="an exported model (else exported on the fly)")
     p.add_argument("--engine", default=None, help="a TensorRT engine built on this GPU")
+    p.add_argument("--aoti", default=None, help="an AOTInductor package (wmoe export aoti)")
     p.add_argument("--parity-data", default=None, help="data root (e.g. the demo set) for the AUROC change")
     p.add_argument("--pretrained", default=None)
     p.set_defaults(func=_run)

@@ -31,6 +31,7 @@ class BenchConfig:
     repeats: int = 10
     onnx: Optional[str] = None
     engine: Optional[str] = None
+    aoti: Optional[str] = None
     parity_data: Optional[str] = None
     pretrained: Optional[str] = None
     seed: int = 0
@@ -122,7 +123,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
             try:
                 be = ref_be if name == "torch-fp32" else make_backend(
                     name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx and size == base_size else None,
-                    engine_path=Path(cfg.engine) if cfg.engine else None, workdir=out / "work")
+                    engine_path=Path(cfg.engine) if cfg.engine else None,
+                    aoti_path=Path(cfg.aoti) if cfg.aoti and size == base_size else None, workdir=out / "work")
             except Skip as e:
                 skipped[name] = str(e)
                 continue

@@ -22,6 +22,14 @@ def _trt(a: argparse.Namespace) -> int:
     return 0
 
 
+def _aoti(a: argparse.Namespace) -> int:
+    from .aoti import export_aoti
+    path = export_aoti(a.checkpoint, a.out, device=a.device, precision=a.precision, max_batch=a.max_batch,
+                       pretrained=a.pretrained)
+    print(f"wrote {path} (AOTInductor package; load with torch._inductor.aoti_load_package)")
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export to ONNX / TensorRT")
     sub = p.add_subparsers(dest="export_command", required=True)
@@ -42,6 +50,14 @@ def register(subparsers) -> None:
     t.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX, several comma-separated")
     t.add_argument("--workspace-gb", type=float, default=4.0)
     t.set_defaults(func=_trt)
+    ao = sub.add_parser("aoti", help="checkpoint -> AOTInductor .pt2 package (Triton kernels inside on CUDA)")
+    ao.add_argument("checkpoint")
+    ao.add_argument("--out", required=True)
+    ao.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    ao.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    ao.add_argument("--max-batch", type=int, default=64)
+    ao.add_argument("--pretrained", default=None)
+    ao.set_defaults(func=_aoti)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
