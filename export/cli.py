@@ -1,4 +1,4 @@
-"""``wmoe export onnx|trt`` (also installed as ``wmoe-export``)."""
+"""``wmoe export onnx|trt|aoti|reference`` (also installed as ``wmoe-export``)."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,8 @@ def _onnx(a: argparse.Namespace) -> int:
 
 def _trt(a: argparse.Namespace) -> int:
     from .trt_build import build_engine
-    path = build_engine(a.onnx, a.out, precision=a.precision, batch=a.batch, workspace_gb=a.workspace_gb)
+    path = build_engine(a.onnx, a.out, precision=a.precision, batch=a.batch, workspace_gb=a.workspace_gb,
+                        kernels=a.kernels, checkpoint=a.checkpoint)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -27,6 +28,14 @@ def _aoti(a: argparse.Namespace) -> int:
     path = export_aoti(a.checkpoint, a.out, device=a.device, precision=a.precision, max_batch=a.max_batch,
                        pretrained=a.pretrained)
     print(f"wrote {path} (AOTInductor package; load with torch._inductor.aoti_load_package)")
+    return 0
+
+
+def _reference(a: argparse.Namespace) -> int:
+    from .parity import save_reference
+    ins, outs = save_reference(a.onnx, a.out_dir, batch=a.batch, seed=a.seed)
+    print(f"wrote {ins} and {outs}; on the device: polygraphy run MODEL.engine --trt --load-inputs {ins.name} "
+          f"--load-outputs {outs.name} --atol 1e-3 --rtol 1e-3")
     return 0
 
 
@@ -40,7 +49,8 @@ def register(subparsers) -> None:
     o.add_argument("--flavor", choices=["portable", "plugin"], default="portable")
     o.add_argument("--frame-size", default=None, help="HxW: put uint8 preprocessing in the graph (camera frames)")
     o.add_argument("--opset", type=int, default=18)
-    o.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    o.add_argument("--exporter", choices=["dynamo"], default="dynamo",
+                   help="torch.onnx dynamo exporter (the TorchScript one gives a wrong graph for this model)")
     o.add_argument("--pretrained", default=None)
     o.set_defaults(func=_onnx)
     t = sub.add_parser("trt", help="ONNX -> TensorRT engine (+ JSON sidecar)")
@@ -49,6 +59,10 @@ def register(subparsers) -> None:
     t.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
     t.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX, several comma-separated")
     t.add_argument("--workspace-gb", type=float, default=4.0)
+    t.add_argument("--kernels", default=None, help="plugin flavor: AOT kernel dir (python -m wmoe.kernels.aot); "
+                   "compiled for this GPU when omitted")
+    t.add_argument("--checkpoint", default=None, help="plugin flavor on TensorRT < 10.9: re-export the portable "
+                   "flavor from this checkpoint and build that")
     t.set_defaults(func=_trt)
     ao = sub.add_parser("aoti", help="checkpoint -> AOTInductor .pt2 package (Triton kernels inside on CUDA)")
     ao.add_argument("checkpoint")
@@ -58,6 +72,13 @@ def register(subparsers) -> None:
     ao.add_argument("--max-batch", type=int, default=64)
     ao.add_argument("--pretrained", default=None)
     ao.set_defaults(func=_aoti)
+    r = sub.add_parser("reference", help="portable ONNX -> reference inputs/outputs (Polygraphy JSON) for "
+                       "checking an engine on a device without ONNX Runtime GPU")
+    r.add_argument("onnx")
+    r.add_argument("--out-dir", required=True)
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=_reference)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -64,6 +64,7 @@ class EngineSidecar:
     batch_ranges: List[List[int]] = field(default_factory=list)
     image_size: int = 0
     input_kind: str = "images"
+    flavor: str = "portable"
     host: str = field(default_factory=platform.machine)
 
     def write(self, path: Union[str, Path]) -> Path:
@@ -84,9 +85,18 @@ def _major_minor(v: str) -> Tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
 
 
-def check_engine_compat(sidecar: EngineSidecar, gpu_name: str, tensorrt_version: str,
-                        input_shape: Optional[Tuple[int, ...]] = None) -> None:
-    """Raise :class:`EngineCompatError` naming the mismatch: engines are specific to a GPU model and TensorRT version."""
+def check_engine_compat(sidecar: EngineSidecar, gpu_name: Union[str, Dict[str, str], EngineSidecar],
+                        tensorrt_version: Optional[str] = None, input_shape: Optional[Tuple[int, ...]] = None) -> None:
+    """Raise :class:`EngineCompatError` naming the mismatch: engines are specific to a GPU model and TensorRT version.
+
+    Call as ``check_engine_compat(sidecar, current)`` with ``current`` a dict (or sidecar) holding ``gpu_name`` and
+    ``tensorrt_version``, or ``check_engine_compat(sidecar, gpu_name, tensorrt_version)``.
+    """
+    if not isinstance(gpu_name, str):
+        cur = gpu_name if isinstance(gpu_name, dict) else asdict(gpu_name)
+        gpu_name, tensorrt_version = cur["gpu_name"], cur["tensorrt_version"]
+    if tensorrt_version is None:
+        raise TypeError("check_engine_compat needs the current TensorRT version")
     if sidecar.gpu_name != gpu_name:
         raise EngineCompatError(f"engine {sidecar.engine} was built for {sidecar.gpu_name!r}, this GPU is "
                                 f"{gpu_name!r}: rebuild it here (wmoe export trt)")
@@ -102,13 +112,44 @@ def check_engine_compat(sidecar: EngineSidecar, gpu_name: str, tensorrt_version:
                                     f"expects {want} with batch in {sidecar.batch_ranges}")
 
 
+def plan_flavor(meta: Dict[str, str], tensorrt_version: str, checkpoint: Optional[Union[str, Path]] = None
+                ) -> Tuple[str, Optional[str]]:
+    """``(flavor to build, message)``: a plugin-flavor ONNX needs TensorRT >= 10.9 (AOT Python plugins); older
+    TensorRT (JetPack 6 ships 10.3) builds the portable flavor instead, re-exported from ``checkpoint``."""
+    from .trt_plugins import trt_version_ok
+    flavor = meta.get("wmoe.flavor", "portable")
+    if flavor != "plugin" or trt_version_ok(tensorrt_version):
+        return flavor, None
+    if checkpoint is None:
+        raise ExportError(f"TensorRT {tensorrt_version} is older than 10.9 and cannot run the plugin flavor's AOT "
+                          "plugins: pass --checkpoint CKPT to build the portable flavor instead, or export it with "
+                          "wmoe export onnx CKPT --flavor portable")
+    return "portable", (f"TensorRT {tensorrt_version} < 10.9 has no AOT Python plugins: building the portable "
+                        f"flavor instead (re-exported from {checkpoint})")
+
+
 def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: str = "fp16",
-                 batch: str = "1:8:32", workspace_gb: float = 4.0, timing_cache: Optional[str] = None) -> Path:
-    """Build ``out`` from ``onnx_path``; write ``out`` + ``.json`` sidecar atomically. Needs TensorRT and a GPU."""
+                 batch: str = "1:8:32", workspace_gb: float = 4.0, timing_cache: Optional[str] = None,
+                 kernels: Optional[Union[str, Path]] = None, checkpoint: Optional[Union[str, Path]] = None) -> Path:
+    """Build ``out`` from ``onnx_path``; write ``out`` + ``.json`` sidecar atomically. Needs TensorRT and a GPU.
+
+    ``kernels``: a ``wmoe.kernels.aot`` output directory for the plugin flavor (compiled for this GPU into
+    ``<out>.kernels/`` when not given). ``checkpoint``: used to re-export the portable flavor when this TensorRT
+    cannot run the plugins.
+    """
     trt = require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out)
     meta = read_metadata(onnx_path)
     ranges = parse_batch(batch)
+    flavor, note = plan_flavor(meta, trt.__version__, checkpoint)
+    if note:
+        print(note, flush=True)
+        from .onnx_export import export_onnx
+        onnx_path = export_onnx(checkpoint, out.with_suffix(".portable.onnx"),
+                                precision=meta.get("wmoe.precision", "fp32"))
+        meta = read_metadata(onnx_path)
+    if flavor == "plugin":
+        _register_plugins(out, kernels)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = _major_minor(trt.__version__)[0]
@@ -117,7 +158,8 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT could not parse {onnx_path}:\n{errors}")
+        print(errors, flush=True)
+        raise ExportError(f"TensorRT could not parse {onnx_path} ({parser.num_errors} errors):\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if major < 11:  # TensorRT 11: strongly typed networks, precision comes from the ONNX
@@ -148,7 +190,7 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     _, prop = cudart.cudaGetDeviceProperties(0)
     EngineSidecar(
         engine=out.name, onnx_sha256=sha256_file(onnx_path), checkpoint_sha256=meta.get("wmoe.checkpoint_sha256", ""),
-        precision=precision, tensorrt_version=trt.__version__, gpu_name=prop.name.decode().rstrip("\x00"),
+        precision=precision, tensorrt_version=trt.__version__, flavor=flavor, gpu_name=prop.name.decode().rstrip("\x00"),
         compute_capability=f"{prop.major}.{prop.minor}",
         inputs={inp.name: [-1] + shape[1:]},
         outputs={network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)},
@@ -156,3 +198,22 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         input_kind=meta.get("wmoe.input", "images"),
     ).write(out.with_suffix(".json"))
     return out
+
+
+def _register_plugins(out: Path, kernels: Optional[Union[str, Path]]) -> None:
+    """Compile (if needed) the AOT kernels for this GPU and register the plugins before parsing."""
+    from cuda.bindings import driver, runtime as cudart  # type: ignore  # cuda-python
+
+    from .trt_plugins import KernelStore, driver_ptx_limit, register_plugins
+    _, prop = cudart.cudaGetDeviceProperties(0)
+    target = f"sm_{prop.major}{prop.minor}"
+    _, drv = driver.cuDriverGetVersion()
+    kdir = Path(kernels) if kernels else out.with_suffix(".kernels")
+    from wmoe.kernels.aot import TARGETS
+    if not kernels and target not in TARGETS:
+        raise ExportError(f"no AOT kernel target for {target} (have {sorted(TARGETS)}): build the portable flavor")
+    if not (kdir / "manifest.json").is_file():
+        from wmoe.kernels.aot import compile_all
+        print(f"compiling the Triton kernels for {target} into {kdir}", flush=True)
+        compile_all(kdir, targets=(target,), dtypes=("fp16", "fp32"))
+    register_plugins(KernelStore(kdir), target, driver_ptx_limit(int(drv)))

@@ -1,5 +1,5 @@
-"""The plugin flavor: custom nodes named and attributed for the TensorRT plugins, checked with onnx's
-ReferenceEvaluator (Python implementations of the two nodes) against PyTorch."""
+"""The plugin flavor: one custom node per AOT kernel, named and attributed for the TensorRT plugins, checked with
+onnx's ReferenceEvaluator (Python implementations of the nodes, mirroring the kernels) against PyTorch."""
 import numpy as np
 import onnx
 import torch
@@ -20,14 +20,23 @@ def test_plugin_flavor_graph_and_reference_parity(tmp_path):
     assert get_backend() == "auto"  # the export's backend switch is undone
     proto = onnx.load(str(path))
     custom = [n for n in proto.graph.node if n.domain == DOMAIN]
-    assert [n.op_type for n in custom].count(WCMA_OP) == len(cfg.feature_layers or [0] * 4)
+    wcma = [n for n in custom if n.op_type == WCMA_OP]
+    assert len(wcma) == len(cfg.feature_layers or [0] * 4)
+    assert all({a.name: a.i for a in n.attribute} == {"hidden": cfg.freq_hidden, "aot": 1} for n in wcma)
     moe = [n for n in custom if n.op_type == MOE_OP]
-    assert len(moe) == 1 and [(a.name, a.i) for a in moe[0].attribute] == [("top_k", cfg.top_k)]
+    assert len(moe) == 1
+    assert {a.name: a.i for a in moe[0].attribute} == {"top_k": cfg.top_k, "n_experts": cfg.n_experts, "aot": 1}
+    assert len(custom) == len(wcma) + 1
+    # the kernels' fp32 operands are fp32 in the graph: g, b_pw, b_local / router weight and bias
+    types = {v.name: v.type.tensor_type.elem_type for v in list(proto.graph.value_info) + list(proto.graph.input)}
+    types.update({t.name: t.data_type for t in proto.graph.initializer})
+    assert all(types.get(n.input[i]) == onnx.TensorProto.FLOAT for n in wcma for i in (1, 3, 5) if n.input[i] in types)
     assert read_metadata(path)["wmoe.flavor"] == "plugin"
     assert {o.domain: o.version for o in proto.opset_import}[DOMAIN] == 1
-    x = torch.randn(2, 3, 56, 56)
+    x = torch.randn(3, 3, 56, 56)
     got = ReferenceEvaluator(proto, new_ops=REFERENCE_OPS).run(None, {"images": x.numpy()})
     with torch.no_grad():
         o = model(x)
     for g, r in zip(got, (o.scores, o.maps, o.text_scores)):
+        assert g.shape == tuple(r.shape)
         assert np.abs(g - r.numpy()).max() <= 1e-4

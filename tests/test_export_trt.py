@@ -31,6 +31,10 @@ def test_sidecar_round_trip_and_compat(tmp_path):
     check_engine_compat(s, "NVIDIA H100 80GB HBM3", "10.9.1", (4, 3, 336, 336))
     with pytest.raises(EngineCompatError, match="Orin"):
         check_engine_compat(s, "Orin", "10.9.0")
+    with pytest.raises(EngineCompatError, match="Orin"):
+        check_engine_compat(s, {"gpu_name": "Orin", "tensorrt_version": "10.9.0"})
+    check_engine_compat(s, _sidecar(tensorrt_version="10.9.5"))
+    assert EngineSidecar.read(tmp_path / "m.json").flavor == "portable"
     with pytest.raises(EngineCompatError, match="TensorRT 10.3"):
         check_engine_compat(s, "NVIDIA H100 80GB HBM3", "10.3.0")
     with pytest.raises(EngineCompatError, match="does not fit"):
@@ -38,6 +42,8 @@ def test_sidecar_round_trip_and_compat(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(EngineCompatError, match="damaged"):
         EngineSidecar.read(tmp_path / "bad.json")
+    with pytest.raises(EngineCompatError, match="missing"):
+        EngineSidecar.read(tmp_path / "none.json")
 
 
 def test_engine_build_or_clear_install_message(tmp_path):
@@ -46,5 +52,6 @@ def test_engine_build_or_clear_install_message(tmp_path):
     except ImportError:
         with pytest.raises(ExportError, match="pip install tensorrt"):
             build_engine(tmp_path / "m.onnx", tmp_path / "m.engine")
+        assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.json").exists()
         pytest.skip(f"engine build not run: {INSTALL_HINT}")
     pytest.skip("TensorRT present: the engine build is exercised by bench on a GPU machine")

@@ -147,4 +147,5 @@ def test_metrics_benchmark_script_runs(tmp_path):
     from wmoe.bench.bench_metrics import main
     assert main(["--n", "6", "--size", "48", "--classes", "2", "--out", str(tmp_path / "t.md")]) == 0
     text = (tmp_path / "t.md").read_text()
-    assert "| **total** |" in text and "6 maps of 48x48" in text
+    assert "| **total (wall clock)** |" in text and "6 maps of 48x48" in text
+    assert main(["--n", "6", "--size", "48", "--classes", "2", "--threads", "2"]) == 0

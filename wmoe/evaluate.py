@@ -80,19 +80,32 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     skipped = SkippedFiles()
     all_labels, all_scores = [], []
     t0 = time.time()
-    for cls, ds in zip(chosen, datasets):
-        if bar is not None:
-            bar.set_postfix_str(cls)
-        labels, scores, maps, masks = _infer_class(model, ds, batch_size, device, skipped, bar)
-        all_labels.append(labels)
-        all_scores.append(scores)
-        if labels.size == 0:
-            table.add_row(cls, {}, n_images=0, n_anomalous=0)
-            continue
+
+    def class_metrics(labels, scores, maps, masks):
         smoothed = smooth_maps(maps.astype(np.float32), sigma=sigma)
-        metrics = evaluate_class(labels, scores, masks, smoothed, pro=pro)
-        table.add_row(cls, metrics, n_images=int(labels.size), n_anomalous=int(labels.sum()))
-        del maps, smoothed, masks
+        return evaluate_class(labels, scores, masks, smoothed, pro=pro)
+
+    # The metrics of a class (numpy sorts, which release the GIL) run in a worker thread while the model infers
+    # the next class; at most one class waits, so at most two classes' maps are in memory.
+    from concurrent.futures import ThreadPoolExecutor
+    pending = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for cls, ds in zip(chosen, datasets):
+            if bar is not None:
+                bar.set_postfix_str(cls)
+            labels, scores, maps, masks = _infer_class(model, ds, batch_size, device, skipped, bar)
+            all_labels.append(labels)
+            all_scores.append(scores)
+            if pending and pending[-1][1] is not None:
+                pending[-1][1].result()  # back-pressure: bound the memory
+            if labels.size == 0:
+                pending.append((cls, None, 0, 0))
+                continue
+            pending.append((cls, pool.submit(class_metrics, labels, scores, maps, masks), int(labels.size),
+                            int(labels.sum())))
+            del maps, masks
+        for cls, fut, n, n_anom in pending:
+            table.add_row(cls, fut.result() if fut is not None else {}, n_images=n, n_anomalous=n_anom)
     if bar is not None:
         bar.close()
     labels = np.concatenate(all_labels) if all_labels else np.zeros(0)

@@ -1,0 +1,235 @@
+"""TensorRT plugins for the plugin ONNX flavor: quickly deployable plugins (``tensorrt.plugin``, TensorRT >= 10.9)
+with ahead-of-time compiled Triton PTX (``@trtp.aot_impl``), so the engine runs without Python (also under trtexec).
+
+Plugins (namespace ``wmoe``; op types and attributes as :mod:`wmoe.export.plugin_graph` writes them):
+
+* ``wmoe::WmoeWcmaFrequency`` -> ``_wcma_main_kernel`` (Eq. 5-6), grid ``(⌈B·h·w/32⌉,)``, 8 warps;
+* ``wmoe::WmoeMoeRouter`` -> ``_router_kernel`` (Eq. 8 gate), grid ``(⌈B/16⌉,)``, 4 warps.
+
+The PTX comes from :func:`wmoe.kernels.aot.compile_all` (its ``manifest.json``). Every artifact is checked here
+before it goes into an engine (:func:`check_plugin_artifact`): arguments ordered inputs / int32 scalars / outputs
+and matching the plugin's I/O, no Triton global or profile scratch (TensorRT passes null for the two hidden
+trailing pointer arguments), no TMA descriptors, PTX ``.version`` within what the driver's JIT accepts
+(:func:`cap_ptx_version` rewrites it when the kernel uses nothing newer). Everything except :func:`register_plugins`
+runs without TensorRT and is unit-tested.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .onnx_export import ExportError
+from .plugin_graph import DOMAIN, MOE_OP, WCMA_OP
+
+MIN_TRT_AOT = (10, 9)  # tensorrt.plugin.aot_impl
+
+# CUDA driver version (major, minor) -> the newest PTX ISA its JIT compiles (CUDA release notes / PTX ISA docs).
+DRIVER_PTX = {(11, 8): (7, 8), (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2), (12, 3): (8, 3), (12, 4): (8, 4),
+              (12, 5): (8, 5), (12, 6): (8, 5), (12, 8): (8, 7), (12, 9): (8, 8), (13, 0): (9, 0)}
+
+
+@dataclass(frozen=True)
+class PluginKernel:
+    """How one plugin maps onto one AOT kernel of ``wmoe.kernels.aot``."""
+    op: str  # ONNX op_type = TensorRT plugin name
+    kernel: str  # manifest entry prefix (``wcma_main`` -> ``wcma_main_fp16_sm_90``)
+    n_inputs: int
+    n_outputs: int
+    n_scalars: int
+
+
+PLUGINS = {
+    WCMA_OP: PluginKernel(WCMA_OP, "wcma_main", n_inputs=6, n_outputs=1, n_scalars=7),  # B, H, W, h, w, C, D
+    MOE_OP: PluginKernel(MOE_OP, "moe_router", n_inputs=3, n_outputs=2, n_scalars=4),  # B, C, NE, TOPK
+}
+
+
+def cdiv(a: Any, b: int) -> Any:
+    """Ceiling division for ints and TensorRT symbolic shape expressions alike."""
+    return (a + (b - 1)) // b
+
+
+def launch_plan(op: str, dims: Dict[str, Any], constexprs: Dict[str, int], num_warps: int
+                ) -> Tuple[Tuple[Any, Any, Any], int, List[Any]]:
+    """``(grid, threads per block, int32 scalar args in kernel order)`` for one plugin call.
+
+    ``dims`` holds ints (tests, planning) or ``trtp`` shape expressions (inside ``aot_impl``): the same formulas
+    serve both, matching the launchers in ``wmoe.kernels.wcma_ops`` / ``moe_ops``.
+    """
+    threads = 32 * num_warps
+    if op == WCMA_OP:
+        B, H, W, C, D = (dims[k] for k in ("B", "H", "W", "C", "D"))
+        h, w = cdiv(H, 2), cdiv(W, 2)
+        if isinstance(D, int) and D > constexprs["BLOCK_D"]:
+            raise ExportError(f"{op}: hidden width {D} > BLOCK_D={constexprs['BLOCK_D']} of the AOT kernel: "
+                              "recompile it with a larger BLOCK_D")
+        return (cdiv(B * h * w, constexprs["BLOCK_M"]), 1, 1), threads, [B, H, W, h, w, C, D]
+    if op == MOE_OP:
+        B, C, NE, K = (dims[k] for k in ("B", "C", "NE", "TOPK"))
+        if isinstance(NE, int) and NE > constexprs["BLOCK_E"]:
+            raise ExportError(f"{op}: {NE} experts > BLOCK_E={constexprs['BLOCK_E']} of the AOT router kernel")
+        return (cdiv(B, constexprs["BLOCK_B"]), 1, 1), threads, [B, C, NE, K]
+    raise ExportError(f"no TensorRT plugin named {op!r} (known: {sorted(PLUGINS)})")
+
+
+def ptx_version(ptx: str) -> Tuple[int, int]:
+    m = re.search(r"^\s*\.version\s+(\d+)\.(\d+)", ptx, re.M)
+    if not m:
+        raise ExportError("PTX has no .version directive")
+    return int(m.group(1)), int(m.group(2))
+
+
+def driver_ptx_limit(driver_version: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    """Newest PTX ISA a CUDA driver accepts; ``driver_version`` as ``cuDriverGetVersion`` (12040) or (12, 4)."""
+    if isinstance(driver_version, int):
+        driver_version = (driver_version // 1000, (driver_version % 1000) // 10)
+    known = [k for k in sorted(DRIVER_PTX) if k <= tuple(driver_version)]
+    if not known:
+        raise ExportError(f"CUDA driver {driver_version[0]}.{driver_version[1]} is too old for these kernels "
+                          f"(need >= {min(DRIVER_PTX)[0]}.{min(DRIVER_PTX)[1]})")
+    return DRIVER_PTX[known[-1]]
+
+
+def cap_ptx_version(ptx: str, limit: Tuple[int, int]) -> str:
+    """Lower ``.version`` to ``limit`` when the PTX is newer. Triton stamps its newest ISA whatever the kernel uses;
+    ptxas/the driver JIT reject instructions the lowered ISA lacks, so an engine build fails loudly rather than
+    running wrong code (TMA and other sm_90 features are refused earlier by :func:`check_plugin_artifact`)."""
+    if ptx_version(ptx) <= tuple(limit):
+        return ptx
+    return re.sub(r"^(\s*\.version\s+)\d+\.\d+", rf"\g<1>{limit[0]}.{limit[1]}", ptx, count=1, flags=re.M)
+
+
+_TMA = re.compile(r"cp\.async\.bulk\.tensor|\.tensormap|tensormap\.|prefetch\.tensormap")
+
+
+def check_plugin_artifact(art: Dict[str, Any], ptx: str, plugin: PluginKernel,
+                          driver_limit: Optional[Tuple[int, int]] = None) -> List[str]:
+    """The problems that make a manifest entry unusable as ``plugin``'s AOT kernel (empty list = usable)."""
+    problems = list(art.get("problems", []))
+    roles = [r for _, r, _ in art["signature"]]
+    rank = {"in": 0, "scalar": 1, "out": 2}
+    if [rank[r] for r in roles] != sorted(rank[r] for r in roles):
+        problems.append("arguments are not ordered inputs, int32 scalars, outputs")
+    if any(t != "i32" for _, r, t in art["signature"] if r == "scalar"):
+        problems.append("a scalar argument is not int32")
+    counts = (roles.count("in"), roles.count("scalar"), roles.count("out"))
+    if counts != (plugin.n_inputs, plugin.n_scalars, plugin.n_outputs):
+        problems.append(f"kernel has {counts} inputs/scalars/outputs, plugin {plugin.op} needs "
+                        f"{(plugin.n_inputs, plugin.n_scalars, plugin.n_outputs)}")
+    if art.get("global_scratch_bytes", 0):
+        problems.append(f"needs {art['global_scratch_bytes']} B of Triton scratch (TensorRT passes null)")
+    if _TMA.search(ptx):
+        problems.append("uses TMA descriptors (not supported by TensorRT AOT plugins)")
+    if driver_limit is not None and ptx_version(ptx) > tuple(driver_limit):
+        problems.append(f"PTX {'.'.join(map(str, ptx_version(ptx)))} is newer than the driver accepts "
+                        f"({driver_limit[0]}.{driver_limit[1]}): cap it with cap_ptx_version")
+    return problems
+
+
+class KernelStore:
+    """The AOT artifacts of one ``compile_all`` directory, checked and ready for a plugin."""
+
+    def __init__(self, directory: Union[str, Path]) -> None:
+        self.dir = Path(directory)
+        man = self.dir / "manifest.json"
+        try:
+            self.manifest = json.loads(man.read_text())
+        except FileNotFoundError as e:
+            raise ExportError(f"{man}: no AOT kernel manifest (python -m wmoe.kernels.aot --out {self.dir})") from e
+        except ValueError as e:
+            raise ExportError(f"{man}: damaged manifest ({e})") from e
+        self.by_name = {a["name"]: a for a in self.manifest.get("artifacts", [])}
+
+    def kernel(self, op: str, dtype: str, target: str, driver_limit: Optional[Tuple[int, int]] = None
+               ) -> Tuple[Dict[str, Any], str]:
+        """``(manifest entry, PTX text capped to the driver)`` for plugin ``op``; ExportError if unusable."""
+        plugin = PLUGINS[op]
+        name = f"{plugin.kernel}_{dtype}_{target}"
+        art = self.by_name.get(name)
+        if art is None:
+            raise ExportError(f"{self.dir}: no AOT kernel {name} (have: {sorted(self.by_name)}); compile it with "
+                              f"python -m wmoe.kernels.aot --out {self.dir} --targets {target}")
+        ptx = (self.dir / art["ptx"]).read_text()
+        if driver_limit is not None:
+            ptx = cap_ptx_version(ptx, driver_limit)
+        problems = check_plugin_artifact(art, ptx, plugin, driver_limit)
+        if problems:
+            raise ExportError(f"{self.dir / art['ptx']}: unusable as TensorRT plugin {op}: " + "; ".join(problems))
+        return art, ptx
+
+
+def trt_version_ok(version: str) -> bool:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:2]) >= MIN_TRT_AOT
+
+
+_REGISTERED: Dict[str, Any] = {}
+
+
+def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tuple[int, int]] = None) -> None:
+    """Register both plugins with ``tensorrt.plugin`` (once per process) before the ONNX parser sees the nodes."""
+    import tensorrt as trt  # type: ignore
+    if not trt_version_ok(trt.__version__):
+        raise ExportError(f"TensorRT {trt.__version__} has no AOT Python plugins (needs >= 10.9): build the "
+                          "portable flavor")
+    import tensorrt.plugin as trtp  # type: ignore
+    if _REGISTERED:
+        return
+
+    def _dtype(desc) -> str:
+        if desc.dtype == trt.float16:
+            return "fp16"
+        if desc.dtype == trt.float32:
+            return "fp32"
+        raise ExportError(f"plugin input dtype {desc.dtype} has no AOT kernel (fp16/fp32 only)")
+
+    @trtp.register(f"{DOMAIN}::{WCMA_OP}")
+    def _wcma_desc(x: trtp.TensorDesc, g: trtp.TensorDesc, w_pw: trtp.TensorDesc, b_pw: trtp.TensorDesc,
+                   w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: int, aot: int) -> trtp.TensorDesc:
+        s = x.shape_expr
+        return trtp.from_shape_expr((s[0], cdiv(s[1], 2), cdiv(s[2], 2), s[3]), dtype=x.dtype)
+
+    @trtp.aot_impl(f"{DOMAIN}::{WCMA_OP}")
+    def _wcma_aot(x: trtp.TensorDesc, g: trtp.TensorDesc, w_pw: trtp.TensorDesc, b_pw: trtp.TensorDesc,
+                  w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: int, aot: int,
+                  outputs: Tuple[trtp.TensorDesc], tactic: int):
+        art, ptx = store.kernel(WCMA_OP, _dtype(x), target, driver_limit)
+        s = x.shape_expr
+        grid, threads, scalars = launch_plan(WCMA_OP, dict(B=s[0], H=s[1], W=s[2], C=s[3], D=hidden),
+                                             art["constexprs"], art["num_warps"])
+        return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
+
+    @trtp.register(f"{DOMAIN}::{MOE_OP}")
+    def _router_desc(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: int,
+                     n_experts: int, aot: int) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+        b = x.shape_expr[0]
+        return (trtp.from_shape_expr((b, top_k), dtype=trt.float32),
+                trtp.from_shape_expr((b, top_k), dtype=trt.int32))
+
+    @trtp.aot_impl(f"{DOMAIN}::{MOE_OP}")
+    def _router_aot(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: int,
+                    n_experts: int, aot: int, outputs: Tuple[trtp.TensorDesc, trtp.TensorDesc], tactic: int):
+        art, ptx = store.kernel(MOE_OP, _dtype(x), target, driver_limit)
+        s = x.shape_expr
+        grid, threads, scalars = launch_plan(MOE_OP, dict(B=s[0], C=s[1], NE=n_experts, TOPK=top_k),
+                                             art["constexprs"], art["num_warps"])
+        return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
+
+    _REGISTERED.update({WCMA_OP: _wcma_aot, MOE_OP: _router_aot})
+
+
+def _launch(trtp, grid: Sequence[Any], threads: int, art: Dict[str, Any]):
+    p = trtp.KernelLaunchParams()
+    p.grid_x, p.grid_y, p.grid_z = grid
+    p.block_x = threads
+    p.shared_mem = int(art["shared_bytes"])
+    return p
+
+
+def _scalars(trtp, values: Sequence[Any]):
+    extra = trtp.SymIntExprs(len(values))
+    for i, v in enumerate(values):
+        extra[i] = trtp.SymInt32(v)
+    return extra

@@ -1,0 +1,103 @@
+"""TensorRT AOT plugins: everything that does not need TensorRT, on the real AOT-compiled Triton PTX."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wmoe.export.onnx_export import ExportError
+from wmoe.export.plugin_graph import MOE_OP, WCMA_OP
+from wmoe.export.trt_build import plan_flavor
+from wmoe.export.trt_plugins import (PLUGINS, KernelStore, cap_ptx_version, check_plugin_artifact, driver_ptx_limit,
+                                     launch_plan, ptx_version, register_plugins, trt_version_ok)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # a subprocess: the test session sets TRITON_INTERPRET=1, under which Triton cannot compile (~5 s)
+    d = tmp_path_factory.mktemp("aot")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "wmoe.kernels.aot", "--out", str(d), "--targets", "sm_87",
+                        "--dtypes", "fp16"], capture_output=True, text=True, env=env, timeout=300)
+    assert (d / "manifest.json").is_file(), r.stderr[-2000:]
+    return KernelStore(d)
+
+
+def test_real_artifacts_are_usable_plugins_and_capped(store):
+    from wmoe.kernels.aot import ptxas_usage
+    for op in PLUGINS:
+        art, ptx = store.kernel(op, "fp16", "sm_87", driver_limit=(8, 5))
+        assert ptx_version(ptx) == (8, 5) and art["kernel"] in ptx
+        # the capped PTX still assembles: the kernels use nothing newer than ISA 8.5
+        path = store.dir / f"{op}_capped.ptx"
+        path.write_text(ptx)
+        assert ptxas_usage(path, "sm_87")["registers"] > 0
+
+
+def test_artifact_checks_catch_what_tensorrt_cannot_launch(store):
+    art = store.by_name["wcma_main_fp16_sm_87"]
+    ptx = (store.dir / art["ptx"]).read_text()
+    plugin = PLUGINS[WCMA_OP]
+    assert check_plugin_artifact(art, ptx, plugin) == []
+    swapped = dict(art, signature=[art["signature"][-1]] + art["signature"][:-1])
+    assert any("ordered" in p for p in check_plugin_artifact(swapped, ptx, plugin))
+    assert any("scratch" in p for p in check_plugin_artifact(dict(art, global_scratch_bytes=256), ptx, plugin))
+    assert any("TMA" in p for p in check_plugin_artifact(art, ptx + "\n.param .align 64 .b8 desc[128]; "
+                                                         "cp.async.bulk.tensor.2d.shared", plugin))
+    assert any("newer than the driver" in p for p in check_plugin_artifact(art, ptx, plugin, (8, 0)))
+    assert any("inputs/scalars/outputs" in p for p in check_plugin_artifact(art, ptx, PLUGINS[MOE_OP]))
+
+
+def test_ptx_cap_and_driver_table():
+    ptx = "//\n.version 8.8\n.target sm_90a\n"
+    assert cap_ptx_version(ptx, (8, 5)) == "//\n.version 8.5\n.target sm_90a\n"
+    assert cap_ptx_version(ptx, (9, 0)) == ptx
+    assert driver_ptx_limit(12060) == (8, 5) and driver_ptx_limit((12, 9)) == (8, 8)
+    assert driver_ptx_limit(13010) == (9, 0)
+    with pytest.raises(ExportError, match="too old"):
+        driver_ptx_limit(11040)
+    with pytest.raises(ExportError, match="no .version"):
+        ptx_version(".target sm_80")
+
+
+def test_launch_plan_matches_the_launchers():
+    grid, threads, args = launch_plan(WCMA_OP, dict(B=4, H=37, W=37, C=768, D=192),
+                                      {"BLOCK_M": 32, "BLOCK_D": 256}, 8)
+    assert grid == (-(-4 * 19 * 19 // 32), 1, 1) and threads == 256 and args == [4, 37, 37, 19, 19, 768, 192]
+    grid, threads, args = launch_plan(MOE_OP, dict(B=33, C=768, NE=8, TOPK=2), {"BLOCK_B": 16, "BLOCK_E": 8}, 4)
+    assert grid == (3, 1, 1) and threads == 128 and args == [33, 768, 8, 2]
+    with pytest.raises(ExportError, match="BLOCK_D"):
+        launch_plan(WCMA_OP, dict(B=1, H=2, W=2, C=8, D=512), {"BLOCK_M": 32, "BLOCK_D": 256}, 8)
+
+
+def test_store_errors(tmp_path, store):
+    with pytest.raises(ExportError, match="manifest"):
+        KernelStore(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(ExportError, match="damaged"):
+        KernelStore(tmp_path)
+    with pytest.raises(ExportError, match="wcma_main_fp32_sm_90"):
+        store.kernel(WCMA_OP, "fp32", "sm_90")
+
+
+def test_flavor_fallback_on_old_tensorrt(tmp_path):
+    assert trt_version_ok("10.9.0.34") and trt_version_ok("11.0.0") and not trt_version_ok("10.3.0")
+    assert plan_flavor({"wmoe.flavor": "plugin"}, "10.13.0") == ("plugin", None)
+    assert plan_flavor({"wmoe.flavor": "portable"}, "10.3.0") == ("portable", None)
+    flavor, note = plan_flavor({"wmoe.flavor": "plugin"}, "10.3.0", checkpoint="m.safetensors")
+    assert flavor == "portable" and "10.3.0 < 10.9" in note and "portable" in note
+    with pytest.raises(ExportError, match="--checkpoint"):
+        plan_flavor({"wmoe.flavor": "plugin"}, "10.3.0")
+
+
+def test_register_plugins_needs_tensorrt(store):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pytest.skip("TensorRT is not installed (pip install tensorrt, x86-64 + CUDA 12/13; JetPack's "
+                    "python3-libnvinfer on Jetson): plugin registration not exercised")
+    if not trt_version_ok(tensorrt.__version__):
+        with pytest.raises(ExportError, match="10.9"):
+            register_plugins(store, "sm_87")
+    else:
+        register_plugins(store, "sm_87", (8, 5))
