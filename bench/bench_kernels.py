@@ -4,7 +4,10 @@
     python -m wmoe.bench.bench_kernels --dry-run                          # floors only (any machine)
 
 WCMA frequency stage: eager = pytorch_wavelets' DWT + the nn ops of Eq. 5-6 (``wcma_frequency_ref`` on the
-sub-bands), compiled = ``torch.compile`` of the reference, fused = the Triton kernels. MoE: eager = the loop over
+sub-bands), compiled = ``torch.compile`` of the reference, fused = the Triton kernels. Whole WCMA (Eq. 5-7):
+eager = the above + Eq. 7 as written (K/V projections of every position), compiled = ``torch.compile`` of that,
+unfused = the frequency kernel + eager Eq. 7, fused = ``wcma_attention_triton`` (one pass, ``F_p`` never written,
+Eq. 7 folded; its floor counts the folded algorithm's FLOPs). MoE: eager = the loop over
 experts (``moe_experts_ref``), dense = all experts with a masked combine, compiled dense, fused = the Triton path.
 Timings: ``triton.testing.do_bench`` (median, p20, p80) and ``do_bench_cudagraph``; achieved GB/s and TFLOP/s
 beside the floors (bytes that must be read/written once, FLOPs of the GEMMs).
@@ -16,13 +19,22 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-C, D, NE, TOPK = 768, 192, 8, 2
+C, D, NE, TOPK, T = 768, 192, 8, 2, 2
 
 
 def wcma_floor(B: int, grid: int, itemsize: int = 2) -> Dict[str, float]:
     h = (grid + 1) // 2
     bytes_ = B * grid * grid * C * itemsize + B * h * h * C * itemsize + (2 * C * D + C * C) * itemsize
     flops = 2 * B * h * h * C * D * 2 + 2 * B * C * C
+    return {"bytes": bytes_, "flops": flops}
+
+
+def wcma_attn_floor(B: int, grid: int, itemsize: int = 2) -> Dict[str, float]:
+    """Read the grid and the weights once; FLOPs of the folded algorithm (frequency GEMMs, two-query attention,
+    the query fold and W_v on T rows, the global GEMV)."""
+    h = (grid + 1) // 2
+    bytes_ = B * grid * grid * C * itemsize + (2 * C * D + 4 * C * C) * itemsize + 2 * B * T * C * itemsize
+    flops = 2 * B * h * h * C * D * 2 + 2 * 2 * B * h * h * C * T + 3 * 2 * B * T * C * C + 2 * B * C * C
     return {"bytes": bytes_, "flops": flops}
 
 
@@ -40,7 +52,9 @@ def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
 
     from wmoe.kernels.moe_ops import moe_experts_triton
     from wmoe.kernels.moe_ref import moe_experts_dense_ref, moe_experts_ref
+    from wmoe.kernels.wcma_attn_ops import wcma_attention_triton
     from wmoe.kernels.wcma_ops import wcma_frequency_triton
+    from wmoe.kernels.wcma_ref import wcma_cross_attention_ref
 
     dev, dt = "cuda", torch.float16
     dwt = DWTForward(J=1, wave="haar", mode="zero").to(dev, dt)
@@ -59,6 +73,12 @@ def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
         return f_h.permute(0, 2, 3, 1) * torch.sigmoid(loc + g[:, None, None]) + f_l.permute(0, 2, 3, 1)
 
     compiled_wcma = torch.compile(eager_wcma)
+    aw = [torch.randn(C, C, device=dev, dtype=dt) * 0.03 for _ in range(3)]
+
+    def eager_attn(f_t, x):
+        return wcma_cross_attention_ref(f_t, eager_wcma(x), *aw)
+
+    compiled_attn = torch.compile(eager_attn)
     mw = [torch.randn(NE, C, device=dev) * 0.05, torch.zeros(NE, device=dev),
           torch.randn(NE, C, C, device=dev, dtype=dt) * 0.03, torch.zeros(NE, C, device=dev, dtype=dt),
           torch.randn(NE, C, C, device=dev, dtype=dt) * 0.03, torch.zeros(NE, C, device=dev, dtype=dt)]
@@ -79,6 +99,14 @@ def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
             bench("wcma-eager", lambda: eager_wcma(x), fl, stage="wcma", batch=B, grid=grid)
             bench("wcma-compile", lambda: compiled_wcma(x), fl, stage="wcma", batch=B, grid=grid)
             bench("wcma-triton", lambda: wcma_frequency_triton(x, *w), fl, stage="wcma", batch=B, grid=grid)
+            f_t = torch.randn(B, T, C, device=dev, dtype=dt)
+            fa = wcma_attn_floor(B, grid)
+            key = dict(stage="wcma+attn", batch=B, grid=grid)
+            bench("wcma-attn-eager", lambda: eager_attn(f_t, x), fa, **key)
+            bench("wcma-attn-compile", lambda: compiled_attn(f_t, x), fa, **key)
+            bench("wcma-attn-unfused", lambda: wcma_cross_attention_ref(f_t, wcma_frequency_triton(x, *w), *aw), fa,
+                  **key)
+            bench("wcma-attn-fused", lambda: wcma_attention_triton(f_t, x, *w, *aw), fa, **key)
     for B in batches:
         x = torch.randn(B, C, device=dev, dtype=dt)
         fl = moe_floor(B)
@@ -109,6 +137,9 @@ def main(argv=None) -> int:
                 f = wcma_floor(B, g)
                 us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
                 print(f"| wcma | {B} | {g} | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
+                f = wcma_attn_floor(B, g)
+                us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
+                print(f"| wcma+attn | {B} | {g} | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
         for B in batches:
             f = moe_floor(B)
             us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6

@@ -34,6 +34,12 @@ WCMA_POOL_ARGS = [("x_ptr", "in", "*T"), ("B", "scalar", "i32"), ("H", "scalar",
 WCMA_GEMV_ARGS = [("p_ptr", "in", "*fp32"), ("w_ptr", "in", "*fp32"), ("bias_ptr", "in", "*fp32"),
                   ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("g_ptr", "out", "*fp32")]
 
+_WCMA_SCALARS = [(n, "scalar", "i32") for n in ("B", "H", "W", "h", "w", "C", "D", "T", "NT")]
+WCMA_ATTN_ARGS = (WCMA_MAIN_ARGS[:6] + [("q_ptr", "in", "*fp32")] + _WCMA_SCALARS
+                  + [("acc_ptr", "out", "*fp32"), ("m_ptr", "out", "*fp32"), ("l_ptr", "out", "*fp32")])
+WCMA_COMBINE_ARGS = [("acc_ptr", "in", "*fp32"), ("m_ptr", "in", "*fp32"), ("l_ptr", "in", "*fp32"),
+                     ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("T", "scalar", "i32"), ("NT", "scalar", "i32"),
+                     ("z_ptr", "out", "*fp32")]
 
 MOE_ROUTER_ARGS = [("x_ptr", "in", "*T"), ("wr_ptr", "in", "*fp32"), ("br_ptr", "in", "*fp32"),
                    ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("NE", "scalar", "i32"), ("TOPK", "scalar", "i32"),
@@ -50,6 +56,7 @@ MOE_COMBINE_ARGS = [("y_ptr", "in", "*fp32"), ("B", "scalar", "i32"), ("C", "sca
 
 def kernel_specs() -> Dict[str, tuple]:
     from .moe_triton import _combine_kernel, _expert_down_kernel, _expert_up_kernel, _router_kernel
+    from .wcma_attn_triton import _attn_combine_kernel, _wcma_attn_kernel
     from .wcma_triton import _gemv_kernel, _pool_kernel, _wcma_main_kernel
     return {
         "moe_router": (_router_kernel, MOE_ROUTER_ARGS, {"BLOCK_B": 16, "BLOCK_E": 8, "BLOCK_K": 32}, 4, 2),
@@ -61,6 +68,10 @@ def kernel_specs() -> Dict[str, tuple]:
         # D = 192 (the default freq_hidden) -> BLOCK_D 256
         "wcma_main": (_wcma_main_kernel, WCMA_MAIN_ARGS, {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 256,
                                                           "BLOCK_N": 32}, 8, 2),
+        # the fused Eq. 5-7 pass and its partial merge (T = 2 text queries -> BLOCK_T 2)
+        "wcma_attn": (_wcma_attn_kernel, WCMA_ATTN_ARGS, {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 256,
+                                                          "BLOCK_N": 32, "BLOCK_T": 2}, 8, 2),
+        "wcma_attn_combine": (_attn_combine_kernel, WCMA_COMBINE_ARGS, {"BLOCK_C": 64, "BLOCK_T": 2}, 4, 2),
     }
 
 

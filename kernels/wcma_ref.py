@@ -101,3 +101,24 @@ def wcma_cross_attention_ref(
     v = F.linear(kv, w_v)
     attn = torch.softmax((q @ k.transpose(1, 2)) / (C ** 0.5), dim=-1)
     return attn @ v
+
+
+def wcma_cross_attention_folded_ref(
+    f_t: Tensor,
+    f_p: Tensor,
+    w_q: Tensor,
+    w_k: Tensor,
+    w_v: Tensor,
+) -> Tensor:
+    """Eq. 7 refactored by associativity, the form the fused kernel computes (equal to
+    :func:`wcma_cross_attention_ref` in exact arithmetic):
+
+    ``Q_T K_I^T = (F_T W_q^T W_k) F_p^T`` and ``softmax(·) V_I = (softmax(·) F_p) W_v^T``, so neither ``K_I`` nor
+    ``V_I`` (two (h·w, C) × (C, C) projections) is formed: the cost per image drops from ``4·h·w·C²`` to
+    ``4·T·C² + 4·T·h·w·C`` FLOPs (T = 2 text queries).
+    """
+    B, h, w, C = f_p.shape
+    kv = f_p.reshape(B, h * w, C)
+    q = F.linear(F.linear(f_t, w_q), w_k.t()) / (C ** 0.5)  # q' = F_T W_q^T W_k / sqrt(C)
+    attn = torch.softmax(q @ kv.transpose(1, 2), dim=-1)
+    return F.linear(attn @ kv, w_v)

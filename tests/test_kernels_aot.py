@@ -17,8 +17,9 @@ def test_compile_all_targets(tmp_path):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     arts = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
-    assert {a["name"].rsplit("_fp16_", 1)[0] for a in arts} == {"wcma_pool", "wcma_gemv", "wcma_main", "moe_router", "moe_up",
-                                                                      "moe_down", "moe_combine"}
+    assert {a["name"].rsplit("_fp16_", 1)[0] for a in arts} == {
+        "wcma_pool", "wcma_gemv", "wcma_main", "wcma_attn", "wcma_attn_combine",
+        "moe_router", "moe_up", "moe_down", "moe_combine"}
     assert {a["target"] for a in arts} == set(TARGETS)
     for a in arts:
         assert a["problems"] == [], (a["name"], a["problems"])

@@ -1,15 +1,16 @@
 """Wavelet-enhanced Cross-Modal Attention (WCMA), Sec. 2.2, Eq. 5-7.
 
 One module per feature layer. The frequency stage (Haar DWT, channel attention ``W_h``, ``F_p``) runs through
-``wmoe.kernels.wcma_frequency`` (a fused Triton kernel on CUDA, the PyTorch reference elsewhere); the text
-queries then attend over ``F_p`` (Eq. 7).
+``wmoe.kernels.wcma_frequency`` and the text queries attend over ``F_p`` (Eq. 7); on CUDA at inference both run as
+one fused Triton pass (``wmoe.kernels.wcma_attention``) that never writes ``F_p``, elsewhere as the PyTorch
+reference.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from wmoe.kernels import wcma_cross_attention_ref, wcma_frequency
+from wmoe.kernels import wcma_attention, wcma_frequency
 
 
 class WCMA(nn.Module):
@@ -40,6 +41,7 @@ class WCMA(nn.Module):
                               self.local_fc.weight, self.local_fc.bias)
 
     def forward(self, text: Tensor, patches: Tensor) -> Tensor:
-        f_p = self.frequency(patches)
-        att = wcma_cross_attention_ref(text.to(f_p.dtype), f_p, self.q.weight, self.k.weight, self.v.weight)
+        att = wcma_attention(text.to(patches.dtype), patches, self.global_fc.weight, self.global_fc.bias,
+                             self.pw.weight, self.pw.bias, self.local_fc.weight, self.local_fc.bias,
+                             self.q.weight, self.k.weight, self.v.weight)
         return text + att.to(text.dtype) if self.residual else att.to(text.dtype)

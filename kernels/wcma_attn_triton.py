@@ -1,0 +1,149 @@
+"""Triton kernels of the whole WCMA stage (Eq. 5-7): the frequency stage fused with the cross-attention, so
+``F_p`` never reaches memory.
+
+Eq. 7 is refactored by associativity (exact in real arithmetic, see ``wcma_ref.wcma_cross_attention_folded_ref``):
+
+    Q_T K_I^T = (F_T W_q^T W_k) F_p^T = q' F_p^T          softmax(...) V_I = (softmax(...) F_p) W_v^T
+
+so the two (h·w × C × C) projections ``K_I`` and ``V_I`` are never computed: the queries are folded into
+``q' = F_T W_q^T W_k / sqrt(C)`` (a (T, C) × (C, C) product per image) and ``W_v`` is applied once to the pooled
+result ``z = softmax(q' F_p^T) F_p``. What remains per position is a dot product with T = 2 queries and a weighted
+sum: flash-attention with two queries, split over position tiles.
+
+Two launches after the frequency stage's pool + GEMV pre-pass (``wcma_triton._pool_kernel`` / ``_gemv_kernel``):
+
+1. ``_wcma_attn_kernel``, grid ``(NT, B)`` with ``NT = ⌈h·w / BLOCK_M⌉``: per tile of BLOCK_M positions of one
+   image, ``t = ReLU(2a W_pw^T + b_pw)`` once (kept on chip), then two passes over channel blocks that each
+   rebuild the ``F_p`` block from ``t`` and the four pixels (the local GEMM is recomputed rather than holding the
+   (BLOCK_M, C) tile on chip): pass 1 accumulates the logits ``s = q' F_p^T``, pass 2 the tile's softmax-weighted
+   sum ``Σ_m exp(s_m - max_tile s) F_p[m]``. Writes the tile's partial sums, max and normalizer.
+2. ``_attn_combine_kernel``, grid ``(B, ⌈C/BLOCK_C⌉)``: the online-softmax merge of the NT partials in a fixed
+   order (deterministic), ``z = Σ_i e^{m_i - M} acc_i / Σ_i e^{m_i - M} l_i``.
+
+``F'_T = z W_v^T`` is a (B·T, C) × (C, C) GEMM left to the caller. Plugin friendly like the other kernels:
+arguments ordered inputs, int32 scalars, outputs; the partials are explicit outputs, not scratch.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
+                      B, H, W, h, w, C, D, T, NT,
+                      acc_ptr, m_ptr, l_ptr,
+                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    tile = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_p = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_pos = h * w
+    mmask = offs_p < n_pos
+    i = offs_p // w
+    j = offs_p % w
+    row_a = (b * H + 2 * i) * W + 2 * j
+    has_b = (2 * j + 1) < W
+    has_c = (2 * i + 1) < H
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    offs_t = tl.arange(0, BLOCK_T)
+    tmask = offs_t < T
+
+    # t = ReLU(2a W_pw^T + b_pw) (Eq. 5 local branch, first half): (BLOCK_M, BLOCK_D), computed once
+    t = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < C
+        a = tl.load(x_ptr + row_a[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        wt = tl.load(wpw_ptr + offs_d[None, :] * C + offs_k[:, None], mask=kmask[:, None] & dmask[None, :],
+                     other=0.0)
+        if x_ptr.dtype.element_ty == tl.float32:
+            t += tl.dot(a, wt.to(tl.float32), input_precision="ieee")
+        else:
+            t += tl.dot(a, wt.to(a.dtype))
+    t = 2.0 * t + tl.load(bpw_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    t = tl.maximum(t, 0.0)
+    t_lo = t.to(x_ptr.dtype.element_ty)
+
+    # pass 1: logits s[m, t] = sum_c F_p[m, c] q'[b, t, c]
+    s = tl.zeros((BLOCK_M, BLOCK_T), dtype=tl.float32)
+    for n0 in range(0, C, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < C
+        wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=dmask[:, None] & nmask[None, :], other=0.0)
+        if x_ptr.dtype.element_ty == tl.float32:
+            loc = tl.dot(t, wl.to(tl.float32), input_precision="ieee")
+        else:
+            loc = tl.dot(t_lo, wl.to(t_lo.dtype))
+        loc += tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        loc += tl.load(g_ptr + b * C + offs_n, mask=nmask, other=0.0)[None, :]
+        mn = mmask[:, None] & nmask[None, :]
+        base = x_ptr + offs_n[None, :]
+        a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
+        bb = tl.load(base + (row_a + 1)[:, None] * C, mask=mn & has_b[:, None], other=0.0).to(tl.float32)
+        cc = tl.load(base + (row_a + W)[:, None] * C, mask=mn & has_c[:, None], other=0.0).to(tl.float32)
+        dd = tl.load(base + (row_a + W + 1)[:, None] * C, mask=mn & (has_b & has_c)[:, None], other=0.0).to(tl.float32)
+        ll = 0.5 * (a + bb + cc + dd)
+        fp = (2.0 * a - ll) * tl.sigmoid(loc) + ll  # F_p block (Eq. 6), fp32
+        q = tl.load(q_ptr + (b * T + offs_t[:, None]) * C + offs_n[None, :], mask=tmask[:, None] & nmask[None, :],
+                    other=0.0)  # (BLOCK_T, BLOCK_N)
+        s += tl.sum(fp[:, None, :] * q[None, :, :], axis=2)
+
+    s = tl.where(mmask[:, None], s, float("-inf"))
+    m_tile = tl.max(s, axis=0)  # (BLOCK_T,), finite: every tile holds at least one position
+    p = tl.exp(s - m_tile[None, :])  # (BLOCK_M, BLOCK_T), 0 at padded positions
+    l_tile = tl.sum(p, axis=0)
+    part = (b * NT + tile) * T + offs_t
+    tl.store(m_ptr + part, m_tile, mask=tmask)
+    tl.store(l_ptr + part, l_tile, mask=tmask)
+
+    # pass 2: acc[t, c] = sum_m p[m, t] F_p[m, c] (F_p rebuilt: one more local GEMM instead of an on-chip tile)
+    for n0 in range(0, C, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < C
+        wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=dmask[:, None] & nmask[None, :], other=0.0)
+        if x_ptr.dtype.element_ty == tl.float32:
+            loc = tl.dot(t, wl.to(tl.float32), input_precision="ieee")
+        else:
+            loc = tl.dot(t_lo, wl.to(t_lo.dtype))
+        loc += tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        loc += tl.load(g_ptr + b * C + offs_n, mask=nmask, other=0.0)[None, :]
+        mn = mmask[:, None] & nmask[None, :]
+        base = x_ptr + offs_n[None, :]
+        a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
+        bb = tl.load(base + (row_a + 1)[:, None] * C, mask=mn & has_b[:, None], other=0.0).to(tl.float32)
+        cc = tl.load(base + (row_a + W)[:, None] * C, mask=mn & has_c[:, None], other=0.0).to(tl.float32)
+        dd = tl.load(base + (row_a + W + 1)[:, None] * C, mask=mn & (has_b & has_c)[:, None], other=0.0).to(tl.float32)
+        ll = 0.5 * (a + bb + cc + dd)
+        fp = (2.0 * a - ll) * tl.sigmoid(loc) + ll
+        acc = tl.sum(p[:, :, None] * fp[:, None, :], axis=0)  # (BLOCK_T, BLOCK_N)
+        tl.store(acc_ptr + part[:, None] * C + offs_n[None, :], acc, mask=tmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _attn_combine_kernel(acc_ptr, m_ptr, l_ptr, B, C, T, NT, z_ptr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    # grid: (B, cdiv(C, BLOCK_C)); tiles merged in index order (bit-reproducible)
+    b = tl.program_id(0)
+    cb = tl.program_id(1)
+    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    offs_t = tl.arange(0, BLOCK_T)
+    tmask = offs_t < T
+    mx = tl.full((BLOCK_T,), float("-inf"), dtype=tl.float32)
+    den = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    num = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    for it in range(0, NT):
+        part = (b * NT + it) * T + offs_t
+        m_i = tl.load(m_ptr + part, mask=tmask, other=0.0)
+        l_i = tl.load(l_ptr + part, mask=tmask, other=0.0)
+        a_i = tl.load(acc_ptr + part[:, None] * C + offs_c[None, :], mask=tmask[:, None] & cmask[None, :], other=0.0)
+        new = tl.maximum(mx, m_i)
+        keep = tl.exp(mx - new)  # 0 on the first tile (mx = -inf)
+        take = tl.exp(m_i - new)
+        den = den * keep + l_i * take
+        num = num * keep[:, None] + a_i * take[:, None]
+        mx = new
+    den = tl.where(tmask, den, 1.0)
+    z = num / den[:, None]
+    tl.store(z_ptr + (b * T + offs_t[:, None]) * C + offs_c[None, :], z, mask=tmask[:, None] & cmask[None, :])
