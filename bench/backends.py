@@ -25,13 +25,19 @@ class Backend:
     sync: Callable[[], None] = lambda: None
 
 
-def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: bool = False) -> Backend:
+def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: bool = False,
+                   kernels: str = "reference") -> Backend:
+    """``kernels``: the ``wmoe.kernels`` dispatch backend for this backend's calls only. PyTorch baselines run the
+    PyTorch references (eager is the baseline the fused kernels are measured against); ``torch-triton`` forces
+    the Triton kernels. Set per call so one backend never changes what another measures."""
+    from wmoe.kernels.dispatch import using_backend
     m = model.to(device, dtype).eval()
     fn = torch.compile(m) if compile_ else m
 
     @torch.no_grad()
     def run(x: np.ndarray) -> Dict[str, np.ndarray]:
-        o = fn(torch.from_numpy(x).to(device, dtype))
+        with using_backend(kernels):
+            o = fn(torch.from_numpy(x).to(device, dtype))
         return {"scores": o.scores.float().cpu().numpy(), "maps": o.maps.float().cpu().numpy(),
                 "text_scores": o.text_scores.float().cpu().numpy()}
 
@@ -56,9 +62,8 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
     if name == "torch-triton":
         if not cuda:
             raise Skip("compiled Triton kernels need a CUDA device")
-        from wmoe.kernels import set_backend
-        set_backend("triton")  # both fused stages: WCMA frequency and the MoE path
-        return _torch_backend(model_factory(), name, "cuda", torch.float16)
+        # both fused stages: the whole WCMA (Eq. 5-7) and the MoE path
+        return _torch_backend(model_factory(), name, "cuda", torch.float16, kernels="triton")
     if name.startswith("ort-"):
         import onnxruntime as ort
         provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",

@@ -19,11 +19,11 @@ def _run(a: argparse.Namespace) -> int:
     if unknown:
         print(f"wmoe bench: unknown backends {unknown}; choose from {', '.join(ALL_BACKENDS)}", file=sys.stderr)
         return 2
-    if a.backends == "auto" and "torch-compile" in backends:
-        pass  # make_backend skips it on the CPU with the reason
+    # named explicitly, torch.compile runs on the CPU too (with "auto" it is skipped there, with the reason)
     doc = run_bench(BenchConfig(a.checkpoint, out=a.out, backends=backends, batches=_ints(a.batch),
                                 sizes=_ints(a.sizes) if a.sizes else None, warmup=a.warmup, repeats=a.repeats,
-                                onnx=a.onnx, engine=a.engine, aoti=a.aoti, parity_data=a.parity_data, pretrained=a.pretrained))
+                                onnx=a.onnx, engine=a.engine, aoti=a.aoti, parity_data=a.parity_data,
+                                pretrained=a.pretrained, allow_compile=a.backends != "auto"))
     for k, v in doc["skipped"].items():
         print(f"skipped {k}: {v}")
     print(f"wrote {a.out}/bench.json, bench.md, bench.png")

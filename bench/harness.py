@@ -35,6 +35,7 @@ class BenchConfig:
     parity_data: Optional[str] = None
     pretrained: Optional[str] = None
     seed: int = 0
+    allow_compile: bool = False  # torch.compile on the CPU (minutes for a ViT-L); always allowed on CUDA
     records: List[dict] = field(default_factory=list)
 
 
@@ -102,6 +103,15 @@ def _model_factory(cfg: BenchConfig, size: int):
     return build
 
 
+def _make(cfg: BenchConfig, name: str, factory, base_size: bool) -> Backend:
+    """One backend; the given ONNX/AOTI files are built for the checkpoint's size only (other sizes export anew
+    or skip)."""
+    return make_backend(name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx and base_size else None,
+                        engine_path=Path(cfg.engine) if cfg.engine else None,
+                        aoti_path=Path(cfg.aoti) if cfg.aoti and base_size else None,
+                        allow_compile=cfg.allow_compile, workdir=Path(cfg.out) / "work")
+
+
 def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,10 +131,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
         ref = ref_be.run(x_par)
         for name in cfg.backends:
             try:
-                be = ref_be if name == "torch-fp32" else make_backend(
-                    name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx and size == base_size else None,
-                    engine_path=Path(cfg.engine) if cfg.engine else None,
-                    aoti_path=Path(cfg.aoti) if cfg.aoti and size == base_size else None, workdir=out / "work")
+                be = ref_be if name == "torch-fp32" else _make(cfg, name, factory, size == base_size)
             except Skip as e:
                 skipped[name] = str(e)
                 continue
@@ -190,8 +197,11 @@ def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
     for name in cfg.backends:
         if name in skipped:
             continue
-        be = make_backend(name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx else None,
-                          workdir=Path(cfg.out) / "work")
+        try:
+            be = _make(cfg, name, factory, True)
+        except Skip as e:
+            skipped[name] = str(e)
+            continue
         outs = [be.run(x[i:i + 8]) for i in range(0, len(x), 8)]
         s = np.concatenate([o["scores"] for o in outs])
         maps = smooth_maps(np.concatenate([o["maps"] for o in outs]))

@@ -59,3 +59,27 @@ def test_tegrastats_parser():
         with s:
             pass
         assert s.mean_watts is None
+
+
+def test_backends_set_their_kernels_per_call_and_compile_only_when_asked(tiny_model):
+    import numpy as np
+    import pytest
+
+    from wmoe.bench.backends import Skip, _torch_backend, make_backend
+    from wmoe.bench.harness import BenchConfig, _make
+    from wmoe.kernels.dispatch import get_backend
+
+    factory = lambda: tiny_model  # noqa: E731
+    if not torch.cuda.is_available():
+        with pytest.raises(Skip, match="--backends torch-compile"):
+            make_backend("torch-compile", factory)
+        be = _make(BenchConfig("unused", allow_compile=True), "torch-compile", factory, True)
+        assert be.name == "torch-compile"  # built, not run: compiling takes a while on the CPU
+    x = np.random.default_rng(0).standard_normal((2, 3, tiny_model.image_size, tiny_model.image_size)).astype(
+        np.float32)
+    before = get_backend()
+    ref = _torch_backend(tiny_model, "ref", "cpu", torch.float32).run(x)
+    fused = _torch_backend(tiny_model, "fused", "cpu", torch.float32, kernels="triton").run(x)  # interpreter
+    assert get_backend() == before  # nothing leaks into the next backend
+    for k in ("scores", "maps", "text_scores"):
+        assert np.abs(fused[k] - ref[k]).max() <= 1e-5
