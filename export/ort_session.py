@@ -24,9 +24,10 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
     if provider == "tensorrt":
         chain.append(PROVIDERS["cuda"])
     chain = [p for p in chain if p in available]
-    if not chain and provider != "cpu":
+    if PROVIDERS[provider] not in available:
+        fallback = chain[0] if chain else "CPUExecutionProvider"
         warnings.warn(f"ONNX Runtime provider {PROVIDERS[provider]} is not available (installed: {available}; "
-                      f"pip install onnxruntime-gpu); running on the CPU", RuntimeWarning, stacklevel=2)
+                      f"pip install onnxruntime-gpu); running on {fallback}", RuntimeWarning, stacklevel=2)
     if "CPUExecutionProvider" not in chain:
         chain.append("CPUExecutionProvider")
     opts = ort.SessionOptions()

@@ -85,3 +85,25 @@ def test_engine_sidecar_mismatch_messages():
         check_sidecar(side, "Orin", "10.9.0")
     with pytest.raises(EngineMismatch, match="10.3"):
         check_sidecar(side, "NVIDIA H100 80GB HBM3", "10.3.0")
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_gpu_providers_by_flag_fall_back_with_a_warning(model_files, provider):
+    import onnxruntime as ort
+
+    from wmoe.export.ort_session import PROVIDERS, make_session
+    from wmoe.runtime.onnx_backend import OnnxBackend
+    _, onnx_path = model_files
+    want = PROVIDERS[provider]
+    if want in ort.get_available_providers():  # onnxruntime-gpu: the provider is used, CPU behind it
+        assert make_session(onnx_path, provider=provider).get_providers()[0] == want
+        assert OnnxBackend(onnx_path, provider=provider).session.get_providers()[0] == want
+        return
+    with pytest.warns(RuntimeWarning, match=want):
+        sess = make_session(onnx_path, provider=provider)
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    with pytest.warns(RuntimeWarning, match=want):
+        be = OnnxBackend(onnx_path, provider=provider)
+    assert be.session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="provider must be one of"):
+        make_session(onnx_path, provider="rocm")
