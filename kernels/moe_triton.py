@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .triton_common import _mma
+
 
 @triton.jit
 def _gelu_tanh(x):
@@ -87,10 +89,7 @@ def _expert_up_kernel(x_ptr, w1_ptr, b1_ptr, order_ptr, offsets_ptr, counts_ptr,
             a = tl.load(x_ptr + tok[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
             b = tl.load(w1_ptr + e * C * DH + offs_k[:, None] * DH + offs_n[None, :],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
-            if a.dtype == tl.float32:
-                acc += tl.dot(a, b.to(tl.float32), input_precision="ieee")
-            else:
-                acc += tl.dot(a, b.to(a.dtype))
+            acc += _mma(a, b)
         acc += tl.load(b1_ptr + e * DH + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
         hval = _gelu_tanh(acc)
         tl.store(h_ptr + (start + offs_m)[:, None] * DH + offs_n[None, :], hval.to(h_ptr.dtype.element_ty),
@@ -120,10 +119,7 @@ def _expert_down_kernel(h_ptr, w2_ptr, b2_ptr, order_ptr, offsets_ptr, counts_pt
                         other=0.0)
             b = tl.load(w2_ptr + e * DH * C + offs_k[:, None] * C + offs_n[None, :],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
-            if a.dtype == tl.float32:
-                acc += tl.dot(a, b.to(tl.float32), input_precision="ieee")
-            else:
-                acc += tl.dot(a, b.to(a.dtype))
+            acc += _mma(a, b)
         acc += tl.load(b2_ptr + e * C + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
         acc = acc * wt[:, None]
         tl.store(y_ptr + slot[:, None] * C + offs_n[None, :], acc, mask=mmask[:, None] & nmask[None, :])

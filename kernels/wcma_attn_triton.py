@@ -28,6 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .wcma_triton import _fp_block, _pw_relu_tile
+
 
 @triton.jit
 def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
@@ -38,54 +40,24 @@ def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
     tile = tl.program_id(0)
     b = tl.program_id(1)
     offs_p = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_pos = h * w
-    mmask = offs_p < n_pos
+    mmask = offs_p < h * w
     i = offs_p // w
     j = offs_p % w
     row_a = (b * H + 2 * i) * W + 2 * j
     has_b = (2 * j + 1) < W
     has_c = (2 * i + 1) < H
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
+    g_row = tl.zeros((BLOCK_M,), dtype=tl.int32) + b * C
     offs_t = tl.arange(0, BLOCK_T)
     tmask = offs_t < T
-
-    # t = ReLU(2a W_pw^T + b_pw) (Eq. 5 local branch, first half): (BLOCK_M, BLOCK_D), computed once
-    t = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for k0 in range(0, C, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < C
-        a = tl.load(x_ptr + row_a[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        wt = tl.load(wpw_ptr + offs_d[None, :] * C + offs_k[:, None], mask=kmask[:, None] & dmask[None, :],
-                     other=0.0)
-        if x_ptr.dtype.element_ty == tl.float32:
-            t += tl.dot(a, wt.to(tl.float32), input_precision="ieee")
-        else:
-            t += tl.dot(a, wt.to(a.dtype))
-    t = 2.0 * t + tl.load(bpw_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    t = tl.maximum(t, 0.0)
-    t_lo = t.to(x_ptr.dtype.element_ty)
+    t = _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D, BLOCK_M, BLOCK_K, BLOCK_D)
 
     # pass 1: logits s[m, t] = sum_c F_p[m, c] q'[b, t, c]
     s = tl.zeros((BLOCK_M, BLOCK_T), dtype=tl.float32)
     for n0 in range(0, C, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < C
-        wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=dmask[:, None] & nmask[None, :], other=0.0)
-        if x_ptr.dtype.element_ty == tl.float32:
-            loc = tl.dot(t, wl.to(tl.float32), input_precision="ieee")
-        else:
-            loc = tl.dot(t_lo, wl.to(t_lo.dtype))
-        loc += tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        loc += tl.load(g_ptr + b * C + offs_n, mask=nmask, other=0.0)[None, :]
-        mn = mmask[:, None] & nmask[None, :]
-        base = x_ptr + offs_n[None, :]
-        a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
-        bb = tl.load(base + (row_a + 1)[:, None] * C, mask=mn & has_b[:, None], other=0.0).to(tl.float32)
-        cc = tl.load(base + (row_a + W)[:, None] * C, mask=mn & has_c[:, None], other=0.0).to(tl.float32)
-        dd = tl.load(base + (row_a + W + 1)[:, None] * C, mask=mn & (has_b & has_c)[:, None], other=0.0).to(tl.float32)
-        ll = 0.5 * (a + bb + cc + dd)
-        fp = (2.0 * a - ll) * tl.sigmoid(loc) + ll  # F_p block (Eq. 6), fp32
+        fp = _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, g_row, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
+                       BLOCK_D)
         q = tl.load(q_ptr + (b * T + offs_t[:, None]) * C + offs_n[None, :], mask=tmask[:, None] & nmask[None, :],
                     other=0.0)  # (BLOCK_T, BLOCK_N)
         s += tl.sum(fp[:, None, :] * q[None, :, :], axis=2)
@@ -102,21 +74,8 @@ def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
     for n0 in range(0, C, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < C
-        wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=dmask[:, None] & nmask[None, :], other=0.0)
-        if x_ptr.dtype.element_ty == tl.float32:
-            loc = tl.dot(t, wl.to(tl.float32), input_precision="ieee")
-        else:
-            loc = tl.dot(t_lo, wl.to(t_lo.dtype))
-        loc += tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        loc += tl.load(g_ptr + b * C + offs_n, mask=nmask, other=0.0)[None, :]
-        mn = mmask[:, None] & nmask[None, :]
-        base = x_ptr + offs_n[None, :]
-        a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
-        bb = tl.load(base + (row_a + 1)[:, None] * C, mask=mn & has_b[:, None], other=0.0).to(tl.float32)
-        cc = tl.load(base + (row_a + W)[:, None] * C, mask=mn & has_c[:, None], other=0.0).to(tl.float32)
-        dd = tl.load(base + (row_a + W + 1)[:, None] * C, mask=mn & (has_b & has_c)[:, None], other=0.0).to(tl.float32)
-        ll = 0.5 * (a + bb + cc + dd)
-        fp = (2.0 * a - ll) * tl.sigmoid(loc) + ll
+        fp = _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, g_row, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
+                       BLOCK_D)
         acc = tl.sum(p[:, :, None] * fp[:, None, :], axis=0)  # (BLOCK_T, BLOCK_N)
         tl.store(acc_ptr + part[:, None] * C + offs_n[None, :], acc, mask=tmask[:, None] & nmask[None, :])
 

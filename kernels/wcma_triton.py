@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .triton_common import _mma
+
 
 @triton.jit
 def _pool_kernel(x_ptr, B, H, W, h, w, C, p_ptr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -63,6 +65,45 @@ def _gemv_kernel(p_ptr, w_ptr, bias_ptr, B, C, g_ptr, BLOCK_N: tl.constexpr, BLO
 
 
 @triton.jit
+def _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D,
+                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``t = ReLU(2a W_pw^T + b_pw)`` for BLOCK_M positions (a = row ``row_a`` of the grid): (BLOCK_M, BLOCK_D) in
+    the grid's dtype, fp32 accumulation; it stays on chip for the local GEMM."""
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    t = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < C
+        a = tl.load(x_ptr + row_a[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        wt = tl.load(wpw_ptr + offs_d[None, :] * C + offs_k[:, None], mask=kmask[:, None] & dmask[None, :],
+                     other=0.0)  # (BLOCK_K, BLOCK_D) = W_pw^T tile
+        t += _mma(a, wt)
+    t = 2.0 * t + tl.load(bpw_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    return tl.maximum(t, 0.0).to(x_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, g_row, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
+              BLOCK_D: tl.constexpr):
+    """``F_p`` (Eq. 6) for BLOCK_M positions × the channels ``offs_n``, fp32: ``loc = t W_2^T + b_2 + g`` and the
+    epilogue ``(2a - LL)·σ(loc) + LL`` from the four pixels of each block (zero outside the grid: odd sides)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=(offs_d < D)[:, None] & nmask[None, :],
+                 other=0.0)  # (BLOCK_D, BLOCK_N) = W_2^T tile
+    mn = mmask[:, None] & nmask[None, :]
+    loc = _mma(t, wl) + tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    loc += tl.load(g_ptr + g_row[:, None] + offs_n[None, :], mask=mn, other=0.0)
+    base = x_ptr + offs_n[None, :]
+    a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
+    bb = tl.load(base + (row_a + 1)[:, None] * C, mask=mn & has_b[:, None], other=0.0).to(tl.float32)
+    cc = tl.load(base + (row_a + W)[:, None] * C, mask=mn & has_c[:, None], other=0.0).to(tl.float32)
+    dd = tl.load(base + (row_a + W + 1)[:, None] * C, mask=mn & (has_b & has_c)[:, None], other=0.0).to(tl.float32)
+    ll = 0.5 * (a + bb + cc + dd)
+    return (2.0 * a - ll) * tl.sigmoid(loc) + ll
+
+
+@triton.jit
 def _wcma_main_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr,
                       B, H, W, h, w, C, D,
                       out_ptr,
@@ -80,42 +121,11 @@ def _wcma_main_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr,
     row_a = (bidx * H + 2 * i) * W + 2 * j
     has_b = (2 * j + 1) < W
     has_c = (2 * i + 1) < H
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    # t = ReLU(2a @ W_pw^T + b_pw): (BLOCK_M, BLOCK_D), fp32 accumulation, stays on chip
-    t = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for k0 in range(0, C, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < C
-        a = tl.load(x_ptr + row_a[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        wt = tl.load(wpw_ptr + offs_d[None, :] * C + offs_k[:, None], mask=kmask[:, None] & dmask[None, :],
-                     other=0.0)  # (BLOCK_K, BLOCK_D) = W_pw^T tile
-        if x_ptr.dtype.element_ty == tl.float32:
-            t += tl.dot(a, wt.to(tl.float32), input_precision="ieee")  # fp32 stays exact (no TF32)
-        else:
-            t += tl.dot(a, wt.to(a.dtype))
-    t = 2.0 * t + tl.load(bpw_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    t = tl.maximum(t, 0.0)
-    t_lo = t.to(x_ptr.dtype.element_ty)
+    t = _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D, BLOCK_M, BLOCK_K, BLOCK_D)
     for n0 in range(0, C, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < C
-        wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=dmask[:, None] & nmask[None, :],
-                     other=0.0)  # (BLOCK_D, BLOCK_N) = W_2^T tile
-        if x_ptr.dtype.element_ty == tl.float32:
-            loc = tl.dot(t, wl.to(tl.float32), input_precision="ieee")
-        else:
-            loc = tl.dot(t_lo, wl.to(t_lo.dtype))
-        loc += tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        mn = mmask[:, None] & nmask[None, :]
-        loc += tl.load(g_ptr + bidx[:, None] * C + offs_n[None, :], mask=mn, other=0.0)
-        wh = tl.sigmoid(loc)
-        base = x_ptr + offs_n[None, :]
-        a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
-        bb = tl.load(base + (row_a + 1)[:, None] * C, mask=mn & has_b[:, None], other=0.0).to(tl.float32)
-        cc = tl.load(base + (row_a + W)[:, None] * C, mask=mn & has_c[:, None], other=0.0).to(tl.float32)
-        dd = tl.load(base + (row_a + W + 1)[:, None] * C, mask=mn & (has_b & has_c)[:, None], other=0.0).to(tl.float32)
-        ll = 0.5 * (a + bb + cc + dd)
-        fh = 2.0 * a - ll
-        res = fh * wh + ll
-        tl.store(out_ptr + offs_m[:, None] * C + offs_n[None, :], res.to(out_ptr.dtype.element_ty), mask=mn)
+        res = _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, bidx * C, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
+                        BLOCK_D)
+        tl.store(out_ptr + offs_m[:, None] * C + offs_n[None, :], res.to(out_ptr.dtype.element_ty),
+                 mask=mmask[:, None] & nmask[None, :])
