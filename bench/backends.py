@@ -26,17 +26,17 @@ class Backend:
 
 
 def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: bool = False,
-                   kernels: str = "reference") -> Backend:
-    """``kernels``: the ``wmoe.kernels`` dispatch backend for this backend's calls only. PyTorch baselines run the
-    PyTorch references (eager is the baseline the fused kernels are measured against); ``torch-triton`` forces
-    the Triton kernels. Set per call so one backend never changes what another measures."""
-    from wmoe.kernels.dispatch import using_backend
+                   kernels: "Kernels | str" = "reference") -> Backend:
+    """``kernels``: the model's kernel choice (``wmoe.kernels.Kernels``) for this backend's calls only. PyTorch
+    baselines run the PyTorch references (eager is the baseline the fused kernels are measured against);
+    ``torch-triton`` forces the Triton kernels. Set per call so one backend never changes what another measures
+    (several backends may share one model object)."""
     m = model.to(device, dtype).eval()
     fn = torch.compile(m) if compile_ else m
 
     @torch.no_grad()
     def run(x: np.ndarray) -> Dict[str, np.ndarray]:
-        with using_backend(kernels):
+        with m.using_kernels(kernels):
             o = fn(torch.from_numpy(x).to(device, dtype))
         return {"scores": o.scores.float().cpu().numpy(), "maps": o.maps.float().cpu().numpy(),
                 "text_scores": o.text_scores.float().cpu().numpy()}

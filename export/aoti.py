@@ -1,7 +1,7 @@
 """AOTInductor package of the detector: one ``.pt2`` file loadable with ``torch._inductor.aoti_load_package`` and
 no wmoe code (a C++ runner can load it too).
 
-On CUDA the stages go through the Triton launchers directly (dispatch backend ``triton``, honored under
+On CUDA the stages go through the Triton launchers directly (``Kernels.TRITON``, honored under
 ``torch.export`` for CUDA tensors), so ``torch.export`` captures the user-defined Triton kernels and AOTInductor
 compiles them into the package (not verified on a GPU yet: if the capture fails, the reference stages are packaged
 with a warning); on the CPU the PyTorch references are traced (Inductor generates C++). Input ``images`` (N,3,S,S) normalized, outputs
@@ -17,7 +17,7 @@ import torch
 
 from wmoe.atomic import atomic_path
 from wmoe.checkpoint import load_model
-from wmoe.kernels.dispatch import using_backend
+from wmoe.kernels import Kernels
 from wmoe.model import WMoECLIP
 
 from .onnx_export import ExportError, _no_mha_fastpath
@@ -37,21 +37,21 @@ def export_aoti(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
     wrapper = wrapper.to(device)
     s = model.image_size
     x = torch.randn(2, 3, s, s, device=device)
-    backend = "triton" if device.startswith("cuda") else "reference"
+    backend = Kernels.TRITON if device.startswith("cuda") else Kernels.REFERENCE
     out = Path(out)
     dyn = ({0: torch.export.Dim("N", min=1, max=max_batch)},)
     with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with using_backend(backend):
+            with model.using_kernels(backend):
                 ep = torch.export.export(wrapper, (x,), dynamic_shapes=dyn)
         except Exception as e:  # noqa: BLE001 - capture of the Triton launches is not verified on every torch
-            if backend != "triton":
+            if backend is not Kernels.TRITON:
                 raise
             warnings.simplefilter("default")
             warnings.warn(f"torch.export could not capture the Triton kernels ({type(e).__name__}: {e}); packaging "
                           "the PyTorch reference stages instead (Inductor generates their kernels)", stacklevel=2)
-            with using_backend("reference"):
+            with model.using_kernels(Kernels.REFERENCE):
                 ep = torch.export.export(wrapper, (x,), dynamic_shapes=dyn)
         with atomic_path(out.with_suffix(".pt2")) as tmp:
             torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp))

@@ -21,6 +21,7 @@ import torch
 from wmoe import __version__
 from wmoe.atomic import atomic_path
 from wmoe.checkpoint import CheckpointError, load_model
+from wmoe.kernels import KernelChoice, Kernels
 from wmoe.model import WMoECLIP
 from wmoe.preprocess import CLIP_MEAN, CLIP_STD
 
@@ -109,8 +110,9 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
     out.parent.mkdir(parents=True, exist_ok=True)
     if flavor == "plugin" and exporter != "dynamo":
         raise ExportError("the plugin flavor needs the dynamo exporter")
-    from wmoe.kernels.dispatch import using_backend
-    stages = using_backend("ops") if flavor == "plugin" else contextlib.nullcontext()
+    # the export's tracing mode, for this model only: the plugin flavor traces each fused stage as one
+    # torch.library node (translated into the TensorRT plugin nodes), the portable one traces the references
+    stages = model.using_kernels(KernelChoice(Kernels.REFERENCE, as_ops=flavor == "plugin"))
     with _no_mha_fastpath(), torch.no_grad(), warnings.catch_warnings(), stages:
         warnings.simplefilter("ignore")
         with atomic_path(out) as tmp:

@@ -60,17 +60,17 @@ def kernel_specs() -> Dict[str, tuple]:
     from .wcma_triton import _gemv_kernel, _pool_kernel, _wcma_main_kernel
     return {
         "moe_router": (_router_kernel, MOE_ROUTER_ARGS, {"BLOCK_B": 16, "BLOCK_E": 8, "BLOCK_K": 32}, 4, 2),
-        "moe_up": (_expert_up_kernel, MOE_UP_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, 4, 2),
-        "moe_down": (_expert_down_kernel, MOE_DOWN_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, 4, 2),
+        "moe_up": (_expert_up_kernel, MOE_UP_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "FP32": "ieee"}, 4, 2),
+        "moe_down": (_expert_down_kernel, MOE_DOWN_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "FP32": "ieee"}, 4, 2),
         "moe_combine": (_combine_kernel, MOE_COMBINE_ARGS, {"BLOCK_C": 128}, 4, 2),
         "wcma_pool": (_pool_kernel, WCMA_POOL_ARGS, {"BLOCK_P": 32, "BLOCK_C": 64}, 4, 2),
         "wcma_gemv": (_gemv_kernel, WCMA_GEMV_ARGS, {"BLOCK_N": 64, "BLOCK_K": 32}, 4, 2),
         # D = 192 (the default freq_hidden) -> BLOCK_D 256
         "wcma_main": (_wcma_main_kernel, WCMA_MAIN_ARGS, {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 256,
-                                                          "BLOCK_N": 32}, 8, 2),
+                                                          "BLOCK_N": 32, "FP32": "ieee"}, 8, 2),
         # the fused Eq. 5-7 pass and its partial merge (T = 2 text queries -> BLOCK_T 2)
         "wcma_attn": (_wcma_attn_kernel, WCMA_ATTN_ARGS, {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 256,
-                                                          "BLOCK_N": 32, "BLOCK_T": 2}, 8, 2),
+                                                          "BLOCK_N": 32, "BLOCK_T": 2, "FP32": "ieee"}, 8, 2),
         "wcma_attn_combine": (_attn_combine_kernel, WCMA_COMBINE_ARGS, {"BLOCK_C": 64, "BLOCK_T": 2}, 4, 2),
     }
 

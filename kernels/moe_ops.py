@@ -27,7 +27,7 @@ def moe_router_triton(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int)
 
 
 def moe_experts_triton(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
-                       b2: Tensor, top_k: int, out: Optional[Tensor] = None) -> Tensor:
+                       b2: Tensor, top_k: int, out: Optional[Tensor] = None, fp32: str = "ieee") -> Tensor:
     """``x_p = sum_k w_k E_k(x)`` (Eq. 8) for ``x (B, C)``; w1 ``(N, C, Dh)``, w2 ``(N, Dh, C)``. Inference only."""
     x = x.contiguous()
     B, C = x.shape
@@ -45,10 +45,10 @@ def moe_experts_triton(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor
     rows = triton.cdiv(n_rows, BLOCK_M)  # worst case: one expert gets every row; idle programs exit at once
     _expert_up_kernel[(ne, rows, triton.cdiv(dh, BLOCK_N))](
         x, w1.to(x.dtype).contiguous(), b1.contiguous(), order, offsets, counts, C, dh, top_k, h,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, FP32=fp32)
     _expert_down_kernel[(ne, rows, triton.cdiv(C, BLOCK_N))](
         h, w2.to(x.dtype).contiguous(), b2.contiguous(), order, offsets, counts, weights.reshape(-1), C, dh, y,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, FP32=fp32)
     if out is None:
         out = torch.empty(B, C, device=x.device, dtype=x.dtype)
     _combine_kernel[(B, triton.cdiv(C, 128))](y, B, C, top_k, out, BLOCK_C=128)

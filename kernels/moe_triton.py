@@ -69,7 +69,8 @@ def _router_kernel(x_ptr, wr_ptr, br_ptr, B, C, NE, TOPK, w_out_ptr, e_out_ptr,
 
 @triton.jit
 def _expert_up_kernel(x_ptr, w1_ptr, b1_ptr, order_ptr, offsets_ptr, counts_ptr, C, DH, TOPK, h_ptr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      FP32: tl.constexpr):
     e = tl.program_id(0)
     mb = tl.program_id(1)
     nb = tl.program_id(2)
@@ -89,7 +90,7 @@ def _expert_up_kernel(x_ptr, w1_ptr, b1_ptr, order_ptr, offsets_ptr, counts_ptr,
             a = tl.load(x_ptr + tok[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
             b = tl.load(w1_ptr + e * C * DH + offs_k[:, None] * DH + offs_n[None, :],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc += _mma(a, b)
+            acc += _mma(a, b, FP32)
         acc += tl.load(b1_ptr + e * DH + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
         hval = _gelu_tanh(acc)
         tl.store(h_ptr + (start + offs_m)[:, None] * DH + offs_n[None, :], hval.to(h_ptr.dtype.element_ty),
@@ -98,7 +99,8 @@ def _expert_up_kernel(x_ptr, w1_ptr, b1_ptr, order_ptr, offsets_ptr, counts_ptr,
 
 @triton.jit
 def _expert_down_kernel(h_ptr, w2_ptr, b2_ptr, order_ptr, offsets_ptr, counts_ptr, wts_ptr, C, DH, y_ptr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        FP32: tl.constexpr):
     e = tl.program_id(0)
     mb = tl.program_id(1)
     nb = tl.program_id(2)
@@ -119,7 +121,7 @@ def _expert_down_kernel(h_ptr, w2_ptr, b2_ptr, order_ptr, offsets_ptr, counts_pt
                         other=0.0)
             b = tl.load(w2_ptr + e * DH * C + offs_k[:, None] * C + offs_n[None, :],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc += _mma(a, b)
+            acc += _mma(a, b, FP32)
         acc += tl.load(b2_ptr + e * C + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
         acc = acc * wt[:, None]
         tl.store(y_ptr + slot[:, None] * C + offs_n[None, :], acc, mask=mmask[:, None] & nmask[None, :])

@@ -1,7 +1,8 @@
 """The two fused stages as ``torch.library`` custom ops, so ``torch.compile`` and ``torch.export`` trace through
 them as single nodes (``wmoe::wcma_frequency``, ``wmoe::moe_experts``) instead of into Triton launches.
 
-Each op runs the Triton kernel for CUDA tensors (fp32/fp16) and the PyTorch reference otherwise; the fake
+Each op runs the Triton kernel where ``KernelChoice(Kernels.AUTO)`` would (CUDA fp32/fp16 tensors, the rule of
+:func:`wmoe.kernels.dispatch.use_triton`) and the PyTorch reference otherwise; the fake
 (meta) implementations give the output shapes without computing. Inference only: no autograd formula is
 registered, so use :mod:`wmoe.kernels.dispatch` (which falls back to the reference) for training.
 """
@@ -10,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .dispatch import Kernels, use_triton
 from .moe_ref import moe_experts_ref
 from .wcma_ref import wcma_frequency_ref
 
 
 def _use_kernel(x: Tensor) -> bool:
-    return x.is_cuda and x.dtype in (torch.float32, torch.float16)
+    return use_triton(x, kernels=Kernels.AUTO)
 
 
 @torch.library.custom_op("wmoe::wcma_frequency", mutates_args=())

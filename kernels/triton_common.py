@@ -6,8 +6,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _mma(a, b):
-    """``a @ b`` on tensor cores in ``a``'s dtype with fp32 accumulation; fp32 stays exact (IEEE, no TF32)."""
+def _mma(a, b, FP32: tl.constexpr):
+    """``a @ b`` on tensor cores in ``a``'s dtype with fp32 accumulation. fp32 operands use ``FP32`` as
+    ``input_precision``: ``"ieee"`` (exact, FMA), ``"tf32"`` or ``"tf32x3"`` (tensor cores; see dispatch.Fp32)."""
     if a.dtype == tl.float32:
-        return tl.dot(a, b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b.to(tl.float32), input_precision=FP32)
     return tl.dot(a, b.to(a.dtype))

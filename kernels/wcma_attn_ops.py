@@ -22,7 +22,7 @@ def attn_partials_shape(B: int, H: int, W: int, C: int, T: int) -> Tuple[int, in
 
 def wcma_attention_triton(f_t: Tensor, x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,
                           w_local: Tensor, b_local: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor,
-                          partials: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+                          partials: Optional[Tuple[Tensor, Tensor, Tensor]] = None, fp32: str = "ieee") -> Tensor:
     """``F'_T`` (B, T, C) of Eq. 7 on ``F_p`` of Eq. 5-6, without writing ``F_p``.
 
     Same result as ``wcma_cross_attention_ref(f_t, wcma_frequency_ref(x, ...), w_q, w_k, w_v)``; returned in
@@ -61,7 +61,7 @@ def wcma_attention_triton(f_t: Tensor, x: Tensor, w_global: Tensor, b_global: Te
     _wcma_attn_kernel[(NT, B)](
         x, g, w_pw.to(dt).contiguous(), b_pw.contiguous(), w_local.to(dt).contiguous(), b_local.contiguous(), q,
         B, H, W, h, w, C, D, T, NT, acc, m, l_,
-        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d, BLOCK_N=BLOCK_N, BLOCK_T=block_t, num_warps=8,
+        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d, BLOCK_N=BLOCK_N, BLOCK_T=block_t, FP32=fp32, num_warps=8,
         num_stages=2)
     _attn_combine_kernel[(B, triton.cdiv(C, BLOCK_C))](acc, m, l_, B, C, T, NT, z, BLOCK_C=BLOCK_C, BLOCK_T=block_t,
                                                        num_warps=4, num_stages=2)

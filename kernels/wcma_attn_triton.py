@@ -36,7 +36,7 @@ def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
                       B, H, W, h, w, C, D, T, NT,
                       acc_ptr, m_ptr, l_ptr,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, FP32: tl.constexpr):
     tile = tl.program_id(0)
     b = tl.program_id(1)
     offs_p = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -49,7 +49,7 @@ def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
     g_row = tl.zeros((BLOCK_M,), dtype=tl.int32) + b * C
     offs_t = tl.arange(0, BLOCK_T)
     tmask = offs_t < T
-    t = _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D, BLOCK_M, BLOCK_K, BLOCK_D)
+    t = _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D, BLOCK_M, BLOCK_K, BLOCK_D, FP32)
 
     # pass 1: logits s[m, t] = sum_c F_p[m, c] q'[b, t, c]
     s = tl.zeros((BLOCK_M, BLOCK_T), dtype=tl.float32)
@@ -57,7 +57,7 @@ def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < C
         fp = _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, g_row, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
-                       BLOCK_D)
+                       BLOCK_D, FP32)
         q = tl.load(q_ptr + (b * T + offs_t[:, None]) * C + offs_n[None, :], mask=tmask[:, None] & nmask[None, :],
                     other=0.0)  # (BLOCK_T, BLOCK_N)
         s += tl.sum(fp[:, None, :] * q[None, :, :], axis=2)
@@ -75,7 +75,7 @@ def _wcma_attn_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr, q_ptr,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < C
         fp = _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, g_row, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
-                       BLOCK_D)
+                       BLOCK_D, FP32)
         acc = tl.sum(p[:, :, None] * fp[:, None, :], axis=0)  # (BLOCK_T, BLOCK_N)
         tl.store(acc_ptr + part[:, None] * C + offs_n[None, :], acc, mask=tmask[:, None] & nmask[None, :])
 

@@ -11,10 +11,11 @@ BLOCK_M, BLOCK_K, BLOCK_N = 32, 32, 32
 
 
 def wcma_frequency_triton(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,
-                          w_local: Tensor, b_local: Tensor, out: "Tensor | None" = None) -> Tensor:
+                          w_local: Tensor, b_local: Tensor, out: "Tensor | None" = None, fp32: str = "ieee") -> Tensor:
     """Same contract as :func:`wmoe.kernels.wcma_ref.wcma_frequency_ref` (BHWC in, (B, ceil(H/2), ceil(W/2), C) out).
 
-    Weights are used in the dtype of ``x`` for the tensor-core GEMMs; accumulation is fp32. Inference only.
+    Weights are used in the dtype of ``x`` for the tensor-core GEMMs; accumulation is fp32. ``fp32``: the
+    fp32 GEMMs' ``input_precision`` (``ieee``, ``tf32``, ``tf32x3``; see ``dispatch.Fp32``). Inference only.
     Verified dtypes: float32 and float16 (bfloat16 compiles but is not verified: Triton's CPU interpreter
     cannot run it and no GPU was available, so the dispatch sends bf16 to the reference).
     """
@@ -38,5 +39,5 @@ def wcma_frequency_triton(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: T
     block_d = max(16, triton.next_power_of_2(D))
     _wcma_main_kernel[(triton.cdiv(B * h * w, BLOCK_M),)](
         x, g, w_pw_c, b_pw.contiguous(), w_l_c, b_local.contiguous(), B, H, W, h, w, C, D, out,
-        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d, BLOCK_N=BLOCK_N, num_warps=8, num_stages=2)
+        BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_D=block_d, BLOCK_N=BLOCK_N, FP32=fp32, num_warps=8, num_stages=2)
     return out

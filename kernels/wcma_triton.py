@@ -66,7 +66,7 @@ def _gemv_kernel(p_ptr, w_ptr, bias_ptr, B, C, g_ptr, BLOCK_N: tl.constexpr, BLO
 
 @triton.jit
 def _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D,
-                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr):
     """``t = ReLU(2a W_pw^T + b_pw)`` for BLOCK_M positions (a = row ``row_a`` of the grid): (BLOCK_M, BLOCK_D) in
     the grid's dtype, fp32 accumulation; it stays on chip for the local GEMM."""
     offs_d = tl.arange(0, BLOCK_D)
@@ -78,21 +78,21 @@ def _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D,
         a = tl.load(x_ptr + row_a[:, None] * C + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
         wt = tl.load(wpw_ptr + offs_d[None, :] * C + offs_k[:, None], mask=kmask[:, None] & dmask[None, :],
                      other=0.0)  # (BLOCK_K, BLOCK_D) = W_pw^T tile
-        t += _mma(a, wt)
+        t += _mma(a, wt, FP32)
     t = 2.0 * t + tl.load(bpw_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
     return tl.maximum(t, 0.0).to(x_ptr.dtype.element_ty)
 
 
 @triton.jit
 def _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, g_row, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
-              BLOCK_D: tl.constexpr):
+              BLOCK_D: tl.constexpr, FP32: tl.constexpr):
     """``F_p`` (Eq. 6) for BLOCK_M positions × the channels ``offs_n``, fp32: ``loc = t W_2^T + b_2 + g`` and the
     epilogue ``(2a - LL)·σ(loc) + LL`` from the four pixels of each block (zero outside the grid: odd sides)."""
     offs_d = tl.arange(0, BLOCK_D)
     wl = tl.load(wl_ptr + offs_n[None, :] * D + offs_d[:, None], mask=(offs_d < D)[:, None] & nmask[None, :],
                  other=0.0)  # (BLOCK_D, BLOCK_N) = W_2^T tile
     mn = mmask[:, None] & nmask[None, :]
-    loc = _mma(t, wl) + tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    loc = _mma(t, wl, FP32) + tl.load(bl_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     loc += tl.load(g_ptr + g_row[:, None] + offs_n[None, :], mask=mn, other=0.0)
     base = x_ptr + offs_n[None, :]
     a = tl.load(base + row_a[:, None] * C, mask=mn, other=0.0).to(tl.float32)
@@ -108,7 +108,7 @@ def _wcma_main_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr,
                       B, H, W, h, w, C, D,
                       out_ptr,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
+                      BLOCK_N: tl.constexpr, FP32: tl.constexpr):
     # grid: (cdiv(B*h*w, BLOCK_M),)
     pid = tl.program_id(0)
     M = B * h * w
@@ -121,11 +121,11 @@ def _wcma_main_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr,
     row_a = (bidx * H + 2 * i) * W + 2 * j
     has_b = (2 * j + 1) < W
     has_c = (2 * i + 1) < H
-    t = _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D, BLOCK_M, BLOCK_K, BLOCK_D)
+    t = _pw_relu_tile(x_ptr, wpw_ptr, bpw_ptr, row_a, mmask, C, D, BLOCK_M, BLOCK_K, BLOCK_D, FP32)
     for n0 in range(0, C, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < C
         res = _fp_block(x_ptr, wl_ptr, bl_ptr, g_ptr, t, bidx * C, row_a, mmask, has_b, has_c, offs_n, nmask, W, C, D,
-                        BLOCK_D)
+                        BLOCK_D, FP32)
         tl.store(out_ptr + offs_m[:, None] * C + offs_n[None, :], res.to(out_ptr.dtype.element_ty),
                  mask=mmask[:, None] & nmask[None, :])

@@ -67,7 +67,6 @@ def test_backends_set_their_kernels_per_call_and_compile_only_when_asked(tiny_mo
 
     from wmoe.bench.backends import Skip, _torch_backend, make_backend
     from wmoe.bench.harness import BenchConfig, _make
-    from wmoe.kernels.dispatch import get_backend
 
     factory = lambda: tiny_model  # noqa: E731
     if not torch.cuda.is_available():
@@ -77,9 +76,9 @@ def test_backends_set_their_kernels_per_call_and_compile_only_when_asked(tiny_mo
         assert be.name == "torch-compile"  # built, not run: compiling takes a while on the CPU
     x = np.random.default_rng(0).standard_normal((2, 3, tiny_model.image_size, tiny_model.image_size)).astype(
         np.float32)
-    before = get_backend()
+    before = [s.kernels for s in tiny_model.kernel_stages()]
     ref = _torch_backend(tiny_model, "ref", "cpu", torch.float32).run(x)
     fused = _torch_backend(tiny_model, "fused", "cpu", torch.float32, kernels="triton").run(x)  # interpreter
-    assert get_backend() == before  # nothing leaks into the next backend
+    assert [s.kernels for s in tiny_model.kernel_stages()] == before  # nothing leaks into the next backend
     for k in ("scores", "maps", "text_scores"):
         assert np.abs(fused[k] - ref[k]).max() <= 1e-5

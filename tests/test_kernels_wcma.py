@@ -53,30 +53,49 @@ def test_odd_non_square_and_tiny_grids():
 def test_dispatch_rules():
     x = torch.randn(1, 6, 6, 32, device=DEVICE)
     ws = _weights(32, 8, torch.float32)
-    assert not dispatch.use_triton(x, *ws, backend="reference")
-    assert dispatch.use_triton(x, *ws, backend="triton")
-    assert dispatch.use_triton(x, *ws, backend="auto") == x.is_cuda
+    assert not dispatch.use_triton(x, *ws, kernels=dispatch.Kernels.REFERENCE)
+    assert dispatch.use_triton(x, *ws, kernels="triton")
+    assert dispatch.use_triton(x, *ws, kernels=dispatch.KernelChoice()) == x.is_cuda  # AUTO
+    assert dispatch.use_triton(x, *ws) == x.is_cuda
+    # export's tracing mode never launches directly: the custom op decides
+    assert not dispatch.use_triton(x, *ws, kernels=dispatch.KernelChoice("triton", as_ops=True))
     # gradients needed: the kernel has no backward, the reference runs
     xg = x.clone().requires_grad_(True)
-    assert not dispatch.use_triton(xg, *ws, backend="triton")
-    y = dispatch.wcma_frequency(xg, *ws, backend="triton")
+    assert not dispatch.use_triton(xg, *ws, kernels="triton")
+    y = dispatch.wcma_frequency(xg, *ws, kernels="triton")
     y.sum().backward()
     assert xg.grad is not None
     # bf16 is not verified: it goes to the reference
-    assert not dispatch.use_triton(x.bfloat16(), *ws, backend="triton")
-    with pytest.raises(ValueError, match="unknown kernel backend"):
-        dispatch.use_triton(x, *ws, backend="cuda")
+    assert not dispatch.use_triton(x.bfloat16(), *ws, kernels="triton")
+    with pytest.raises(ValueError, match="unknown kernel backend 'cuda'"):
+        dispatch.use_triton(x, *ws, kernels="cuda")
+    with pytest.raises(ValueError, match="unknown fp32 precision 'tf16'"):
+        dispatch.KernelChoice(fp32="tf16")
+
+
+def test_no_process_wide_kernel_state():
+    # the choice is a value: nothing in the module to set, no environment variable read
+    import wmoe.kernels.dispatch as d
+    assert not hasattr(d, "set_backend") and not hasattr(d, "_backend") and not hasattr(d, "using_backend")
+    assert "WMOE_KERNELS" not in open(d.__file__).read()
 
 
 def test_model_output_identical_through_the_kernel(tiny_model):
     images = torch.randn(2, 3, tiny_model.image_size, tiny_model.image_size, device=DEVICE)
     m = tiny_model.to(DEVICE)
+    stages = m.kernel_stages()
+    assert len(stages) == len(m.wcma) + 1  # every WCMA and the SA-MoE
     with torch.no_grad():
-        dispatch.set_backend("reference")
-        ref = m(images)
-        dispatch.set_backend("triton")
-        try:
+        with m.using_kernels("reference"):
+            ref = m(images)
+        with m.using_kernels(dispatch.Kernels.TRITON):
+            assert all(s.kernels.kernels is dispatch.Kernels.TRITON for s in stages)
             got = m(images)
-        finally:
-            dispatch.set_backend("auto")
+            x_a = torch.randn(5, m.samoe.router.in_features, device=DEVICE)
+            rw, re = m.samoe.route(x_a)  # the router goes through the dispatch too
+    assert all(s.kernels == dispatch.KernelChoice() for s in stages)  # restored
+    with torch.no_grad():
+        rw_ref, re_ref = m.samoe.route(x_a)
+    assert re.dtype == re_ref.dtype == torch.int64 and torch.equal(re, re_ref)
+    assert torch.allclose(rw, rw_ref, atol=1e-6)
     assert torch.allclose(got.maps, ref.maps, atol=1e-5) and torch.allclose(got.scores, ref.scores, atol=1e-5)

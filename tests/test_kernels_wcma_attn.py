@@ -89,11 +89,11 @@ def test_dispatch_uses_the_fused_pass_only_where_it_may():
     f_t, x, freq, attn = _inputs(2, 6, 6, 32, 8, torch.float32)
     _, ref = _reference(f_t, x, freq, attn)
     for backend in ("triton", "reference", "auto"):
-        y = dispatch.wcma_attention(f_t, x, *freq, *attn, backend=backend)
+        y = dispatch.wcma_attention(f_t, x, *freq, *attn, kernels=backend)
         assert ((y.double() - ref).abs().max() / ref.abs().max()) < 1e-5, backend
     # a gradient is needed (training): the reference runs and backpropagates
     ft = f_t.clone().requires_grad_(True)
-    dispatch.wcma_attention(ft, x, *freq, *attn, backend="triton").sum().backward()
+    dispatch.wcma_attention(ft, x, *freq, *attn, kernels="triton").sum().backward()
     assert ft.grad is not None and torch.isfinite(ft.grad).all()
 
 

@@ -11,12 +11,15 @@ Forward pass for a batch of normalized images ``(B, 3, S, S)``:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from wmoe.kernels import ChoiceLike, KernelChoice, as_choice
 
 from .backbone import CLIPBackbone
 from .config import ModelConfig
@@ -72,6 +75,28 @@ class WMoECLIP(nn.Module):
     @property
     def image_size(self) -> int:
         return self.cfg.image_size
+
+    def kernel_stages(self) -> List[nn.Module]:
+        """The modules that run fused stages (each holds its own ``kernels`` choice)."""
+        return [m for m in self.modules() if isinstance(getattr(m, "kernels", None), KernelChoice)]
+
+    def set_kernels(self, kernels: ChoiceLike) -> None:
+        """Run every fused stage of this model with ``kernels`` (a :class:`wmoe.kernels.KernelChoice`, a
+        :class:`wmoe.kernels.Kernels` or its name). Affects this model only."""
+        choice = as_choice(kernels)
+        for m in self.kernel_stages():
+            m.kernels = choice
+
+    @contextlib.contextmanager
+    def using_kernels(self, kernels: ChoiceLike) -> Iterator["WMoECLIP"]:
+        """:meth:`set_kernels` for a ``with`` block; each stage's previous choice is restored on exit."""
+        old = [(m, m.kernels) for m in self.kernel_stages()]
+        self.set_kernels(kernels)
+        try:
+            yield self
+        finally:
+            for m, c in old:
+                m.kernels = c
 
     def trainable_state_dict(self) -> Dict[str, Tensor]:
         """The parameters a checkpoint stores (everything but the frozen backbone)."""

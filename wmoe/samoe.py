@@ -12,7 +12,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
-from wmoe.kernels import moe_experts, moe_router_ref
+from wmoe.kernels import KernelChoice, moe_experts, moe_router
 
 
 def _split(dim: int, parts: int) -> List[int]:
@@ -40,6 +40,7 @@ class SAMoE(nn.Module):
         nn.init.normal_(self.w1, std=1.0 / math.sqrt(dim))
         nn.init.normal_(self.w2, std=1e-3)  # small: x_cls starts close to the class token x_c
         self.top_k = top_k
+        self.kernels = KernelChoice()  # which implementation the router and experts run (WMoECLIP.set_kernels)
 
     def context(self, grids: Sequence[Tensor]) -> Tensor:
         """``x_a`` (B, E): GAP commutes with the adapters' linear map, so pool first (same result, less work)."""
@@ -47,8 +48,9 @@ class SAMoE(nn.Module):
 
     def route(self, x_a: Tensor):
         """Router weights and expert indices (B, k) — exposed for the balance statistics and tests."""
-        return moe_router_ref(x_a, self.router.weight, self.router.bias, self.top_k)
+        return moe_router(x_a, self.router.weight, self.router.bias, self.top_k, kernels=self.kernels)
 
     def forward(self, grids: Sequence[Tensor]) -> Tensor:
         x_a = self.context(grids)
-        return moe_experts(x_a, self.router.weight, self.router.bias, self.w1, self.b1, self.w2, self.b2, self.top_k)
+        return moe_experts(x_a, self.router.weight, self.router.bias, self.w1, self.b1, self.w2, self.b2, self.top_k,
+                           kernels=self.kernels)

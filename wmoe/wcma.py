@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wmoe.kernels import wcma_attention, wcma_frequency
+from wmoe.kernels import KernelChoice, wcma_attention, wcma_frequency
 
 
 class WCMA(nn.Module):
@@ -31,6 +31,7 @@ class WCMA(nn.Module):
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
         self.residual = residual
+        self.kernels = KernelChoice()  # which implementation the fused stages run (WMoECLIP.set_kernels)
         if residual:
             # Start at F'_T ~ F_T so training begins from CLIP's own text-image alignment.
             nn.init.normal_(self.v.weight, std=1e-3)
@@ -38,10 +39,10 @@ class WCMA(nn.Module):
     def frequency(self, patches: Tensor) -> Tensor:
         """``F_p`` (Eq. 5-6): (B, H, W, E) -> (B, ceil(H/2), ceil(W/2), E)."""
         return wcma_frequency(patches, self.global_fc.weight, self.global_fc.bias, self.pw.weight, self.pw.bias,
-                              self.local_fc.weight, self.local_fc.bias)
+                              self.local_fc.weight, self.local_fc.bias, kernels=self.kernels)
 
     def forward(self, text: Tensor, patches: Tensor) -> Tensor:
         att = wcma_attention(text.to(patches.dtype), patches, self.global_fc.weight, self.global_fc.bias,
                              self.pw.weight, self.pw.bias, self.local_fc.weight, self.local_fc.bias,
-                             self.q.weight, self.k.weight, self.v.weight)
+                             self.q.weight, self.k.weight, self.v.weight, kernels=self.kernels)
         return text + att.to(text.dtype) if self.residual else att.to(text.dtype)
