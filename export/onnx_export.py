@@ -21,6 +21,7 @@ import torch
 from wmoe import __version__
 from wmoe.atomic import atomic_path
 from wmoe.checkpoint import CheckpointError, load_model
+from wmoe.errors import WMoEError
 from wmoe.kernels import KernelChoice, Kernels
 from wmoe.model import WMoECLIP
 from wmoe.preprocess import CLIP_MEAN, CLIP_STD
@@ -31,7 +32,7 @@ DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 
 
-class ExportError(RuntimeError):
+class ExportError(WMoEError, RuntimeError):
     """Export failed; the message says what and where."""
 
 

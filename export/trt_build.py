@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from wmoe.atomic import atomic_path, atomic_write_text
+from wmoe.errors import WMoEError
 
 from .onnx_export import ExportError, read_metadata, sha256_file
 
@@ -22,7 +23,7 @@ INSTALL_HINT = ("TensorRT is not installed. On x86-64 with CUDA 12/13: pip insta
                 "on Jetson (JetPack 6): apt install python3-libnvinfer (ships with JetPack) and pip install cuda-python")
 
 
-class EngineCompatError(RuntimeError):
+class EngineCompatError(WMoEError, RuntimeError):
     """An engine cannot run here (other GPU, other TensorRT, other input shape)."""
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TINY_BACKBONE
+from .errors import WMoEError
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -37,7 +38,7 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-class BackboneError(ValueError):
+class BackboneError(WMoEError, ValueError):
     """A backbone or its weights file cannot be used (named in the message)."""
 
 

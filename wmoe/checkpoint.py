@@ -16,14 +16,15 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path
 from .config import ModelConfig
+from .errors import WMoEError
 
 FORMAT = "wmoe-checkpoint"
 FORMAT_VERSION = "1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WMoEError, ValueError):
     """A checkpoint file cannot be used; the message names the file and the reason."""
 
 
@@ -34,6 +35,7 @@ class CheckpointInfo:
     backbone_fingerprint: str
     package_version: str
     extra: Dict[str, Any] = field(default_factory=dict)
+    save_id: Optional[str] = None  # the training save this file belongs to (wmoe.checkpoint_set)
 
 
 def backbone_fingerprint(model: torch.nn.Module) -> str:
@@ -49,12 +51,9 @@ def backbone_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Write ``model``'s trainable parameters and config to ``path`` (.safetensors) atomically, plus ``.json``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+def checkpoint_meta(model: torch.nn.Module, extra: Optional[Dict[str, Any]] = None,
+                    save_id: Optional[str] = None) -> Dict[str, str]:
+    """The safetensors header of a checkpoint (all values are strings). ``save_id`` ties a run's file set."""
     bb = model.backbone
     meta = {
         "format": FORMAT,
@@ -66,10 +65,38 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], extra: Optio
         "package_version": __version__,
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    if save_id is not None:
+        meta["save_id"] = save_id
+    return meta
+
+
+def write_weights(model: torch.nn.Module, path: Union[str, Path], meta: Dict[str, str]) -> None:
+    """Write the trainable parameters with header ``meta`` to ``path`` (not atomic: the caller owns that)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def write_sidecar(path: Union[str, Path], meta: Dict[str, str]) -> None:
+    """Write the human-readable JSON twin of a checkpoint header (not atomic: the caller owns that)."""
     sidecar = {k: (json.loads(v) if k in ("config", "extra") else v) for k, v in meta.items()}
-    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    Path(path).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], extra: Optional[Dict[str, Any]] = None,
+                    save_id: Optional[str] = None) -> Path:
+    """Write ``model``'s trainable parameters and config to ``path`` (.safetensors) atomically, plus ``.json``.
+
+    Training runs save through :mod:`wmoe.checkpoint_set` instead, which makes the weights, sidecar and optimizer
+    state one all-or-nothing set; ``save_id`` keeps a rewritten run checkpoint a member of its set.
+    """
+    path = Path(path)
+    meta = checkpoint_meta(model, extra, save_id)
+    with atomic_path(path) as tmp:
+        write_weights(model, tmp, meta)
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        write_sidecar(tmp, meta)
     return path
 
 
@@ -100,7 +127,7 @@ def read_checkpoint(path: Union[str, Path]) -> "tuple[CheckpointInfo, Dict[str, 
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged config in the checkpoint header: {e}") from e
     info = CheckpointInfo(cfg, meta.get("backbone_sha256", ""), meta.get("backbone_fingerprint", ""),
-                          meta.get("package_version", ""), extra)
+                          meta.get("package_version", ""), extra, meta.get("save_id"))
     return info, tensors
 
 

@@ -44,7 +44,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainConfig, train
     cfg = TrainConfig(a.data, out_dir=a.out, meta=a.meta, classes=_classes(a.classes), epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, seed=a.seed, num_workers=a.workers, device=a.device,
-                      max_steps=a.max_steps, resume=a.resume, amp=False if a.no_amp else None)
+                      max_steps=a.max_steps, resume=a.resume, overwrite=a.overwrite,
+                      amp=False if a.no_amp else None)
     path = train(_model_cfg(a), cfg, pretrained=a.pretrained)
     print(f"checkpoint: {path}")
     return 0
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=111)
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    t.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (refused otherwise)")
     t.add_argument("--no-amp", action="store_true")
     t.add_argument("--tiny", action="store_true", help="the tiny random-init backbone (tests, demos)")
     t.add_argument("--backbone", default=None, help="open_clip model name (default ViT-L-14-336-quickgelu)")
@@ -165,15 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .preprocess import InputError
-    errors = [DataError, CheckpointError, InputError, FileNotFoundError]
-    try:
-        from wmoe.export.onnx_export import ExportError
-        errors.append(ExportError)
-    except ImportError:
-        pass
+    from .errors import WMoEError
+    errors = [WMoEError, FileNotFoundError]
     try:
         return int(a.func(a) or 0)
     except tuple(errors) as e:

@@ -56,7 +56,9 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     print(f"[2/4] training {model_cfg.backbone} on {', '.join(DEMO_TRAIN_CLASSES)} ({cfg.epochs} epochs)")
     ckpt = train(model_cfg, TrainConfig(str(root), out_dir=str(out / "run"), classes=list(DEMO_TRAIN_CLASSES),
                                         epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                                        device=cfg.device, max_steps=cfg.max_steps), pretrained=cfg.pretrained)
+                                        device=cfg.device, max_steps=cfg.max_steps,
+                                        overwrite=True),  # the demo regenerates everything it owns
+                 pretrained=cfg.pretrained)
     times["train"] = time.time() - t
     t = time.time()
     print(f"[3/4] zero-shot evaluation on {', '.join(DEMO_TEST_CLASSES)}")

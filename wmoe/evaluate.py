@@ -131,5 +131,5 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         info, _ = read_checkpoint(ckpt_path)
         save_checkpoint(model.cpu() if device != "cpu" else model, ckpt_path,
                         extra={**info.extra, "threshold": threshold, "threshold_source": json.dumps(
-                            {"data_root": str(root), "classes": chosen})})
+                            {"data_root": str(root), "classes": chosen})}, save_id=info.save_id)
     return table

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from .atomic import atomic_path
 from .checkpoint import CheckpointError
 
 
-def save_optimizer(opt: torch.optim.Optimizer, path: Union[str, Path], progress: Dict[str, Any]) -> Path:
-    """Flatten ``opt.state_dict()`` into named tensors; groups, progress and the torch RNG go to the metadata."""
+def write_optimizer(opt: torch.optim.Optimizer, path: Union[str, Path], progress: Dict[str, Any],
+                    save_id: Optional[str] = None) -> None:
+    """Flatten ``opt.state_dict()`` into named tensors; groups, progress and the torch RNG go to the metadata.
+
+    Not atomic: :mod:`wmoe.checkpoint_set` writes it as part of an all-or-nothing set."""
     from safetensors.torch import save_file
 
     sd = opt.state_dict()
@@ -27,13 +29,13 @@ def save_optimizer(opt: torch.optim.Optimizer, path: Union[str, Path], progress:
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars),
             "progress": json.dumps(progress), "format": "wmoe-optimizer"}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
+    if save_id is not None:
+        meta["save_id"] = save_id
+    save_file(tensors, str(path), metadata=meta)
 
 
 def load_optimizer(opt: torch.optim.Optimizer, path: Union[str, Path]) -> Tuple[Dict[str, Any], torch.Tensor]:
-    """Restore ``opt`` from :func:`save_optimizer`'s file; return (progress, torch RNG state)."""
+    """Restore ``opt`` from :func:`write_optimizer`'s file; return (progress, torch RNG state)."""
     from safetensors import safe_open
 
     path = Path(path)

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .errors import WMoEError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class InputError(ValueError):
+class InputError(WMoEError, ValueError):
     """An image handed to the detector cannot be used; the message says which one and why."""
 
 

@@ -2,7 +2,8 @@
 
 Defaults are the paper's: Adam, lr 2e-4, 20 epochs, batch 32. Only CTDS, WCMA and SA-MoE parameters are optimized;
 the CLIP backbone stays frozen. A checkpoint (trainable weights, safetensors) and the optimizer state (also
-safetensors) are written atomically after every epoch, so ``resume`` continues from the last saved step.
+safetensors) are saved after every epoch as one all-or-nothing set (:mod:`wmoe.checkpoint_set`), so ``resume``
+continues from the last saved step even after a crash.
 Several GPUs: ``torchrun --nproc_per_node=N -m wmoe train ...`` (DistributedDataParallel; gloo on CPU).
 """
 from __future__ import annotations
@@ -18,13 +19,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from . import checkpoint_set
+from .checkpoint import CheckpointError, checkpoint_meta, read_checkpoint, write_sidecar, write_weights
 from .config import ModelConfig
 from .data import AnomalyDataset, DataError, SkippedFiles, collate
 from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .errors import NonFiniteError
 from .losses import total_loss
 from .model import WMoECLIP
-from .optim_state import load_optimizer, save_optimizer
+from .optim_state import load_optimizer, write_optimizer
 
 
 @dataclass
@@ -44,6 +47,7 @@ class TrainConfig:
     device: Optional[str] = None
     max_steps: Optional[int] = None  # stop early (tests, the demo)
     resume: bool = False
+    overwrite: bool = False  # replace a run already in out_dir (otherwise refused unless resume)
     log_every: int = 1
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -56,7 +60,25 @@ def _seed_all(seed: int) -> None:
 
 
 def checkpoint_paths(out_dir: Path) -> "tuple[Path, Path]":
-    return out_dir / "last.safetensors", out_dir / "last.optim.safetensors"
+    return out_dir / checkpoint_set.WEIGHTS, out_dir / checkpoint_set.OPTIMIZER
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+    """Finish or clean up an interrupted save, then refuse to silently replace a run that is already there."""
+    if resume and overwrite:
+        raise CheckpointError("--resume and --overwrite contradict each other: choose one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"--out {out_dir} is a file, not a folder")
+    if is_main:
+        for line in checkpoint_set.recover(out_dir):
+            print(line)
+    if resume or not checkpoint_set.exists(out_dir):
+        return
+    if not overwrite:
+        raise CheckpointError(f"{out_dir} already holds a training run ({out_dir / checkpoint_set.WEIGHTS}); "
+                              f"pass --resume to continue it, --overwrite to replace it, or another --out")
+    if is_main:
+        checkpoint_set.remove(out_dir)
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str] = None) -> Path:
@@ -68,6 +90,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str] = 
     out_dir = Path(cfg.out_dir)
     ckpt_path, optim_path = checkpoint_paths(out_dir)
     try:
+        prepare_run_dir(out_dir, cfg.resume, cfg.overwrite, dist_info.is_main)
+        barrier(dist_info)
         return _train(model_cfg, cfg, pretrained, device, dist_info, out_dir, ckpt_path, optim_path)
     finally:
         cleanup(dist_info)
@@ -87,6 +111,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
     if cfg.resume:
         if not ckpt_path.is_file():
             raise DataError(f"cannot resume: {ckpt_path} does not exist")
+        checkpoint_set.verify(out_dir)  # one complete set from one save, or a message naming the files
         info, tensors = read_checkpoint(ckpt_path)
         if info.config.to_dict() != model_cfg.to_dict():
             raise DataError(f"cannot resume from {ckpt_path}: it was trained with another model config")
@@ -138,7 +163,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
             labels = batch["label"].to(device)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.startswith("cuda")):
                 out = train_model(images)
+            _check_finite(step + 1, cfg, out_dir, scores=out.scores, maps=out.maps)
             terms = total_loss(out, labels, masks)
+            _check_finite(step + 1, cfg, out_dir, loss=terms["loss"])
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             opt.step()
@@ -173,5 +200,27 @@ def _save(model, opt, cfg: TrainConfig, ckpt_path: Path, optim_path: Path, step:
     extra = {"step": step, "epoch": step / steps_per_epoch, "train_config": tc, "skipped_files": len(skipped),
              "final_loss": history[-1]["loss"] if history else None, "world_size": dist_info.world_size,
              "train_seconds": round(seconds, 2), **cfg.extra}
-    save_checkpoint(model, ckpt_path, extra=extra)
-    save_optimizer(opt, optim_path, {"step": step, "history": history[-1000:]})
+    for name, p in model.trainable_state_dict().items():
+        if not torch.isfinite(p).all():  # never let a diverged model replace the last good checkpoint
+            raise _diverged(step, f"parameter {name}", cfg, ckpt_path.parent)
+    meta = checkpoint_meta(model, extra)
+    progress = {"step": step, "history": history[-1000:]}
+    checkpoint_set.save(ckpt_path.parent, step, {
+        checkpoint_set.WEIGHTS: lambda p, sid: write_weights(model, p, {**meta, "save_id": sid}),
+        checkpoint_set.SIDECAR: lambda p, sid: write_sidecar(p, {**meta, "save_id": sid}),
+        checkpoint_set.OPTIMIZER: lambda p, sid: write_optimizer(opt, p, progress, sid),
+    })
+
+
+def _diverged(step: int, what: str, cfg: TrainConfig, out_dir: Path) -> NonFiniteError:
+    kept = (f"the last good checkpoint in {out_dir} (step {checkpoint_set.verify(out_dir).step}) is kept"
+            if (out_dir / checkpoint_set.WEIGHTS).exists() else "no checkpoint was written")
+    return NonFiniteError(f"training diverged at step {step}: the {what} became NaN/inf with --lr {cfg.lr:g}; "
+                          f"{kept}. Lower --lr or check the data")
+
+
+def _check_finite(step: int, cfg: TrainConfig, out_dir: Path, **tensors: torch.Tensor) -> None:
+    """Stop with a message naming the step when the forward pass or the loss is NaN/inf (e.g. a too-large lr)."""
+    for what, t in tensors.items():
+        if not torch.isfinite(t.detach()).all():
+            raise _diverged(step, what, cfg, out_dir)

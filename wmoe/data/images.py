@@ -12,6 +12,7 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from ..errors import WMoEError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -23,7 +24,7 @@ CLIP_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class DataError(ValueError):
+class DataError(WMoEError, ValueError):
     """A data-set file or layout problem. The message always names the offending path."""
 
 

@@ -10,11 +10,13 @@ from typing import List, Sequence, Union
 
 import numpy as np
 
+from wmoe.errors import WMoEError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class FrameError(ValueError):
+class FrameError(WMoEError, ValueError):
     """A frame cannot be scored; the message names its index and the problem."""
 
 

@@ -14,11 +14,13 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from wmoe.errors import WMoEError
+
 INSTALL_HINT = ("the TensorRT backend needs tensorrt and cuda-python: pip install tensorrt cuda-python "
                 "(Jetson: JetPack's python3-libnvinfer and pip install cuda-python)")
 
 
-class EngineMismatch(RuntimeError):
+class EngineMismatch(WMoEError, RuntimeError):
     """The engine was built for another GPU, TensorRT version or input shape."""
 
 

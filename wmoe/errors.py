@@ -1,0 +1,27 @@
+"""The one base class of wmoe's domain errors (standard library only: the torch-free runtime uses it too).
+
+Every error about the user's files, inputs or options derives from :class:`WMoEError`. Its message is complete
+on its own (it names the file, the option or the value and says what is wrong), so the command-line handler
+prints it as one line and exits with :attr:`WMoEError.exit_code`; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+
+class WMoEError(Exception):
+    """A problem with the user's input, files, options or environment: one clear line, no traceback needed."""
+
+    #: the exit status every entry point (wmoe, wmoe-export, wmoe-bench) returns for this error
+    exit_code = 2
+
+
+class MissingDependencyError(WMoEError, ImportError):
+    """An optional dependency is not installed; the message gives the command that installs it."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        self.module, self.extra = module, extra
+        super().__init__(f"{purpose} needs the '{module}' package, which is not installed; "
+                         f"install it with: pip install \"wmoe[{extra}]\"")
+
+
+class NonFiniteError(WMoEError, ArithmeticError):
+    """A NaN or infinite value where a finite one is required (weights, scores, maps, a loss, an input)."""
