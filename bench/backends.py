@@ -66,8 +66,10 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
         return _torch_backend(model_factory(), name, "cuda", torch.float16, kernels="triton")
     if name.startswith("ort-"):
         import onnxruntime as ort
-        provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-                    "ort-trt": "TensorrtExecutionProvider"}[name]
+
+        from wmoe.runtime.session import PROVIDERS, make_session
+        key = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[name]
+        provider = PROVIDERS[key]
         if provider not in ort.get_available_providers():
             raise Skip(f"{provider} not available (installed: {ort.get_available_providers()}; "
                        f"pip install onnxruntime-gpu)")
@@ -75,12 +77,12 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
             from wmoe.export.onnx_export import export_onnx
             wd = Path(workdir or tempfile.mkdtemp(prefix="wmoe-bench-"))
             onnx_path = export_onnx(model_factory(), wd / "model.onnx")
-        sess = ort.InferenceSession(str(onnx_path), providers=[provider, "CPUExecutionProvider"]
-                                    if provider != "CPUExecutionProvider" else [provider])
+        sess = make_session(onnx_path, provider=key, trt_cache_dir=Path(workdir) / "ort-trt" if workdir else None)
         names = [o.name for o in sess.get_outputs()]
+        in_name = sess.get_inputs()[0].name
 
         def run(x: np.ndarray) -> Dict[str, np.ndarray]:
-            return dict(zip(names, sess.run(None, {"images": x})))
+            return dict(zip(names, sess.run(None, {in_name: x})))
         return Backend(name, run, "cpu" if name == "ort-cpu" else "cuda")
     if name == "trt-engine":
         if engine_path is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -23,10 +22,11 @@ from wmoe.atomic import atomic_path
 from wmoe.checkpoint import CheckpointError, load_model
 from wmoe.errors import WMoEError
 from wmoe.kernels import KernelChoice, Kernels
+from wmoe.contract import (FLAVORS, INPUT_FRAMES, INPUT_IMAGES, OUTPUT_NAMES, ContractError, Decision, ModelMeta,
+                           read_decision_file, threshold_path)
 from wmoe.model import WMoECLIP
-from wmoe.preprocess import CLIP_MEAN, CLIP_STD
 
-from .wrapper import OUTPUT_NAMES, ExportWrapper
+from .wrapper import ExportWrapper
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
@@ -60,7 +60,8 @@ def sha256_file(path: Union[str, Path]) -> str:
 def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path], *, precision: str = "fp32",
                 preprocess: bool = False, frame_size: Optional["tuple[int, int]"] = None, opset: int = DEFAULT_OPSET,
                 batch: int = 2, max_batch: int = 256, exporter: str = "dynamo", pretrained: Optional[str] = None,
-                flavor: str = "portable", allow_torchscript: bool = False) -> Path:
+                flavor: str = "portable", allow_torchscript: bool = False, threshold: Optional[float] = None,
+                pixel_threshold: Optional[float] = None, decision: Optional[Decision] = None) -> Path:
     """Export to ``out`` (written atomically) and return its path.
 
     Args:
@@ -70,11 +71,14 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         flavor: ``portable`` (standard ONNX ops only: ONNX Runtime, OpenVINO, any TensorRT) or ``plugin`` (the two
             fused stages as ``wmoe`` custom nodes for TensorRT plugins, see :mod:`wmoe.export.plugin_graph`;
             dynamo exporter only).
+        threshold, pixel_threshold, decision: the decision stored in the metadata (:class:`wmoe.contract.Decision`).
+            By default the one ``wmoe eval`` wrote beside the checkpoint (``<checkpoint>.threshold.json``) is
+            used; ``threshold``/``pixel_threshold`` override its values.
     """
     import onnx
 
-    if flavor not in ("portable", "plugin"):
-        raise ExportError(f"flavor must be 'portable' or 'plugin', got {flavor!r}")
+    if flavor not in FLAVORS:
+        raise ExportError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if batch < 2:
@@ -94,6 +98,15 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         path = Path(ckpt_or_model)
         model = load_model(path, pretrained=pretrained)  # CheckpointError names the file
         ckpt_sha = sha256_file(path)
+        if decision is None and threshold_path(path).is_file():
+            decision = read_decision_file(threshold_path(path))
+    decision = decision or Decision()
+    try:
+        decision = Decision(threshold if threshold is not None else decision.threshold,
+                            pixel_threshold if pixel_threshold is not None else decision.pixel_threshold,
+                            decision.score, decision.calibration)
+    except ContractError as e:
+        raise ExportError(str(e)) from None
     model = model.float().eval().cpu()
     s = model.image_size
     wrapper = ExportWrapper(model, preprocess=preprocess,
@@ -103,10 +116,10 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
             raise ExportError("preprocess=True needs frame_size=(H, W): the camera's frame size")
         h, w = frame_size
         example = torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8)
-        in_name = "frames"
+        in_name = INPUT_FRAMES
     else:
         example = torch.randn(batch, 3, s, s)
-        in_name = "images"
+        in_name = INPUT_IMAGES
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if flavor == "plugin" and exporter != "dynamo":
@@ -136,33 +149,13 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
                 proto = onnx.load(str(tmp))
             proto.producer_name = "wmoe"
             proto.producer_version = __version__
-            meta = {
-                "wmoe.config": model.cfg.to_json(), "wmoe.image_size": str(s), "wmoe.flavor": flavor,
-                "wmoe.input": in_name, "wmoe.mean": json.dumps(list(CLIP_MEAN)), "wmoe.std": json.dumps(list(CLIP_STD)),
-                "wmoe.checkpoint_sha256": ckpt_sha, "wmoe.version": __version__, "wmoe.exporter": exporter,
-                "wmoe.precision": precision,
-            }
-            if preprocess:
-                meta["wmoe.frame_size"] = json.dumps(list(frame_size))
+            meta = ModelMeta(image_size=s, input=in_name, frame_size=tuple(frame_size) if preprocess else None,
+                             flavor=flavor, precision=precision, decision=decision,
+                             config=model.cfg.to_json(), checkpoint_sha256=ckpt_sha, version=__version__,
+                             exporter=exporter).to_metadata()
             del proto.metadata_props[:]
             for k, v in sorted(meta.items()):
                 proto.metadata_props.add(key=k, value=v)
             onnx.checker.check_model(proto)
             onnx.save(proto, str(tmp))
     return out
-
-
-def read_metadata(path: Union[str, Path]) -> dict:
-    """The ``wmoe.*`` metadata of an exported file; a clear error for files that are not ONNX."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
-    if not proto.graph.node:
-        raise ExportError(f"{path} is not an ONNX model (no graph)")
-    return {p.key: p.value for p in proto.metadata_props}

@@ -20,7 +20,10 @@ import numpy as np
 
 from wmoe.atomic import atomic_write_text
 
-from .onnx_export import ExportError, read_metadata
+from wmoe.contract import INPUT_FRAMES, INPUT_IMAGES, ModelMeta
+from wmoe.onnx_meta import read_onnx_metadata
+
+from .onnx_export import ExportError
 
 RUNNER = "wmoe-onnxruntime-cpu"
 
@@ -37,25 +40,25 @@ def _dec(d: Dict) -> np.ndarray:
     return np.load(io.BytesIO(base64.b64decode(d["array"].encode(), validate=True)), allow_pickle=False)
 
 
-def reference_inputs(meta: Dict[str, str], batch: int, seed: int) -> Dict[str, np.ndarray]:
+def reference_inputs(meta: ModelMeta, batch: int, seed: int) -> Dict[str, np.ndarray]:
     """Seeded inputs matching the exported input (``images`` normalized float32 or ``frames`` uint8)."""
     rng = np.random.default_rng(seed)
-    s = int(meta["wmoe.image_size"])
-    if meta.get("wmoe.input") == "frames":
-        h, w = json.loads(meta["wmoe.frame_size"])
-        return {"frames": rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)}
-    return {"images": rng.standard_normal((batch, 3, s, s)).astype(np.float32)}
+    s = meta.image_size
+    if meta.input == INPUT_FRAMES:
+        h, w = meta.frame_size
+        return {INPUT_FRAMES: rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)}
+    return {INPUT_IMAGES: rng.standard_normal((batch, 3, s, s)).astype(np.float32)}
 
 
 def save_reference(onnx_path: Union[str, Path], out_dir: Union[str, Path], batch: int = 1, seed: int = 0
                    ) -> Tuple[Path, Path]:
     """Run the portable model on the host and write ``inputs.json`` and ``outputs.json`` (atomically)."""
-    from .ort_session import make_session
+    from wmoe.runtime.session import make_session
 
-    meta = read_metadata(onnx_path)
-    if meta.get("wmoe.flavor", "portable") != "portable":
+    meta = ModelMeta.from_metadata(read_onnx_metadata(onnx_path), str(onnx_path))
+    if meta.flavor != "portable":
         raise ExportError(f"{onnx_path}: reference outputs come from the portable flavor (this is "
-                          f"{meta.get('wmoe.flavor')}; ONNX Runtime cannot run the plugin nodes)")
+                          f"{meta.flavor}; ONNX Runtime cannot run the plugin nodes)")
     feeds = reference_inputs(meta, batch, seed)
     sess = make_session(onnx_path)
     names = [o.name for o in sess.get_outputs()]

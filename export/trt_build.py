@@ -7,24 +7,17 @@ TensorRT 10 takes the builder flags. Where TensorRT is not installed, :func:`req
 """
 from __future__ import annotations
 
-import json
-import platform
-import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from wmoe.atomic import atomic_path, atomic_write_text
-from wmoe.errors import WMoEError
+from wmoe.atomic import atomic_path
+from wmoe.contract import EngineSidecar, ModelMeta, major_minor
+from wmoe.onnx_meta import read_onnx_metadata
 
-from .onnx_export import ExportError, read_metadata, sha256_file
+from .onnx_export import ExportError, sha256_file
 
 INSTALL_HINT = ("TensorRT is not installed. On x86-64 with CUDA 12/13: pip install tensorrt cuda-python; "
                 "on Jetson (JetPack 6): apt install python3-libnvinfer (ships with JetPack) and pip install cuda-python")
-
-
-class EngineCompatError(WMoEError, RuntimeError):
-    """An engine cannot run here (other GPU, other TensorRT, other input shape)."""
 
 
 def require_tensorrt():
@@ -49,68 +42,6 @@ def parse_batch(spec: str) -> List[Tuple[int, int, int]]:
             raise ValueError(f"batch range {part!r}: need 1 <= MIN <= OPT <= MAX")
         ranges.append((lo, opt, hi))
     return ranges
-
-
-@dataclass
-class EngineSidecar:
-    engine: str
-    onnx_sha256: str
-    checkpoint_sha256: str
-    precision: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    inputs: Dict[str, List[int]] = field(default_factory=dict)  # name -> shape with -1 for the batch
-    outputs: Dict[str, List[int]] = field(default_factory=dict)
-    batch_ranges: List[List[int]] = field(default_factory=list)
-    image_size: int = 0
-    input_kind: str = "images"
-    flavor: str = "portable"
-    host: str = field(default_factory=platform.machine)
-
-    def write(self, path: Union[str, Path]) -> Path:
-        atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-        return Path(path)
-
-    @classmethod
-    def read(cls, path: Union[str, Path]) -> "EngineSidecar":
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except FileNotFoundError as e:
-            raise EngineCompatError(f"{path}: engine sidecar missing (it is written next to the engine)") from e
-        except (ValueError, TypeError) as e:
-            raise EngineCompatError(f"{path}: damaged engine sidecar ({e})") from e
-
-
-def _major_minor(v: str) -> Tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
-
-
-def check_engine_compat(sidecar: EngineSidecar, gpu_name: Union[str, Dict[str, str], EngineSidecar],
-                        tensorrt_version: Optional[str] = None, input_shape: Optional[Tuple[int, ...]] = None) -> None:
-    """Raise :class:`EngineCompatError` naming the mismatch: engines are specific to a GPU model and TensorRT version.
-
-    Call as ``check_engine_compat(sidecar, current)`` with ``current`` a dict (or sidecar) holding ``gpu_name`` and
-    ``tensorrt_version``, or ``check_engine_compat(sidecar, gpu_name, tensorrt_version)``.
-    """
-    if not isinstance(gpu_name, str):
-        cur = gpu_name if isinstance(gpu_name, dict) else asdict(gpu_name)
-        gpu_name, tensorrt_version = cur["gpu_name"], cur["tensorrt_version"]
-    if tensorrt_version is None:
-        raise TypeError("check_engine_compat needs the current TensorRT version")
-    if sidecar.gpu_name != gpu_name:
-        raise EngineCompatError(f"engine {sidecar.engine} was built for {sidecar.gpu_name!r}, this GPU is "
-                                f"{gpu_name!r}: rebuild it here (wmoe export trt)")
-    if _major_minor(sidecar.tensorrt_version) != _major_minor(tensorrt_version):
-        raise EngineCompatError(f"engine {sidecar.engine} was built with TensorRT {sidecar.tensorrt_version}, "
-                                f"this is TensorRT {tensorrt_version}: rebuild it (engines do not move across versions)")
-    if input_shape is not None:
-        want = next(iter(sidecar.inputs.values()))
-        n = input_shape[0]
-        ok_batch = any(lo <= n <= hi for lo, _, hi in sidecar.batch_ranges) if sidecar.batch_ranges else True
-        if len(want) != len(input_shape) or any(w not in (-1, g) for w, g in zip(want, input_shape)) or not ok_batch:
-            raise EngineCompatError(f"input shape {tuple(input_shape)} does not fit engine {sidecar.engine}: "
-                                    f"expects {want} with batch in {sidecar.batch_ranges}")
 
 
 def plan_flavor(meta: Dict[str, str], tensorrt_version: str, checkpoint: Optional[Union[str, Path]] = None
@@ -140,20 +71,21 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     """
     trt = require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out)
-    meta = read_metadata(onnx_path)
+    meta = read_onnx_metadata(onnx_path)
+    precision_in = ModelMeta.from_metadata(meta, str(onnx_path)).precision
     ranges = parse_batch(batch)
     flavor, note = plan_flavor(meta, trt.__version__, checkpoint)
     if note:
         print(note, flush=True)
         from .onnx_export import export_onnx
         onnx_path = export_onnx(checkpoint, out.with_suffix(".portable.onnx"),
-                                precision=meta.get("wmoe.precision", "fp32"))
-        meta = read_metadata(onnx_path)
+                                precision=precision_in)
+        meta = read_onnx_metadata(onnx_path)
     if flavor == "plugin":
         _register_plugins(out, kernels)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    major = _major_minor(trt.__version__)[0]
+    major = major_minor(trt.__version__)[0]
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -168,9 +100,9 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
             config.set_flag(trt.BuilderFlag.FP16)
         elif precision == "bf16":
             config.set_flag(trt.BuilderFlag.BF16)
-    elif precision != meta.get("wmoe.precision", "fp32"):
+    elif precision != precision_in:
         raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks: export the ONNX with "
-                          f"--precision {precision} (this file is {meta.get('wmoe.precision', 'fp32')})")
+                          f"--precision {precision} (this file is {precision_in})")
     cache_path = Path(timing_cache or out.with_suffix(".timing.cache"))
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -195,9 +127,8 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         compute_capability=f"{prop.major}.{prop.minor}",
         inputs={inp.name: [-1] + shape[1:]},
         outputs={network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)},
-        batch_ranges=[list(r) for r in ranges], image_size=int(meta.get("wmoe.image_size", 0)),
-        input_kind=meta.get("wmoe.input", "images"),
-    ).write(out.with_suffix(".json"))
+        batch_ranges=[list(r) for r in ranges], metadata={k: v for k, v in meta.items() if k.startswith("wmoe.")},
+    ).write(EngineSidecar.path_for(out))
     return out
 
 

@@ -7,10 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wmoe.contract import CLIP_MEAN, CLIP_STD
 from wmoe.model import WMoECLIP
-from wmoe.preprocess import CLIP_MEAN, CLIP_STD
-
-OUTPUT_NAMES = ("scores", "maps", "text_scores")  # the Detector's result fields
 
 
 class ExportWrapper(nn.Module):

@@ -12,8 +12,10 @@ import torch
 
 from wmoe.checkpoint import CheckpointError, save_checkpoint
 from wmoe.config import ModelConfig
-from wmoe.export.onnx_export import ExportError, export_onnx, read_metadata
-from wmoe.export.ort_session import make_session
+from wmoe.contract import ContractError
+from wmoe.export.onnx_export import ExportError, export_onnx
+from wmoe.onnx_meta import read_onnx_metadata as read_metadata
+from wmoe.runtime.session import make_session
 from wmoe.model import WMoECLIP
 from wmoe.preprocess import resize_normalize, to_chw_list
 
@@ -114,7 +116,7 @@ def test_bad_inputs(tmp_path, ckpt):
     assert not (tmp_path / "x.onnx").exists()
     bad = tmp_path / "bad.onnx"
     bad.write_text("not onnx at all")
-    with pytest.raises(ExportError, match="bad.onnx"):
+    with pytest.raises(ContractError, match="bad.onnx"):
         read_metadata(bad)
     with pytest.raises(ExportError, match="flavor"):
         export_onnx(ckpt, tmp_path / "p.onnx", flavor="bogus")

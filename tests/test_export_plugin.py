@@ -6,7 +6,8 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from wmoe.config import ModelConfig
-from wmoe.export.onnx_export import export_onnx, read_metadata
+from wmoe.export.onnx_export import export_onnx
+from wmoe.onnx_meta import read_onnx_metadata as read_metadata
 from wmoe.export.plugin_graph import DOMAIN, MOE_OP, REFERENCE_OPS, WCMA_OP
 from wmoe.kernels import KernelChoice
 from wmoe.model import WMoECLIP

@@ -13,7 +13,6 @@ from wmoe.detector import Detector
 from wmoe.export.onnx_export import export_onnx
 from wmoe.model import WMoECLIP
 from wmoe.runtime import FrameError, Runtime
-from wmoe.runtime.trt_backend import EngineMismatch, check_sidecar
 
 SIZE = 112
 
@@ -78,20 +77,11 @@ def test_runtime_does_not_import_torch(model_files):
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
-def test_engine_sidecar_mismatch_messages():
-    side = {"engine": "m.engine", "gpu_name": "NVIDIA H100 80GB HBM3", "tensorrt_version": "10.9.0"}
-    check_sidecar(side, "NVIDIA H100 80GB HBM3", "10.9.3")
-    with pytest.raises(EngineMismatch, match="Orin"):
-        check_sidecar(side, "Orin", "10.9.0")
-    with pytest.raises(EngineMismatch, match="10.3"):
-        check_sidecar(side, "NVIDIA H100 80GB HBM3", "10.3.0")
-
-
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_gpu_providers_by_flag_fall_back_with_a_warning(model_files, provider):
     import onnxruntime as ort
 
-    from wmoe.export.ort_session import PROVIDERS, make_session
+    from wmoe.runtime.session import PROVIDERS, make_session
     from wmoe.runtime.onnx_backend import OnnxBackend
     _, onnx_path = model_files
     want = PROVIDERS[provider]

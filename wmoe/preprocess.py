@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from .errors import WMoEError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .contract import CLIP_MEAN, CLIP_STD
 
 
 class InputError(WMoEError, ValueError):

@@ -16,12 +16,7 @@ from ..errors import WMoEError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# OpenAI CLIP normalization (open_clip's OPENAI_DATASET_MEAN / _STD).
-CLIP_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-#: File suffixes treated as images by the meta.json generators (compared lower-case).
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from ..contract import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, is_image_name  # noqa: F401 (re-exported)
 
 
 class DataError(WMoEError, ValueError):
@@ -30,7 +25,7 @@ class DataError(WMoEError, ValueError):
 
 def is_image_file(path: Path) -> bool:
     """True for a visible file with an image suffix (``._foo.png`` macOS resource forks are not images)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    return is_image_name(path) and path.is_file()
 
 
 def _open_decoded(path: PathLike, what: str) -> Image.Image:

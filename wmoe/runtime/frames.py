@@ -10,10 +10,8 @@ from typing import List, Sequence, Union
 
 import numpy as np
 
-from wmoe.errors import WMoEError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ..contract import PreprocessSpec
+from ..errors import WMoEError
 
 
 class FrameError(WMoEError, ValueError):
@@ -47,9 +45,9 @@ def check_frames(frames: Union[np.ndarray, Sequence[np.ndarray]]) -> List[np.nda
     return out
 
 
-def preprocess_frames(frames: Sequence[np.ndarray], size: int, mean: Sequence[float] = CLIP_MEAN,
-                      std: Sequence[float] = CLIP_STD) -> np.ndarray:
-    """Checked RGB frames -> (N, 3, size, size) float32, squash-resized and normalized."""
+def preprocess_frames(frames: Sequence[np.ndarray], spec: "PreprocessSpec") -> np.ndarray:
+    """Checked RGB frames -> (N, 3, size, size) float32, squash-resized and normalized as ``spec`` says."""
+    size, mean, std = spec.size, spec.mean, spec.std
     from PIL import Image
 
     batch = np.empty((len(frames), 3, size, size), np.float32)

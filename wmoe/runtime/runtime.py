@@ -1,13 +1,20 @@
-"""The embeddable runtime: open an exported model, score frames. numpy in, numpy out; torch is never imported."""
+"""The embeddable runtime: open an exported model, score frames, get a verdict. numpy in, numpy out; no torch.
+
+The model file carries its contract (:class:`wmoe.contract.ModelMeta`): input kind and size, preprocessing, and
+the decision (image threshold, optional pixel threshold) — so ``Runtime.open(path).score(frames)`` returns
+verdicts and defect masks with no flags. A non-finite score or map is a fault: that image's verdict is
+``undecided`` (never ``normal``) and :attr:`Result.faults` names it.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from .frames import CLIP_MEAN, CLIP_STD, FrameError, check_frames, preprocess_frames, resize_map
+from ..contract import INPUT_FRAMES, Decision, ModelMeta
+from .frames import FrameError, check_frames, preprocess_frames, resize_map
 
 
 @dataclass
@@ -16,60 +23,92 @@ class Result:
     text_scores: np.ndarray  # (N,) s_txt
     maps: np.ndarray         # (N, S, S) anomaly maps at the model's input size
     frame_sizes: list
+    decision: Decision = field(default_factory=Decision)
+    verdicts: List[str] = field(default_factory=list)  # per image: anomalous / normal / undecided
+    faults: List[str] = field(default_factory=list)    # per image: "" or what is wrong (non-finite output)
 
     def maps_at(self, i: int, hw: Optional["tuple[int, int]"] = None) -> np.ndarray:
         """Map ``i`` resized to ``hw`` (default: that frame's own size)."""
         return resize_map(self.maps[i], hw or self.frame_sizes[i])
 
+    def mask_at(self, i: int, hw: Optional["tuple[int, int]"] = None) -> Optional[np.ndarray]:
+        """Boolean defect mask of image ``i`` at ``hw`` (default: its frame size); None without a pixel threshold."""
+        return self.decision.mask(self.maps_at(i, hw))
+
 
 class Runtime:
-    """``Runtime.open("model.onnx" | "model.engine")`` then ``rt.score(frames)``."""
+    """``Runtime.open("model.onnx" | "model.engine")`` then ``rt.score(frames)``.
 
-    def __init__(self, backend) -> None:
+    ``threshold`` / ``pixel_threshold`` override the decision stored in the model file.
+    """
+
+    def __init__(self, backend, threshold: Optional[float] = None, pixel_threshold: Optional[float] = None) -> None:
         self.backend = backend
+        d = self.meta.decision
+        self.decision = Decision(threshold if threshold is not None else d.threshold,
+                                 pixel_threshold if pixel_threshold is not None else d.pixel_threshold,
+                                 d.score, d.calibration)
 
     @classmethod
-    def open(cls, path: Union[str, Path], provider: str = "cpu", threads: int = 0, **kw) -> "Runtime":
+    def open(cls, path: Union[str, Path], provider: str = "cpu", threads: int = 0,
+             threshold: Optional[float] = None, pixel_threshold: Optional[float] = None, **kw) -> "Runtime":
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such model file")
         if path.suffix == ".onnx":
             from .onnx_backend import OnnxBackend
-            return cls(OnnxBackend(path, provider=provider, threads=threads))
+            return cls(OnnxBackend(path, provider=provider, threads=threads, **kw), threshold, pixel_threshold)
         if path.suffix in (".engine", ".plan"):
             from .trt_backend import TrtBackend
-            return cls(TrtBackend(path, **kw))
+            return cls(TrtBackend(path, **kw), threshold, pixel_threshold)
         raise ValueError(f"{path}: unknown model type (expected .onnx, .engine or .plan)")
 
     @property
+    def meta(self) -> ModelMeta:
+        return self.backend.meta
+
+    @property
     def input_size(self) -> int:
-        return self.backend.image_size
+        return self.meta.image_size
 
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        return preprocess_frames(frames, self.input_size, self.backend.mean or CLIP_MEAN,
-                                 self.backend.std or CLIP_STD)
+        return preprocess_frames(frames, self.meta.preprocess)
 
     def score(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> Result:
         """Score RGB uint8 frames (OpenCV gives BGR: convert with ``frame[..., ::-1]``)."""
         fr = check_frames(frames)
-        sizes = [f.shape[:2] for f in fr]
-        if self.backend.input_kind == "frames":
-            want = self.backend.frame_size
+        sizes = [tuple(f.shape[:2]) for f in fr]
+        if self.meta.input == INPUT_FRAMES:
+            want = tuple(self.meta.frame_size)
             for i, f in enumerate(fr):
-                if want and tuple(f.shape[:2]) != tuple(want):
+                if tuple(f.shape[:2]) != want:
                     raise FrameError(f"frame {i}: this model takes {want[0]}x{want[1]} frames (in-graph "
                                      f"preprocessing), got {f.shape[0]}x{f.shape[1]}")
             x = np.ascontiguousarray(np.stack(fr))
-        else:
-            x = self.preprocess(fr)
-        return self.score_preprocessed(x, sizes)
+            return self._run(x, sizes)
+        return self._run(self.preprocess(fr), sizes)
 
     def score_preprocessed(self, x: np.ndarray, frame_sizes: Optional[list] = None) -> Result:
-        """Score an already preprocessed batch (the model's input tensor)."""
+        """Score an already preprocessed batch (the model's input tensor); non-finite input is refused."""
+        x = np.asarray(x)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = sorted({int(i) for i in np.nonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0]})
+            raise FrameError(f"input batch holds NaN or infinite values (images {bad})")
+        return self._run(x, frame_sizes)
+
+    def _run(self, x: np.ndarray, frame_sizes: Optional[list]) -> Result:
         out = self.backend.run(x)
-        n = out["scores"].shape[0]
-        return Result(out["scores"].astype(np.float32), out["text_scores"].astype(np.float32),
-                      out["maps"].astype(np.float32), frame_sizes or [out["maps"].shape[1:]] * n)
+        scores = out["scores"].astype(np.float32)
+        maps = out["maps"].astype(np.float32)
+        n = scores.shape[0]
+        faults = []
+        for i in range(n):
+            bad = [name for name, a in (("score", scores[i]), ("text score", out["text_scores"][i]), ("map", maps[i]))
+                   if not np.isfinite(a).all()]
+            faults.append(f"non-finite {' and '.join(bad)} (a broken model or input): not judged" if bad else "")
+        verdicts = self.decision.verdicts(np.where([bool(f) for f in faults], np.nan, scores))
+        return Result(scores, out["text_scores"].astype(np.float32), maps,
+                      frame_sizes or [tuple(maps.shape[1:])] * n, self.decision, verdicts, faults)
 
     def close(self) -> None:
         self.backend.close()

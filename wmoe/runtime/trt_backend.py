@@ -7,32 +7,15 @@ checked before deserializing, so a mismatch is a clear error instead of a crash.
 """
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
-from wmoe.errors import WMoEError
+from ..contract import EngineCompatError, EngineSidecar, check_engine_compat
 
 INSTALL_HINT = ("the TensorRT backend needs tensorrt and cuda-python: pip install tensorrt cuda-python "
                 "(Jetson: JetPack's python3-libnvinfer and pip install cuda-python)")
-
-
-class EngineMismatch(WMoEError, RuntimeError):
-    """The engine was built for another GPU, TensorRT version or input shape."""
-
-
-def check_sidecar(sidecar: Dict, gpu_name: str, trt_version: str) -> None:
-    def mm(v: str):
-        return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
-    if sidecar.get("gpu_name") != gpu_name:
-        raise EngineMismatch(f"engine {sidecar.get('engine')} was built for {sidecar.get('gpu_name')!r}; this GPU is "
-                             f"{gpu_name!r}: rebuild it here with wmoe export trt")
-    if mm(sidecar.get("tensorrt_version", "")) != mm(trt_version):
-        raise EngineMismatch(f"engine {sidecar.get('engine')} was built with TensorRT "
-                             f"{sidecar.get('tensorrt_version')}; this is TensorRT {trt_version}: rebuild it")
 
 
 def _check(err) -> None:
@@ -49,27 +32,21 @@ class TrtBackend:
         except ImportError as e:
             raise ImportError(INSTALL_HINT) from e
         self.trt, self.cudart = trt, cudart
-        side_path = Path(path).with_suffix(".json")
-        if not side_path.is_file():
-            raise EngineMismatch(f"{side_path}: engine sidecar missing (written by wmoe export trt)")
-        self.sidecar = json.loads(side_path.read_text())
+        self.sidecar = EngineSidecar.read(EngineSidecar.path_for(path))
+        self.meta = self.sidecar.model_meta  # the exported model's contract: input, preprocessing, decision
         _check(cudart.cudaSetDevice(device))
         err, prop = cudart.cudaGetDeviceProperties(device)
         _check(err)
-        check_sidecar(self.sidecar, prop.name.decode().rstrip("\x00"), trt.__version__)
+        check_engine_compat(self.sidecar, prop.name.decode().rstrip("\x00"), trt.__version__)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise EngineMismatch(f"{path}: TensorRT could not deserialize the engine")
+            raise EngineCompatError(f"{path}: TensorRT could not deserialize the engine")
         self.context = self.engine.create_execution_context()
         err, self.stream = cudart.cudaStreamCreate()
         _check(err)
         self.input_name = self.engine.get_tensor_name(0)
         self.output_names = [self.engine.get_tensor_name(i) for i in range(1, self.engine.num_io_tensors)]
-        self.input_kind = self.sidecar.get("input_kind", "images")
-        self.image_size = int(self.sidecar.get("image_size", 0))
-        self.frame_size = None
-        self.mean = self.std = None
         self.cuda_graph = cuda_graph
         self._buffers: Dict[int, dict] = {}  # per batch size: pinned host + device buffers (+ graph)
 
@@ -105,6 +82,7 @@ class TrtBackend:
                                           kind.cudaMemcpyDeviceToHost, self.stream))
 
     def run(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        check_engine_compat(self.sidecar, self.sidecar.gpu_name, self.sidecar.tensorrt_version, x.shape)
         n = x.shape[0]
         bufs = self._buffers.get(n)
         if bufs is None:

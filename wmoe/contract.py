@@ -1,0 +1,359 @@
+"""The deployment contract: everything export writes and deployment reads, defined once (standard library + numpy).
+
+Exporters (:mod:`wmoe.export`) write it into ONNX metadata and the TensorRT engine sidecar; the runtime
+(:mod:`wmoe.runtime`), the serving and bench code read it back through :class:`ModelMeta` and :class:`EngineSidecar`.
+Nothing here imports torch, onnx or onnxruntime, so a runtime-only install (``pip install "wmoe[runtime]"``) has it.
+
+Contents: CLIP mean/std, image file extensions, input/output tensor names, the preprocessing spec, the precision
+vocabulary, the ONNX metadata keys (:class:`ModelMeta`), the decision that travels with the model
+(:class:`Decision`), and the engine sidecar with its single compatibility check (:func:`check_engine_compat`,
+:class:`EngineCompatError`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import WMoEError
+
+# --- constants ----------------------------------------------------------------------------------------------------
+
+#: OpenAI CLIP normalization (open_clip's OPENAI_DATASET_MEAN / _STD), applied to RGB in [0, 1].
+CLIP_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+#: File suffixes treated as images everywhere (data trees, predict folders, the camera loop); compared lower-case.
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+#: Model inputs: ``images`` (N,3,S,S) float32 normalized, or ``frames`` (N,H,W,3) uint8 RGB (preprocessing in-graph).
+INPUT_IMAGES = "images"
+INPUT_FRAMES = "frames"
+INPUT_KINDS: Tuple[str, ...] = (INPUT_IMAGES, INPUT_FRAMES)
+
+#: Model outputs, in order: image scores s_hat (N,), anomaly maps (N,S,S), text scores s_txt (N,).
+OUTPUT_NAMES: Tuple[str, ...] = ("scores", "maps", "text_scores")
+
+#: Export flavors: ``portable`` (standard ONNX ops) or ``plugin`` (fused stages as TensorRT plugin nodes).
+FLAVORS: Tuple[str, ...] = ("portable", "plugin")
+
+#: The precision vocabulary. Which path supports which is checked where it is used (ONNX export: fp32/fp16).
+PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+_PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+#: What a score means (stored with the decision so a deployed model is self-describing).
+SCORE_MEANING = ("s_hat = s_txt + max(anomaly map) (paper Eq. 8); unbounded above, higher = more anomalous; "
+                 "maps are per-pixel anomaly probabilities in [0, 1]")
+
+#: Verdicts the runtime returns per image.
+VERDICT_ANOMALOUS, VERDICT_NORMAL, VERDICT_UNDECIDED = "anomalous", "normal", "undecided"
+
+#: Prefix of every metadata key wmoe writes into an ONNX file.
+META_PREFIX = "wmoe."
+
+
+class ContractError(WMoEError, ValueError):
+    """A model file's wmoe contract (metadata, sidecar, spec) is missing or inconsistent; the message names it."""
+
+
+class EngineCompatError(WMoEError, RuntimeError):
+    """A TensorRT engine cannot run here (other GPU, other TensorRT, other input shape, missing/damaged sidecar)."""
+
+
+def parse_precision(name: str) -> str:
+    """Canonical precision name (``float16`` -> ``fp16``); a ValueError listing the vocabulary otherwise."""
+    n = _PRECISION_ALIASES.get(str(name).lower(), str(name).lower())
+    if n not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
+    return n
+
+
+def is_image_name(name: Union[str, Path]) -> bool:
+    """True for a visible file name with an image suffix (``._foo.png`` macOS resource forks are not images)."""
+    p = Path(name)
+    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+# --- preprocessing spec -------------------------------------------------------------------------------------------
+
+#: The resize this version implements (see :class:`PreprocessSpec`); a model naming another one is refused.
+RESIZE_BICUBIC_AA = "bicubic-antialias"
+RESIZE_BILINEAR_BOX = "bilinear-box"
+RESIZE = RESIZE_BICUBIC_AA
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an RGB uint8 HxWx3 image becomes the model's (3,S,S) input — implemented by :mod:`wmoe.preprocess`
+    (torch), :mod:`wmoe.runtime.frames` (numpy) and in-graph by the ``frames`` ONNX.
+
+    Squash resize to SxS (no crop: the whole part stays in view), then ``(x / 255 - mean) / std`` per channel.
+    ``resize`` names the interpolation (:data:`RESIZE` is the one this version implements):
+    ``bicubic-antialias`` is torch's ``interpolate(mode="bicubic", antialias=True)``; ``bilinear-box`` is, with
+    integer factors ``kh = max(1, H // S)``, ``kw = max(1, W // S)``, bilinear interpolation (half-pixel centres, no
+    antialias) to ``(S*kh, S*kw)`` followed by a ``kh x kw`` box average — plain ONNX ``Resize(linear)`` +
+    ``AveragePool``, which ONNX Runtime, TensorRT and OpenVINO compute the same way.
+    """
+
+    size: int
+    resize: str = RESIZE
+    mean: Tuple[float, float, float] = CLIP_MEAN
+    std: Tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self) -> None:
+        if int(self.size) <= 0:
+            raise ContractError(f"preprocessing size must be positive, got {self.size}")
+        if self.resize != RESIZE:
+            raise ContractError(f"unknown resize {self.resize!r} (this wmoe implements {RESIZE!r}): "
+                                f"re-export the model with this version")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ContractError(f"mean/std must be 3 values with std > 0, got {self.mean} / {self.std}")
+
+    def box_factors(self, h: int, w: int) -> Tuple[int, int]:
+        """The integer box-average factors for an HxW input."""
+        return max(1, int(h) // self.size), max(1, int(w) // self.size)
+
+    def to_json(self) -> str:
+        return json.dumps({"size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std)},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessSpec":
+        d = json.loads(text)
+        return cls(int(d["size"]), d.get("resize", RESIZE), tuple(d["mean"]), tuple(d["std"]))
+
+
+# --- the decision -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Decision:
+    """The decision that travels with a model: image threshold on ``scores`` (anomalous when ``score >= threshold``),
+    optional pixel threshold on ``maps`` for a defect mask, what the score means, and a summary of the calibration
+    data (written by ``wmoe eval`` into ``<checkpoint>.threshold.json``)."""
+
+    threshold: Optional[float] = None
+    pixel_threshold: Optional[float] = None
+    score: str = SCORE_MEANING
+    calibration: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "pixel_threshold"):
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ContractError(f"decision {name} must be a finite number, got {v!r}")
+                setattr(self, name, float(v))
+
+    def verdicts(self, scores: np.ndarray) -> List[str]:
+        """Per image: ``anomalous`` / ``normal``, or ``undecided`` for a non-finite score (a broken model or frame
+        must never pass as normal) or when no threshold is known."""
+        out = []
+        for s in np.asarray(scores, dtype=np.float64).reshape(-1):
+            if self.threshold is None or not math.isfinite(s):
+                out.append(VERDICT_UNDECIDED)
+            else:
+                out.append(VERDICT_ANOMALOUS if s >= self.threshold else VERDICT_NORMAL)
+        return out
+
+    def mask(self, amap: np.ndarray) -> Optional[np.ndarray]:
+        """Boolean defect mask ``amap >= pixel_threshold`` (None when no pixel threshold is known). Non-finite
+        pixels are marked defective: a fault is never hidden."""
+        if self.pixel_threshold is None:
+            return None
+        a = np.asarray(amap)
+        return (a >= self.pixel_threshold) | ~np.isfinite(a)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "decision") -> "Decision":
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ContractError(f"{source}: unknown decision fields {extra} (known: {sorted(known)})")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "decision") -> "Decision":
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise ContractError(f"{source}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ContractError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d, source)
+
+
+def threshold_path(checkpoint: Union[str, Path]) -> Path:
+    """Where ``wmoe eval`` writes a checkpoint's decision: ``<checkpoint>.threshold.json`` beside it."""
+    p = Path(checkpoint)
+    return p.with_name(p.name + ".threshold.json")
+
+
+def read_decision_file(path: Union[str, Path]) -> Decision:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ContractError(f"{p}: no such decision file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ContractError(f"{p}: cannot read the decision file ({e})") from None
+    return Decision.from_json(text, str(p))
+
+
+# --- ONNX metadata ------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelMeta:
+    """The ``wmoe.*`` metadata of an exported model (ONNX ``metadata_props``; copied into the engine sidecar).
+
+    The one place that maps field <-> metadata key and parses values; every reader goes through
+    :meth:`from_metadata`.
+    """
+
+    image_size: int
+    input: str = INPUT_IMAGES
+    frame_size: Optional[Tuple[int, int]] = None
+    flavor: str = "portable"
+    precision: str = "fp32"
+    preprocess: Optional[PreprocessSpec] = None
+    decision: Decision = field(default_factory=Decision)
+    config: str = ""
+    checkpoint_sha256: str = ""
+    version: str = ""
+    exporter: str = ""
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None:
+            self.preprocess = PreprocessSpec(int(self.image_size))
+        if self.input not in INPUT_KINDS:
+            raise ContractError(f"model input must be one of {INPUT_KINDS}, got {self.input!r}")
+        if self.flavor not in FLAVORS:
+            raise ContractError(f"model flavor must be one of {FLAVORS}, got {self.flavor!r}")
+        self.precision = parse_precision(self.precision)
+        if self.input == INPUT_FRAMES and not self.frame_size:
+            raise ContractError("a frames-input model needs its frame_size (H, W)")
+
+    @property
+    def mean(self) -> Tuple[float, float, float]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> Tuple[float, float, float]:
+        return self.preprocess.std
+
+    def to_metadata(self) -> Dict[str, str]:
+        """``{"wmoe.<field>": str}`` for ONNX ``metadata_props`` (values are JSON where not plain strings)."""
+        m = {
+            "image_size": str(int(self.image_size)), "input": self.input, "flavor": self.flavor,
+            "precision": self.precision, "preprocess": self.preprocess.to_json(),
+            "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
+            "decision": self.decision.to_json(), "config": self.config,
+            "checkpoint_sha256": self.checkpoint_sha256, "version": self.version, "exporter": self.exporter,
+        }
+        if self.decision.threshold is not None:  # plain key too: what a generic tool (Netron, Triton) shows
+            m["threshold"] = repr(self.decision.threshold)
+        if self.frame_size:
+            m["frame_size"] = json.dumps([int(v) for v in self.frame_size])
+        return {META_PREFIX + k: v for k, v in m.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str], source: str = "model") -> "ModelMeta":
+        """Parse ``wmoe.*`` metadata; a :class:`ContractError` naming ``source`` when it is not a wmoe model."""
+        g = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        if "image_size" not in g:
+            raise ContractError(f"{source} is not a wmoe model (no {META_PREFIX}image_size metadata; export it with "
+                                f"wmoe export onnx)")
+        try:
+            size = int(g["image_size"])
+            spec = (PreprocessSpec.from_json(g["preprocess"]) if "preprocess" in g else
+                    PreprocessSpec(size, mean=tuple(json.loads(g.get("mean", json.dumps(CLIP_MEAN)))),
+                                   std=tuple(json.loads(g.get("std", json.dumps(CLIP_STD))))))
+            decision = Decision.from_json(g["decision"], f"{source} decision") if "decision" in g else Decision()
+            fs = tuple(int(v) for v in json.loads(g["frame_size"])) if "frame_size" in g else None
+            return cls(image_size=size, input=g.get("input", INPUT_IMAGES), frame_size=fs,
+                       flavor=g.get("flavor", "portable"), precision=g.get("precision", "fp32"), preprocess=spec,
+                       decision=decision, config=g.get("config", ""), checkpoint_sha256=g.get("checkpoint_sha256", ""),
+                       version=g.get("version", ""), exporter=g.get("exporter", ""))
+        except ContractError as e:
+            raise ContractError(f"{source}: {e}") from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise ContractError(f"{source}: damaged wmoe metadata ({type(e).__name__}: {e})") from None
+
+
+# --- TensorRT engine sidecar --------------------------------------------------------------------------------------
+
+def major_minor(v: str) -> Tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+
+
+@dataclass
+class EngineSidecar:
+    """The JSON written beside a TensorRT engine (``model.engine`` -> ``model.json``): what it was built for, and
+    the exported model's ``wmoe.*`` metadata (:class:`ModelMeta`, with the decision) copied verbatim."""
+
+    engine: str
+    onnx_sha256: str
+    checkpoint_sha256: str
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    inputs: Dict[str, List[int]] = field(default_factory=dict)  # name -> shape with -1 for the batch
+    outputs: Dict[str, List[int]] = field(default_factory=dict)
+    batch_ranges: List[List[int]] = field(default_factory=list)  # one [min, opt, max] per optimization profile
+    flavor: str = "portable"
+    host: str = field(default_factory=platform.machine)
+    metadata: Dict[str, str] = field(default_factory=dict)  # the ONNX's wmoe.* metadata
+
+    @staticmethod
+    def path_for(engine: Union[str, Path]) -> Path:
+        return Path(engine).with_suffix(".json")
+
+    @property
+    def model_meta(self) -> ModelMeta:
+        return ModelMeta.from_metadata(self.metadata, f"engine sidecar of {self.engine}")
+
+    def write(self, path: Union[str, Path]) -> Path:
+        from .atomic import atomic_write_text
+        atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: Union[str, Path]) -> "EngineSidecar":
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(**d)
+        except FileNotFoundError:
+            raise EngineCompatError(f"{path}: engine sidecar missing (it is written next to the engine by "
+                                    f"wmoe export trt)") from None
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            raise EngineCompatError(f"{path}: damaged engine sidecar ({e})") from None
+
+
+def check_engine_compat(sidecar: EngineSidecar, gpu_name: str, tensorrt_version: str,
+                        input_shape: Optional[Sequence[int]] = None) -> None:
+    """The one engine compatibility check: raise :class:`EngineCompatError` naming the mismatch. Engines are tied to
+    a GPU model and a TensorRT major.minor; with ``input_shape`` also its rank, fixed dims and batch ranges."""
+    if sidecar.gpu_name != gpu_name:
+        raise EngineCompatError(f"engine {sidecar.engine} was built for {sidecar.gpu_name!r}, this GPU is "
+                                f"{gpu_name!r}: rebuild it here (wmoe export trt)")
+    if major_minor(sidecar.tensorrt_version) != major_minor(tensorrt_version):
+        raise EngineCompatError(f"engine {sidecar.engine} was built with TensorRT {sidecar.tensorrt_version}, "
+                                f"this is TensorRT {tensorrt_version}: rebuild it (engines do not move across versions)")
+    if input_shape is not None:
+        if not sidecar.inputs:
+            raise EngineCompatError(f"engine {sidecar.engine}: its sidecar lists no inputs (damaged?)")
+        want = next(iter(sidecar.inputs.values()))
+        n = input_shape[0]
+        ok_batch = any(lo <= n <= hi for lo, _, hi in sidecar.batch_ranges) if sidecar.batch_ranges else True
+        if len(want) != len(input_shape) or any(w not in (-1, g) for w, g in zip(want, input_shape)) or not ok_batch:
+            raise EngineCompatError(f"input shape {tuple(input_shape)} does not fit engine {sidecar.engine}: "
+                                    f"expects {want} with batch in {sidecar.batch_ranges}")

@@ -1,0 +1,105 @@
+"""Read an ONNX file's ``metadata_props`` with the standard library only: no onnx, no onnxruntime, no torch.
+
+The ONNX ``ModelProto`` is a protobuf message; its top-level fields are walked on disk and only field 14
+(``metadata_props``, repeated ``StringStringEntryProto{1: key, 2: value}``) is decoded. The graph (field 7, which
+holds the weights) is skipped with a seek, so a 1.2 GB model costs a few reads. Used by the ORT session factory (to
+refuse a plugin-flavor model before ONNX Runtime chokes on it), by the runtime and by export.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, Dict, Union
+
+from .contract import ContractError
+
+_METADATA_PROPS, _IR_VERSION, _GRAPH = 14, 1, 7
+
+
+def _varint(f: BinaryIO) -> int:
+    shift = result = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            raise EOFError("truncated varint")
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _entry(buf: bytes) -> "tuple[str, str]":
+    key = value = ""
+    i = 0
+    while i < len(buf):
+        tag, shift = 0, 0
+        while True:
+            b = buf[i]
+            i += 1
+            tag |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        if tag & 7 != 2:
+            raise ValueError("metadata entry with a non-string field")
+        n, shift = 0, 0
+        while True:
+            b = buf[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        s = buf[i:i + n].decode("utf-8")
+        i += n
+        if tag >> 3 == 1:
+            key = s
+        elif tag >> 3 == 2:
+            value = s
+    return key, value
+
+
+def read_onnx_metadata(path: Union[str, Path]) -> Dict[str, str]:
+    """All ``metadata_props`` of the ONNX file at ``path``; a :class:`ContractError` naming the file when it is
+    missing, empty or not an ONNX model."""
+    p = Path(path)
+    if not p.is_file():
+        raise ContractError(f"{p}: no such ONNX file" if not p.exists() else f"{p} is not a file")
+    size = p.stat().st_size
+    if size == 0:
+        raise ContractError(f"{p} is empty (0 bytes), not an ONNX model")
+    meta: Dict[str, str] = {}
+    seen = set()
+    try:
+        with open(p, "rb") as f:
+            while f.tell() < size:
+                tag = _varint(f)
+                num, wire = tag >> 3, tag & 7
+                if num == 0:
+                    raise ValueError("field number 0")
+                seen.add(num)
+                if wire == 0:
+                    _varint(f)
+                elif wire == 1:
+                    f.seek(8, 1)
+                elif wire == 5:
+                    f.seek(4, 1)
+                elif wire == 2:
+                    n = _varint(f)
+                    if f.tell() + n > size:
+                        raise ValueError("field runs past the end of the file")
+                    if num == _METADATA_PROPS:
+                        k, v = _entry(f.read(n))
+                        meta[k] = v
+                    else:
+                        f.seek(n, 1)
+                else:
+                    raise ValueError(f"unsupported wire type {wire}")
+    except (ValueError, EOFError, IndexError, UnicodeDecodeError) as e:
+        raise ContractError(f"{p} is not an ONNX model (cannot parse it: {e})") from None
+    except OSError as e:
+        raise ContractError(f"{p}: cannot read it ({e})") from None
+    if _IR_VERSION not in seen or _GRAPH not in seen:
+        raise ContractError(f"{p} is not an ONNX model (no ir_version or graph)")
+    return meta
