@@ -23,7 +23,7 @@ def model_files(tmp_path_factory):
     torch.manual_seed(1)
     model = WMoECLIP(ModelConfig.tiny(image_size=SIZE)).eval()
     ckpt = save_checkpoint(model, d / "m.safetensors")
-    return ckpt, export_onnx(ckpt, d / "m.onnx")
+    return ckpt, export_onnx(ckpt, d / "m.onnx", threshold=0.25, pixel_threshold=0.5)
 
 
 def test_runtime_matches_detector(model_files):
@@ -97,3 +97,31 @@ def test_gpu_providers_by_flag_fall_back_with_a_warning(model_files, provider):
     assert be.session.get_providers() == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="provider must be one of"):
         make_session(onnx_path, provider="rocm")
+
+
+def test_decision_travels_with_the_model(model_files, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    _, onnx_path = model_files
+    rng = np.random.default_rng()
+    frames = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(3)]
+    with Runtime.open(onnx_path) as rt:
+        assert rt.decision.threshold == 0.25 and rt.decision.pixel_threshold == 0.5
+        res = rt.score(frames)
+    want = ["anomalous" if s >= 0.25 else "normal" for s in res.scores]
+    assert res.verdicts == want and res.faults == ["", "", ""]
+    assert np.array_equal(res.mask_at(1), res.maps_at(1) >= 0.5) and res.mask_at(1).shape == (40, 50)
+    with Runtime.open(onnx_path, threshold=float(res.scores.max()) + 1) as rt:  # an override beats the file
+        assert rt.score(frames).verdicts == ["normal"] * 3
+    # a broken model (NaN weights, written by the real onnx library) is never judged normal
+    proto = onnx.load(str(onnx_path))
+    init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(init).shape, np.nan, np.float32), init.name))
+    onnx.save(proto, str(tmp_path / "nan.onnx"))
+    with Runtime.open(tmp_path / "nan.onnx") as rt:
+        res = rt.score(frames)
+        assert res.verdicts == ["undecided"] * 3 and all("non-finite" in f for f in res.faults)
+        with pytest.raises(FrameError, match="NaN or infinite.*images \\[1\\]"):
+            rt.score_preprocessed(np.stack([np.zeros((3, SIZE, SIZE), np.float32),
+                                            np.full((3, SIZE, SIZE), np.inf, np.float32)]))
