@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e ".[dev]" $(TORCH_PINS)
+	# more tensorrt.plugin frontends for tests/test_trt_frontend.py: 10.9 (first with aot_impl), 11.4 (newest)
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-frontends/10.9 tensorrt-cu12-bindings==10.9.0.34
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-frontends/11.4 tensorrt-cu12-bindings==11.4.0.106
 	touch $(STAMP)
 
 install: $(STAMP)

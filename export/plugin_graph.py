@@ -4,6 +4,8 @@ A TensorRT quickly deployable AOT plugin (``tensorrt.plugin.aot_impl``) launches
 custom node is one Triton kernel of :mod:`wmoe.kernels` and the cheap glue around it stays in standard ONNX ops.
 Nodes (domain ``wmoe``, opset 1), named and attributed as :mod:`wmoe.export.trt_plugins` registers them:
 
+Every node also carries ``plugin_namespace="wmoe"`` (string), which the ONNX parser uses to find the creator.
+
 * ``WmoeWcmaFrequency(x, g, Wpw, bpw, W2, b2; hidden:int, aot:int) -> F_p`` — the main kernel of Eq. 5-6
   (``_wcma_main_kernel``): x (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, C). Its global branch
   ``g = W_1 ReLU(GAP(2a)) + b_1`` (a GAP and a GEMV, Eq. 5) is computed before it with standard ops, in fp32.
@@ -32,6 +34,10 @@ DOMAIN = "wmoe"
 WCMA_OP = "WmoeWcmaFrequency"
 MOE_OP = "WmoeMoeRouter"
 PLUGIN_OPS = (WCMA_OP, MOE_OP)
+# The ONNX parser's fallback plugin importer looks the creator up by op type, "plugin_version" (default "1") and
+# this string attribute (default ""), ignoring the ONNX domain: without it our creators (namespace "wmoe") are
+# "not found".
+NAMESPACE_ATTR = "plugin_namespace"
 INT_MAX = 2**62
 
 
@@ -42,7 +48,8 @@ def _schema(name: str, inputs: Sequence[Tuple[str, str]], outputs: Sequence[Tupl
                     type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "kernel dtype"),
                                       ("F", ["tensor(float)"], "fp32 operands"),
                                       ("I", ["tensor(int32)"], "indices")],
-                    attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, "") for a in attrs])
+                    attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, "") for a in attrs]
+                    + [OpSchema.Attribute(NAMESPACE_ATTR, OpSchema.AttrType.STRING, "TensorRT plugin namespace")])
 
 
 WCMA_SCHEMA = _schema(WCMA_OP, [("x", "T"), ("g", "F"), ("w_pw", "T"), ("b_pw", "F"), ("w_local", "T"),
@@ -75,12 +82,12 @@ def translation_table() -> Dict:
         g = op.Gemm(pooled, op.Cast(w_global, to=FLOAT), op.Cast(b_global, to=FLOAT), transB=1)
         hidden = w_pw.shape[0] if getattr(w_pw, "shape", None) is not None else 0
         return wcma(x, g, w_pw, op.Cast(b_pw, to=FLOAT), w_local, op.Cast(b_local, to=FLOAT),
-                    hidden=int(hidden), aot=1)
+                    hidden=int(hidden), aot=1, plugin_namespace=DOMAIN)
 
     def moe_fn(x, w_router, b_router, w1, b1, w2, b2, top_k: int):
         n_experts = int(w1.shape[0])
         weights, experts = router(x, op.Cast(w_router, to=FLOAT), op.Cast(b_router, to=FLOAT), top_k=top_k,
-                                  n_experts=n_experts, aot=1)
+                                  n_experts=n_experts, aot=1, plugin_namespace=DOMAIN)
         # (B, N) combine weights, zero for the experts not chosen (Eq. 8's w_k)
         ids = op.Range(const(0), const(n_experts), const(1))
         hit = op.Cast(op.Equal(op.Cast(op.Unsqueeze(experts, const([2])), to=7), ids), to=FLOAT)
@@ -117,7 +124,7 @@ def wcma_main_reference(x, g, w_pw, b_pw, w_local, b_local) -> np.ndarray:
 class WmoeWcmaFrequency(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, x, g, w_pw, b_pw, w_local, b_local, hidden=None, aot=None):  # noqa: D401
+    def _run(self, x, g, w_pw, b_pw, w_local, b_local, hidden=None, aot=None, plugin_namespace=None):
         if hidden is not None and int(hidden) != w_pw.shape[0]:
             raise ValueError(f"{WCMA_OP}: attribute hidden={hidden} but w_pw has {w_pw.shape[0]} rows")
         return (wcma_main_reference(x, g, w_pw, b_pw, w_local, b_local).astype(x.dtype),)
@@ -126,7 +133,7 @@ class WmoeWcmaFrequency(OpRun):
 class WmoeMoeRouter(OpRun):
     op_domain = DOMAIN
 
-    def _run(self, x, w_router, b_router, top_k=None, n_experts=None, aot=None):
+    def _run(self, x, w_router, b_router, top_k=None, n_experts=None, aot=None, plugin_namespace=None):
         from wmoe.kernels.moe_ref import moe_router_ref
         w, e = moe_router_ref(_t(x), _t(w_router), _t(b_router), int(top_k))
         return w.numpy().astype(np.float32), e.numpy().astype(np.int32)

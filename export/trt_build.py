@@ -82,7 +82,9 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
                                 precision=precision_in)
         meta = read_onnx_metadata(onnx_path)
     if flavor == "plugin":
+        from .trt_plugins import check_plugin_nodes
         _register_plugins(out, kernels)
+        check_plugin_nodes(onnx_path, trt.get_plugin_registry())
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = major_minor(trt.__version__)[0]

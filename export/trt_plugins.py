@@ -11,15 +11,21 @@ before it goes into an engine (:func:`check_plugin_artifact`): arguments ordered
 and matching the plugin's I/O, no Triton global or profile scratch (TensorRT passes null for the two hidden
 trailing pointer arguments), no TMA descriptors, PTX ``.version`` within what the driver's JIT accepts
 (:func:`cap_ptx_version` rewrites it when the kernel uses nothing newer). Everything except :func:`register_plugins`
-runs without TensorRT and is unit-tested.
+runs without TensorRT and is unit-tested; :func:`register_plugins` runs in CI against TensorRT's real
+``tensorrt.plugin`` frontend (``tests/test_trt_frontend.py``).
+
+No ``from __future__ import annotations`` here: ``tensorrt.plugin`` validates the decorated functions with
+``inspect.signature`` + ``issubclass`` on the annotations, which must be classes, not strings.
 """
-from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
 
 from .onnx_export import ExportError
 from .plugin_graph import DOMAIN, MOE_OP, WCMA_OP
@@ -168,6 +174,11 @@ def trt_version_ok(version: str) -> bool:
 _REGISTERED: Dict[str, Any] = {}
 
 
+def unregister_plugins() -> None:
+    """Forget this process's registration (tests load several ``tensorrt.plugin`` frontends one after another)."""
+    _REGISTERED.clear()
+
+
 def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tuple[int, int]] = None) -> None:
     """Register both plugins with ``tensorrt.plugin`` (once per process) before the ONNX parser sees the nodes."""
     import tensorrt as trt  # type: ignore
@@ -175,8 +186,11 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
         raise ExportError(f"TensorRT {trt.__version__} has no AOT Python plugins (needs >= 10.9): build the "
                           "portable flavor")
     import tensorrt.plugin as trtp  # type: ignore
-    if _REGISTERED:
+    if _REGISTERED.get("trtp") is trtp:
         return
+    # int attributes are declared as int32 arrays: the ONNX parser passes an ONNX INT as a one-element array, and
+    # TensorRT <= 11.1 turns a field annotated ``int`` into ``int(array)``, which numpy >= 2.4 refuses
+    I32 = npt.NDArray[np.int32]
 
     def _dtype(desc) -> str:
         if desc.dtype == trt.float16:
@@ -187,37 +201,64 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
 
     @trtp.register(f"{DOMAIN}::{WCMA_OP}")
     def _wcma_desc(x: trtp.TensorDesc, g: trtp.TensorDesc, w_pw: trtp.TensorDesc, b_pw: trtp.TensorDesc,
-                   w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: int, aot: int) -> trtp.TensorDesc:
+                   w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: I32, aot: I32) -> trtp.TensorDesc:
         s = x.shape_expr
         return trtp.from_shape_expr((s[0], cdiv(s[1], 2), cdiv(s[2], 2), s[3]), dtype=x.dtype)
 
     @trtp.aot_impl(f"{DOMAIN}::{WCMA_OP}")
     def _wcma_aot(x: trtp.TensorDesc, g: trtp.TensorDesc, w_pw: trtp.TensorDesc, b_pw: trtp.TensorDesc,
-                  w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: int, aot: int,
-                  outputs: Tuple[trtp.TensorDesc], tactic: int):
+                  w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: I32, aot: I32,
+                  outputs: Tuple[trtp.TensorDesc], tactic: int
+                  ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
         art, ptx = store.kernel(WCMA_OP, _dtype(x), target, driver_limit)
         s = x.shape_expr
-        grid, threads, scalars = launch_plan(WCMA_OP, dict(B=s[0], H=s[1], W=s[2], C=s[3], D=hidden),
+        grid, threads, scalars = launch_plan(WCMA_OP, dict(B=s[0], H=s[1], W=s[2], C=s[3], D=_int(hidden)),
                                              art["constexprs"], art["num_warps"])
         return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
 
     @trtp.register(f"{DOMAIN}::{MOE_OP}")
-    def _router_desc(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: int,
-                     n_experts: int, aot: int) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        b = x.shape_expr[0]
-        return (trtp.from_shape_expr((b, top_k), dtype=trt.float32),
-                trtp.from_shape_expr((b, top_k), dtype=trt.int32))
+    def _router_desc(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: I32,
+                     n_experts: I32, aot: I32) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+        b, k = x.shape_expr[0], _int(top_k)
+        return (trtp.from_shape_expr((b, k), dtype=trt.float32), trtp.from_shape_expr((b, k), dtype=trt.int32))
 
     @trtp.aot_impl(f"{DOMAIN}::{MOE_OP}")
-    def _router_aot(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: int,
-                    n_experts: int, aot: int, outputs: Tuple[trtp.TensorDesc, trtp.TensorDesc], tactic: int):
+    def _router_aot(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: I32,
+                    n_experts: I32, aot: I32, outputs: Tuple[trtp.TensorDesc, trtp.TensorDesc], tactic: int
+                    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
         art, ptx = store.kernel(MOE_OP, _dtype(x), target, driver_limit)
         s = x.shape_expr
-        grid, threads, scalars = launch_plan(MOE_OP, dict(B=s[0], C=s[1], NE=n_experts, TOPK=top_k),
+        grid, threads, scalars = launch_plan(MOE_OP, dict(B=s[0], C=s[1], NE=_int(n_experts), TOPK=_int(top_k)),
                                              art["constexprs"], art["num_warps"])
         return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
 
-    _REGISTERED.update({WCMA_OP: _wcma_aot, MOE_OP: _router_aot})
+    _REGISTERED.update({"trtp": trtp, WCMA_OP: _wcma_aot, MOE_OP: _router_aot})
+
+
+def check_plugin_nodes(onnx_path: Union[str, Path], registry: Any) -> None:
+    """Every custom node of ``onnx_path`` finds its creator in TensorRT's plugin ``registry`` the way the ONNX
+    parser looks it up (op type, ``plugin_version`` default "1", ``plugin_namespace`` default ""); ExportError
+    naming the file and node otherwise (the parser itself only says "Plugin not found")."""
+    import onnx
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        ns = attrs.get("plugin_namespace", b"").decode()
+        version = attrs.get("plugin_version", b"1").decode()
+        if registry.get_creator(node.op_type, version, ns) is None:
+            raise ExportError(f"{onnx_path}: node {node.name!r} ({node.op_type}, plugin_version {version!r}, "
+                              f"plugin_namespace {ns!r}) matches no registered TensorRT plugin creator (ours are "
+                              f"{sorted(PLUGINS)} in namespace {DOMAIN!r}): re-export the ONNX with this wmoe")
+
+
+def _int(attr: Any) -> int:
+    """A plugin int attribute (a one-element int32 array) as a Python int (``trtp.SymInt32`` needs a real int)."""
+    a = np.asarray(attr).reshape(-1)
+    if a.size != 1:
+        raise ExportError(f"plugin attribute {attr!r}: expected one integer")
+    return int(a[0])
 
 
 def _launch(trtp, grid: Sequence[Any], threads: int, art: Dict[str, Any]):

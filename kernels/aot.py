@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 TARGETS = {"sm_80": 80, "sm_87": 87, "sm_90": 90}
 SMEM_LIMIT = {80: 163 * 1024, 87: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block (bytes)
@@ -136,7 +136,7 @@ def check_artifact(a: KernelArtifact, cc: int) -> List[str]:
 
 
 def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS), dtypes: Sequence[str] = ("fp16", "fp32"),
-                progress: bool = True) -> List[KernelArtifact]:
+                progress: bool = True, kernels: Optional[Sequence[str]] = None) -> List[KernelArtifact]:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -148,7 +148,13 @@ def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS), 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arts: List[KernelArtifact] = []
-    for name, (fn, args, consts, warps, stages) in kernel_specs().items():
+    specs = kernel_specs()
+    unknown = set(kernels or ()) - set(specs)
+    if unknown:
+        raise ValueError(f"unknown kernels {sorted(unknown)} (known: {sorted(specs)})")
+    for name, (fn, args, consts, warps, stages) in specs.items():
+        if kernels and name not in kernels:
+            continue
         for dtype in dtypes:
             sig = {n: t.replace("T", dtype) for n, _, t in args}
             sig.update({k: "constexpr" for k in consts})
@@ -190,8 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--dtypes", default="fp16,fp32")
+    ap.add_argument("--kernels", default="", help="comma-separated subset of the kernels (default: all)")
     a = ap.parse_args(argv)
-    arts = compile_all(a.out, a.targets.split(","), a.dtypes.split(","))
+    arts = compile_all(a.out, a.targets.split(","), a.dtypes.split(","),
+                       kernels=[k for k in a.kernels.split(",") if k] or None)
     bad = [x for x in arts if x.problems]
     return 1 if bad else 0
 

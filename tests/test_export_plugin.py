@@ -23,10 +23,14 @@ def test_plugin_flavor_graph_and_reference_parity(tmp_path):
     custom = [n for n in proto.graph.node if n.domain == DOMAIN]
     wcma = [n for n in custom if n.op_type == WCMA_OP]
     assert len(wcma) == len(cfg.feature_layers or [0] * 4)
-    assert all({a.name: a.i for a in n.attribute} == {"hidden": cfg.freq_hidden, "aot": 1} for n in wcma)
+    def attrs(n):
+        return {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+
+    # plugin_namespace: the ONNX parser finds the TensorRT creator by it (see tests/test_trt_frontend.py)
+    assert all(attrs(n) == {"hidden": cfg.freq_hidden, "aot": 1, "plugin_namespace": b"wmoe"} for n in wcma)
     moe = [n for n in custom if n.op_type == MOE_OP]
     assert len(moe) == 1
-    assert {a.name: a.i for a in moe[0].attribute} == {"top_k": cfg.top_k, "n_experts": cfg.n_experts, "aot": 1}
+    assert attrs(moe[0]) == {"top_k": cfg.top_k, "n_experts": cfg.n_experts, "aot": 1, "plugin_namespace": b"wmoe"}
     assert len(custom) == len(wcma) + 1
     # the kernels' fp32 operands are fp32 in the graph: g, b_pw, b_local / router weight and bias
     types = {v.name: v.type.tensor_type.elem_type for v in list(proto.graph.value_info) + list(proto.graph.input)}
