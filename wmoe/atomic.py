@@ -13,12 +13,47 @@ from typing import Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (changing it races with other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ensure_output_dir(path: PathLike, option: str = "--out") -> Path:
+    """Create ``path`` if needed and prove it is a writable folder, before any work starts.
+
+    Raises :class:`~wmoe.errors.WMoEError` naming ``option`` when it is a file or cannot be written.
+    """
+    from .errors import WMoEError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise WMoEError(f"{option} {p} is an existing file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".wmoe-write-test.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise WMoEError(f"{option} {p} is not a writable folder ({e.strerror or e})") from None
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     The caller writes the whole file to the yielded path (with any library that takes a file name).
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was. The file gets the permissions
+    of any new file (0666 less the umask), not mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +62,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -175,6 +175,9 @@ def load_model(path: Union[str, Path], pretrained: Optional[str] = None, map_loc
             t = tensors[k]
             if t.shape != p.shape:
                 raise CheckpointError(f"{path}: tensor {k} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise CheckpointError(f"{path}: tensor {k} holds NaN or infinite values: a broken model (a diverged "
+                                      f"training run?) would score every image NaN; refusing to load it")
             p.copy_(t)
     model.to(map_location)
     model.eval()

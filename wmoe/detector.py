@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_model
+from .errors import NonFiniteError
 from .model import WMoECLIP
+from .overlay import fit_size
 from .preprocess import original_sizes, resize_normalize, to_chw_list
 
 
@@ -32,7 +34,20 @@ class DetectionResult:
         return len(self.scores)
 
     def is_anomalous(self, threshold: float) -> np.ndarray:
+        """Verdicts ``score >= threshold``. A NaN score or threshold is an error, never "normal"."""
+        if not np.isfinite(threshold):
+            raise NonFiniteError(f"the decision threshold is {threshold}: a finite number is needed")
+        check_finite_outputs(self.scores, self.maps)
         return self.scores >= threshold
+
+
+def check_finite_outputs(scores: np.ndarray, maps: Any, where: str = "the model") -> None:
+    """Raise :class:`NonFiniteError` naming the images whose score or map is NaN/inf (a broken part)."""
+    bad = [i for i, (s, m) in enumerate(zip(scores, maps)) if not (np.isfinite(s) and np.isfinite(m).all())]
+    if bad:
+        raise NonFiniteError(f"{where} produced NaN/inf scores or maps for image(s) {bad[:10]}"
+                             f"{' ...' if len(bad) > 10 else ''} of {len(scores)}: no verdict is possible "
+                             f"(broken or diverged weights, or an input the model overflows on)")
 
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -79,9 +94,13 @@ class Detector:
         return self.model.cfg.image_size
 
     @torch.no_grad()
-    def __call__(self, images: Any) -> DetectionResult:
+    def __call__(self, images: Any, max_map_side: Optional[int] = None) -> DetectionResult:
+        """Score ``images``. Maps come back at each input's resolution, or scaled down (aspect kept) to at most
+        ``max_map_side`` pixels on the longest side, which bounds the memory for very large inputs."""
         chw = to_chw_list(images)
         sizes = original_sizes(chw)
+        if max_map_side is not None:
+            sizes = [fit_size(h, w, int(max_map_side)) for h, w in sizes]
         scores, tscores, maps = [], [], []
         for start in range(0, len(chw), self.batch_size):
             chunk = [t.to(self.device) for t in chw[start:start + self.batch_size]]
@@ -95,4 +114,6 @@ class Detector:
                 if (h, w) != tuple(mj.shape[-2:]):
                     mj = F.interpolate(mj, size=(h, w), mode="bilinear", align_corners=False)
                 maps.append(mj[0, 0].cpu().numpy())
-        return DetectionResult(torch.cat(scores).numpy(), torch.cat(tscores).numpy(), maps)
+        result = DetectionResult(torch.cat(scores).numpy(), torch.cat(tscores).numpy(), maps)
+        check_finite_outputs(result.scores, result.maps)
+        return result

@@ -6,6 +6,9 @@ prints it as one line and exits with :attr:`WMoEError.exit_code`; ``--debug`` sh
 """
 from __future__ import annotations
 
+import os
+from typing import Union
+
 
 class WMoEError(Exception):
     """A problem with the user's input, files, options or environment: one clear line, no traceback needed."""
@@ -25,3 +28,14 @@ class MissingDependencyError(WMoEError, ImportError):
 
 class NonFiniteError(WMoEError, ArithmeticError):
     """A NaN or infinite value where a finite one is required (weights, scores, maps, a loss, an input)."""
+
+
+def printable(text: Union[str, "os.PathLike[str]", BaseException]) -> str:
+    """Text (a path, a message) that any UTF-8 file or terminal accepts: undecodable bytes of a file name (a
+    Latin-1 name on a UTF-8 system arrives as lone surrogates) become ``\\xNN`` escapes instead of crashing the
+    writer."""
+    s = str(text)
+    try:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
+    except UnicodeError:  # a surrogate that no file name produced
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
+from .errors import NonFiniteError
 from .metrics import MetricsTable, evaluate_class, image_metrics, smooth_maps
 from .model import WMoECLIP
 
@@ -34,6 +35,12 @@ def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: s
         n = len(bad) + (0 if batch is None else len(batch["label"]))
         if batch is not None:
             out = model(batch["image"].to(device))
+            finite = torch.isfinite(out.scores) & torch.isfinite(out.maps).flatten(1).all(1)
+            if not finite.all():
+                first = batch["img_path"][int((~finite).nonzero()[0])]
+                raise NonFiniteError(f"the model produced NaN/inf scores or maps for {int((~finite).sum())} image(s), "
+                                     f"first {first}: metrics on them would be meaningless (broken or diverged "
+                                     f"weights?)")
             labels.append(batch["label"].numpy())
             scores.append(out.scores.float().cpu().numpy())
             maps.append(out.maps.float().cpu().numpy().astype(np.float16))

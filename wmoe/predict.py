@@ -12,12 +12,12 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
 from PIL import Image
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text, ensure_output_dir
 from .data import DataError, IMAGE_EXTENSIONS, load_image
-from .overlay import heatmap_overlay
+from .errors import NonFiniteError, printable
+from .overlay import overlay_panel
 
 
 def expand_inputs(inputs: Sequence[Union[str, Path]]) -> List[Path]:
@@ -37,15 +37,21 @@ def expand_inputs(inputs: Sequence[Union[str, Path]]) -> List[Path]:
 
 def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
             threshold: Optional[float] = None, pretrained: Optional[str] = None, device: Optional[str] = None,
-            batch_size: int = 8, overlays: bool = True, progress: bool = True) -> Dict[str, object]:
-    """Score ``inputs`` (files or folders); return the JSON document also written to ``OUT/scores.json``."""
+            batch_size: int = 8, overlays: bool = True, progress: bool = True,
+            overlay_size: int = 512) -> Dict[str, object]:
+    """Score ``inputs`` (files or folders); return the JSON document also written to ``OUT/scores.json``.
+
+    An image the model scores NaN/inf gets no verdict: it is listed under ``errors`` ("undecided"), never judged
+    normal. Overlays (image | heatmap with the decision) are at most ``overlay_size`` px per panel.
+    """
     from .detector import Detector
 
+    out = ensure_output_dir(out_dir)
+    paths = expand_inputs(inputs)
     det = Detector.from_checkpoint(ckpt, pretrained=pretrained, device=device, batch_size=batch_size)
     thr = threshold if threshold is not None else det.threshold
-    paths = expand_inputs(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if thr is not None and not math.isfinite(thr):
+        raise NonFiniteError(f"the decision threshold is {thr}; pass a finite --threshold")
     results: List[Dict[str, object]] = []
     errors: List[Dict[str, str]] = []
     it = range(0, len(paths), batch_size)
@@ -59,22 +65,35 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
                 imgs.append(load_image(p))
                 ok.append(p)
             except DataError as e:
-                errors.append({"path": str(p), "error": str(e)})
+                errors.append({"path": printable(p), "error": printable(e)})
         if not imgs:
             continue
-        res = det(imgs)
-        for p, img, s, ts, m in zip(ok, imgs, res.scores, res.text_scores, res.maps):
-            rec: Dict[str, object] = {"path": str(p), "score": float(s), "text_score": float(ts),
+        try:
+            res = det(imgs, max_map_side=overlay_size)
+        except NonFiniteError:  # score one by one: only the images that really overflow are undecided
+            res = None
+        for k, (p, img) in enumerate(zip(ok, imgs)):
+            if res is None:
+                try:
+                    r1 = det([img], max_map_side=overlay_size)
+                except NonFiniteError as e:
+                    errors.append({"path": printable(p), "error": f"undecided: {e}"})
+                    continue
+                s, ts, m = r1.scores[0], r1.text_scores[0], r1.maps[0]
+            else:
+                s, ts, m = res.scores[k], res.text_scores[k], res.maps[k]
+            rec: Dict[str, object] = {"path": printable(p), "score": float(s), "text_score": float(ts),
                                       "max_map": float(m.max())}
-            if thr is not None and not math.isnan(thr):
+            if thr is not None:
                 rec["anomalous"] = bool(s >= thr)
             if overlays:
-                name = f"{len(results):04d}_{p.stem}_overlay.png"
+                name = f"{len(results):04d}_{printable(p.stem)}_overlay.png"
                 with atomic_path(out / name) as tmp:
-                    Image.fromarray(heatmap_overlay(img, m, vmin=0.0, vmax=1.0)).save(tmp, format="PNG")
+                    Image.fromarray(overlay_panel(img, m, float(s), thr, max_side=overlay_size)).save(tmp, "PNG")
                 rec["overlay"] = name
             results.append(rec)
-    doc = {"checkpoint": str(ckpt), "threshold": thr, "n_scored": len(results), "n_failed": len(errors),
+        del imgs, res
+    doc = {"checkpoint": printable(ckpt), "threshold": thr, "n_scored": len(results), "n_failed": len(errors),
            "results": results, "errors": errors}
     atomic_write_text(out / "scores.json", json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()

@@ -6,6 +6,7 @@ Everything here is side-effect free at import time (no global Pillow settings ar
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Tuple, Union
 
@@ -19,8 +20,34 @@ PathLike = Union[str, "os.PathLike[str]"]
 from ..contract import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, is_image_name  # noqa: F401 (re-exported)
 
 
+#: Largest image decoded at full resolution (8192 x 8192). Larger JPEGs are decoded reduced (DCT scaling by 2, 4
+#: or 8, with a warning); larger images of other formats are refused. Bounds the memory of every path.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
 class DataError(WMoEError, ValueError):
     """A data-set file or layout problem. The message always names the offending path."""
+
+
+class ReducedDecodeWarning(UserWarning):
+    """An image above :data:`MAX_IMAGE_PIXELS` was decoded at a reduced size."""
+
+
+def _bound_size(img: Image.Image, p: Path, what: str) -> None:
+    """Refuse, or for JPEG decode reduced, an image above MAX_IMAGE_PIXELS (before any pixel is decoded)."""
+    w, h = img.size
+    if w * h <= MAX_IMAGE_PIXELS:
+        return
+    limit = f"{MAX_IMAGE_PIXELS / 1e6:.1f} MP (8192x8192, wmoe.data.images.MAX_IMAGE_PIXELS)"
+    if what == "image" and img.format == "JPEG":
+        for k in (2, 4, 8):
+            if (w // k) * (h // k) <= MAX_IMAGE_PIXELS:
+                img.draft(img.mode, (w // k, h // k))
+                warnings.warn(f"{p}: {w}x{h} is above the {limit} limit; decoded at 1/{k} size "
+                              f"({img.size[0]}x{img.size[1]})", ReducedDecodeWarning, stacklevel=3)
+                return
+    raise DataError(f"{what} file is {w}x{h} = {w * h / 1e6:.0f} MP, above the {limit} limit: {p}; "
+                    f"downscale it first")
 
 
 def is_image_file(path: Path) -> bool:
@@ -42,13 +69,20 @@ def _open_decoded(path: PathLike, what: str) -> Image.Image:
     if size == 0:
         raise DataError(f"{what} file is empty (0 bytes): {p}")
     try:
-        img = Image.open(p)
+        with warnings.catch_warnings():  # Pillow's bomb warning: our own, lower limit is checked next
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
     except UnidentifiedImageError:
         raise DataError(f"{what} file is not a readable image (unknown format or not an image): {p}") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"{what} file is too large to decode safely: {p} ({e})") from None
     except OSError as e:
         raise DataError(f"{what} file cannot be opened: {p} ({e})") from None
+    try:
+        _bound_size(img, p, what)
+    except DataError:
+        img.close()
+        raise
     try:
         # open() only reads the header; load() decodes, which is where truncation shows up.
         img.load()

@@ -75,8 +75,16 @@ def write_meta(root: PathLike, fmt: str, out: Optional[PathLike] = None, **optio
 
 
 def dumps_meta(meta: Meta) -> str:
-    """Stable JSON text for a meta dict (sorted classes, fixed indentation, trailing newline)."""
-    return json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    """Stable JSON text for a meta dict (sorted classes, fixed indentation, trailing newline).
+
+    File names that are not UTF-8 (Latin-1 bytes arrive as lone surrogates) are kept as ``\\udcXX`` escapes,
+    which ``json.loads`` turns back into the same file name, so the paths still open."""
+    try:
+        text = json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=True)
+    return text + "\n"
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -233,7 +241,7 @@ def visa_meta(root: Path, split_csv: str = "split_csv/1cls.csv") -> Meta:
     if not csv_path.is_file():
         raise DataError(f"VisA split file not found: {csv_path}")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
             rows = list(reader)
@@ -378,7 +386,7 @@ def headct_meta(root: Path, cls_name: str = "brain") -> Meta:
     if img_dir is None:
         raise DataError(f"HeadCT image folder head_ct/ with images not found in {root}")
     entries: List[Entry] = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for lineno, raw in enumerate(csv.DictReader(f), start=2):
             row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
             try:
