@@ -6,8 +6,17 @@ STAMP  := $(VENV)/.wmoe-installed
 # torch/torchvision pinned to the builds this project is tested with (library code also runs on torch 2.11).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# The Triton Inference Server tests: a small Python 3.12 env holding the real `tritonserver` that the nvidia-pytriton
+# wheel bundles (its Python-backend stub needs 3.12), ONNX Runtime and wmoe's runtime. Without a Python 3.12 built
+# with a shared libpython (pyenv's, or python3.12 on PATH) those tests skip and say why.
+TRITON_VENV  ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.wmoe-installed
+PYTHON312    ?= $(shell for c in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 $$(command -v python3.12); do \
+  "$$c" -c 'import sys, sysconfig; assert sys.version_info[:2] == (3, 12) and sysconfig.get_config_var("Py_ENABLE_SHARED")' \
+  2>/dev/null && echo "$$c" && break; done)
+TRITON_PINS  ?= nvidia-pytriton==0.7.0 numpy pillow onnx onnxruntime
 
-.PHONY: install demo test test-fast bench-cpu clean
+.PHONY: install triton-env demo test test-fast bench-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,16 +30,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(TRITON_STAMP): pyproject.toml
+	@if [ -z "$(PYTHON312)" ]; then \
+	  echo "triton-env: no Python 3.12 interpreter (python3.12 or pyenv): the Triton server tests will skip"; \
+	else \
+	  set -e; $(PYTHON312) -m venv $(TRITON_VENV); \
+	  $(TRITON_VENV)/bin/python -m pip install -q --upgrade pip; \
+	  $(TRITON_VENV)/bin/python -m pip install -q $(TRITON_PINS); \
+	  $(TRITON_VENV)/bin/python -m pip install -q --no-deps -e .; \
+	  touch $(TRITON_STAMP); \
+	fi
+
+triton-env: $(TRITON_STAMP)
+
 ## The main job: demo data -> short training -> zero-shot evaluation -> predictions -> report (CPU, a few minutes).
 demo: install
 	$(BIN)/wmoe demo --out demo_out
 
 ## The test suite (CPU; Triton kernels run under the interpreter).
-test: install
-	$(BIN)/python -m pytest -q -n 2 --timeout 900 $(PYTEST_ARGS)
+test: install triton-env
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --timeout 900 $(PYTEST_ARGS)
 
 bench-cpu: install
 	$(BIN)/wmoe-bench --help
 
 clean:
-	rm -rf demo_out .pytest_cache build *.egg-info
+	rm -rf demo_out .pytest_cache build *.egg-info $(TRITON_VENV)

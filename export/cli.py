@@ -1,4 +1,4 @@
-"""``wmoe export onnx|trt|aoti|reference`` (also installed as ``wmoe-export``)."""
+"""``wmoe export onnx|trt|aoti|triton|reference`` (also installed as ``wmoe-export``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from typing import List, Optional
 
 def _onnx(a: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
-    frame = tuple(int(v) for v in a.frame_size.lower().split("x")) if a.frame_size else None
+    frame = _hw(a.frame_size)
     path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=bool(frame), frame_size=frame,
                        opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor)
     print(f"wrote {path} ({a.flavor}, {a.precision}, exporter {a.exporter})")
@@ -29,6 +29,38 @@ def _aoti(a: argparse.Namespace) -> int:
                        pretrained=a.pretrained)
     print(f"wrote {path} (AOTInductor package; load with torch._inductor.aoti_load_package)")
     return 0
+
+
+def _triton(a: argparse.Namespace) -> int:
+    from .triton_repo import TritonOptions, write_repository
+    given = {"name": a.name, "max_batch_size": a.max_batch, "max_queue_delay_us": a.queue_delay_us,
+             "instance_count": a.instances, "device": a.device, "threads": a.threads, "version": a.version,
+             "pretrained": a.pretrained, "container_tag": a.container_tag,
+             "backends": tuple(a.backend) if a.backend else None, "frame_size": _hw(a.frame_size),
+             "preferred_batch_sizes": _ints(a.preferred_batch)}
+    opts = TritonOptions(overwrite=a.overwrite, **{k: v for k, v in given.items() if v is not None})
+    out = write_repository(a.source, a.out, opts)
+    models = ", ".join(sorted(p.parent.name for p in out.glob("*/config.pbtxt")))
+    print(f"wrote Triton model repository {out} (models: {models}); serve it as {out / 'README.md'} says")
+    return 0
+
+
+def _ints(spec):
+    if not spec:
+        return None
+    try:
+        return tuple(int(b) for b in spec.split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"batch sizes {spec!r}: expected comma-separated integers, e.g. 4,8") from None
+
+
+def _hw(spec):
+    if not spec:
+        return None
+    bits = spec.lower().split("x")
+    if len(bits) != 2 or not all(b.isdigit() and int(b) > 0 for b in bits):
+        raise ValueError(f"frame size {spec!r}: expected HxW, e.g. 1080x1920")
+    return int(bits[0]), int(bits[1])
 
 
 def _reference(a: argparse.Namespace) -> int:
@@ -72,6 +104,25 @@ def register(subparsers) -> None:
     ao.add_argument("--max-batch", type=int, default=64)
     ao.add_argument("--pretrained", default=None)
     ao.set_defaults(func=_aoti)
+    tr = sub.add_parser("triton", help="checkpoint / ONNX / engine -> Triton Inference Server model repository "
+                        "(defaults: wmoe.export.triton_repo.TritonOptions)")
+    tr.add_argument("source", help="a checkpoint, an ONNX with uint8 frame input, or an engine (+ its .json)")
+    tr.add_argument("--out", required=True, help="the model repository folder (created, or a version is added)")
+    tr.add_argument("--name", help="model name (default wmoe; the Python-backend model is NAME_python)")
+    tr.add_argument("--backend", action="append", choices=["onnxruntime", "tensorrt", "python"],
+                    help="repeatable; default onnxruntime (ONNX, checkpoint) or tensorrt (engine)")
+    tr.add_argument("--max-batch", type=int, help="max_batch_size: frames per batch the server forms (default 8)")
+    tr.add_argument("--preferred-batch", help="comma-separated preferred batch sizes, e.g. 4,8")
+    tr.add_argument("--queue-delay-us", type=int, help="max time a request waits for a batch (default 2000)")
+    tr.add_argument("--instances", type=int, help="model instances per device (default 1)")
+    tr.add_argument("--device", choices=["gpu", "cpu"], help="instance_group kind (default gpu)")
+    tr.add_argument("--threads", type=int, help="python backend: ONNX Runtime threads per instance")
+    tr.add_argument("--version", type=int, help="version folder to write (default 1)")
+    tr.add_argument("--overwrite", action="store_true", help="replace that version folder if it exists")
+    tr.add_argument("--frame-size", help="checkpoint source: camera frame HxW (default: the model's SxS)")
+    tr.add_argument("--pretrained", help="checkpoint source: backbone weights file")
+    tr.add_argument("--container-tag", help="NGC tritonserver release named in the README (default 24.10)")
+    tr.set_defaults(func=_triton)
     r = sub.add_parser("reference", help="portable ONNX -> reference inputs/outputs (Polygraphy JSON) for "
                        "checking an engine on a device without ONNX Runtime GPU")
     r.add_argument("onnx")

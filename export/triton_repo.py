@@ -1,0 +1,417 @@
+"""A Triton Inference Server model repository for an exported WMoE-CLIP (``wmoe export triton``).
+
+Layout (one model per backend; versions are numbered folders, the newest is served)::
+
+    REPO/README.md                      docker run / perf_analyzer / client lines for this repository
+    REPO/<name>/config.pbtxt            platform onnxruntime_onnx or tensorrt_plan (official containers)
+    REPO/<name>/<version>/model.onnx    (or model.plan + model.json, the engine sidecar)
+    REPO/<name>_python/config.pbtxt     backend python: the ONNX through wmoe.runtime inside the server
+    REPO/<name>_python/<version>/model.py, model.onnx
+
+The input is ``frames`` uint8 (N,H,W,3) RGB at one camera size (the export with in-graph preprocessing), so
+clients send raw frames and every backend computes the same pixels. Per-image outputs (N,) are declared with
+``dims: [1]`` and ``reshape: { shape: [] }``: Triton needs at least one dimension besides the batch. The model's
+metadata (threshold, preprocessing, config, hashes) is copied into the config's ``parameters``, where a client
+reads it with ``get_model_config``.
+
+Only standard library here, plus ``onnx`` to read an ONNX signature; a checkpoint source imports the exporter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from wmoe import __version__
+from wmoe.atomic import atomic_path, atomic_write_text
+from wmoe.runtime.triton_python import MODEL_FILE_PARAM, THREADS_PARAM, TritonPythonModel
+
+from .onnx_export import ExportError
+
+BACKENDS = ("onnxruntime", "tensorrt", "python")
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.onnx"}
+DEVICES = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+ENGINE_SUFFIXES = (".engine", ".plan")
+#: the NGC release whose server (2.51) the Python-backend model was tested against (nvidia-pytriton's bundle)
+DEFAULT_CONTAINER_TAG = "24.10"
+PYTHON_MODEL_PY = (
+    "# Written by wmoe export triton. Serves the ONNX in this folder through wmoe.runtime; the server's Python\n"
+    "# needs the wmoe runtime installed (see the repository README).\n"
+    f"from {TritonPythonModel.__module__} import TritonPythonModel  # noqa: F401\n"
+)
+
+# ONNX TensorProto element types -> Triton data types
+_ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
+                   7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
+                   13: "TYPE_UINT64", 16: "TYPE_BF16"}
+
+
+@dataclass
+class TritonOptions:
+    """What ``wmoe export triton`` writes; the defaults suit one GPU serving several cameras."""
+
+    name: str = "wmoe"
+    backends: Tuple[str, ...] = ()  # () -> onnxruntime for an ONNX or checkpoint, tensorrt for an engine
+    max_batch_size: int = 8
+    preferred_batch_sizes: Tuple[int, ...] = ()  # () -> none (engines: the profiles' OPT sizes)
+    max_queue_delay_us: int = 2000  # how long the scheduler may hold a request to form a bigger batch
+    instance_count: int = 1  # model instances per device (several overlap copies and compute)
+    device: str = "gpu"  # gpu | cpu: instance_group kind
+    threads: int = 0  # Python backend: ONNX Runtime intra-op threads per instance (0: its default)
+    version: int = 1
+    frame_size: Optional[Tuple[int, int]] = None  # checkpoint source only: camera frame (H, W); None -> SxS
+    pretrained: Optional[str] = None  # checkpoint source only: backbone weights file
+    container_tag: str = DEFAULT_CONTAINER_TAG
+    overwrite: bool = False  # replace an existing version folder
+
+    def check(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-." for c in self.name) or self.name.startswith("."):
+            raise ExportError(f"model name {self.name!r}: use letters, digits, '_', '-' or '.'")
+        bad = [b for b in self.backends if b not in BACKENDS]
+        if bad:
+            raise ExportError(f"unknown backend(s) {bad}: choose from {list(BACKENDS)}")
+        if self.max_batch_size < 1:
+            raise ExportError(f"max batch size must be >= 1, got {self.max_batch_size}")
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ExportError(f"preferred batch sizes {list(self.preferred_batch_sizes)} must lie in "
+                              f"1..{self.max_batch_size} (the max batch size)")
+        if self.max_queue_delay_us < 0 or self.instance_count < 1 or self.threads < 0 or self.version < 1:
+            raise ExportError("queue delay and threads must be >= 0; instance count and version >= 1")
+        if self.device not in DEVICES:
+            raise ExportError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton TYPE_*
+    dims: Tuple[int, ...]  # without the batch axis; -1 for a variable size
+
+
+@dataclass
+class ModelSpec:
+    """The signature and metadata of the model file a repository serves."""
+
+    path: Path
+    kind: str  # onnx | engine
+    input: TensorSpec
+    outputs: List[TensorSpec]
+    metadata: Dict[str, str] = field(default_factory=dict)
+    batch_ranges: List[List[int]] = field(default_factory=list)  # engines: [[min, opt, max], ...]
+
+
+def _require_frames(path: Path, inp: TensorSpec, batch_dynamic: bool) -> None:
+    if not batch_dynamic:
+        raise ExportError(f"{path}: the batch axis of input {inp.name!r} is fixed; Triton batches requests on a "
+                          "dynamic first axis (re-export with wmoe export onnx)")
+    if inp.data_type != "TYPE_UINT8" or len(inp.dims) != 3 or inp.dims[2] != 3 or min(inp.dims) < 1:
+        raise ExportError(f"{path}: input {inp.name!r} is {inp.data_type} {list(inp.dims)} per image; a Triton "
+                          "repository serves uint8 (H,W,3) camera frames: export with in-graph preprocessing "
+                          "(wmoe export onnx CKPT --frame-size HxW) or pass the checkpoint to wmoe export triton")
+
+
+def describe_onnx(path: Union[str, Path]) -> ModelSpec:
+    """Input/outputs and ``wmoe.*`` metadata of an exported ONNX (weights are not read)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
+    if not proto.graph.input or not proto.graph.output:
+        raise ExportError(f"{path} is not an ONNX model (no graph inputs/outputs)")
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ExportError(f"{path}: expected one input, found {[i.name for i in inputs]}")
+
+    def spec(v) -> Tuple[TensorSpec, bool]:
+        t = v.type.tensor_type
+        if t.elem_type not in _ONNX_TO_TRITON:
+            raise ExportError(f"{path}: tensor {v.name!r} has ONNX element type {t.elem_type}, which Triton lacks")
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        if not dims:
+            raise ExportError(f"{path}: tensor {v.name!r} has no batch axis")
+        return TensorSpec(v.name, _ONNX_TO_TRITON[t.elem_type], tuple(dims[1:])), dims[0] == -1
+
+    inp, dynamic = spec(inputs[0])
+    _require_frames(path, inp, dynamic)
+    outs = [spec(o)[0] for o in proto.graph.output]
+    return ModelSpec(path, "onnx", inp, outs, {p.key: p.value for p in proto.metadata_props})
+
+
+def describe_engine(path: Union[str, Path]) -> ModelSpec:
+    """Input/outputs of a TensorRT engine from its JSON sidecar (``wmoe export trt`` writes both)."""
+    from .trt_build import EngineCompatError, EngineSidecar
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such engine file")
+    try:
+        side = EngineSidecar.read(path.with_suffix(".json"))
+    except EngineCompatError as e:
+        raise ExportError(str(e)) from e
+    if len(side.inputs) != 1 or not side.outputs:
+        raise ExportError(f"{path.with_suffix('.json')}: the sidecar lists inputs {side.inputs} and outputs "
+                          f"{side.outputs}; expected one input and the model's outputs")
+    (name, shape), = side.inputs.items()
+    # wmoe's exported graphs take uint8 frames (in-graph preprocessing) and return float32 (ExportWrapper)
+    inp = TensorSpec(name, "TYPE_UINT8" if side.input_kind == "frames" else "TYPE_FP32", tuple(shape[1:]))
+    _require_frames(path, inp, bool(shape) and shape[0] == -1)
+    outs = [TensorSpec(n, "TYPE_FP32", tuple(s[1:])) for n, s in side.outputs.items()]
+    meta = {f"wmoe.engine.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in sorted(asdict(side).items())}
+    return ModelSpec(path, "engine", inp, outs, meta, [list(r) for r in side.batch_ranges])
+
+
+def pbtxt_string(s: str) -> str:
+    """A protobuf text-format string literal (non-ASCII as octal UTF-8 bytes)."""
+    out = []
+    for b in s.encode("utf-8"):
+        c = chr(b)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif 32 <= b < 127:
+            out.append(c)
+        else:
+            out.append(f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _tensor(t: TensorSpec, indent: str) -> str:
+    lines = [f"name: {pbtxt_string(t.name)}", f"data_type: {t.data_type}"]
+    if t.dims:
+        lines.append(f"dims: [ {', '.join(str(d) for d in t.dims)} ]")
+    else:  # per-image scalar: Triton wants >= 1 dim; the model's tensor is (N,)
+        lines += ["dims: [ 1 ]", "reshape: { shape: [ ] }"]
+    return f"{indent}{{\n" + "".join(f"{indent}  {ln}\n" for ln in lines) + f"{indent}}}"
+
+
+def model_config(name: str, backend: str, spec: ModelSpec, opts: TritonOptions,
+                 parameters: Mapping[str, str]) -> str:
+    """The ``config.pbtxt`` text of one model of the repository."""
+    head = [f"name: {pbtxt_string(name)}"]
+    head.append(f"backend: {pbtxt_string('python')}" if backend == "python"
+                else f"platform: {pbtxt_string(PLATFORMS[backend])}")
+    head.append(f"max_batch_size: {opts.max_batch_size}")
+    parts = [f"# Written by wmoe export triton (wmoe {__version__}) from {spec.path.name}.",
+             "\n".join(head),
+             "input [\n" + _tensor(spec.input, "  ") + "\n]",
+             "output [\n" + ",\n".join(_tensor(o, "  ") for o in spec.outputs) + "\n]"]
+    db = ["dynamic_batching {"]
+    if opts.preferred_batch_sizes:
+        db.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in opts.preferred_batch_sizes)} ]")
+    db += [f"  max_queue_delay_microseconds: {opts.max_queue_delay_us}", "}"]
+    parts.append("\n".join(db))
+    parts.append(f"instance_group [\n  {{\n    count: {opts.instance_count}\n    kind: {DEVICES[opts.device]}\n"
+                 "  }\n]")
+    parts.append("version_policy: { latest: { num_versions: 1 } }")
+    for k, v in sorted(parameters.items()):
+        parts.append(f"parameters {{\n  key: {pbtxt_string(k)}\n  value: {{ string_value: {pbtxt_string(v)} }}\n}}")
+    return "\n".join(parts) + "\n"
+
+
+def _external_files(path: Path) -> List[Path]:
+    """Files holding an ONNX model's external weights (they must travel with it)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    names = set()
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            names.update(e.value for e in t.external_data if e.key == "location")
+    return [path.parent / n for n in sorted(names)]
+
+
+def _place(src: Path, dst: Path, link: bool = False) -> None:
+    """``src`` at ``dst``, atomically: a copy, or with ``link`` a hard link where possible (the repository's own
+    second copy of a 1 GB model costs nothing; the user's file is always copied, so editing it never changes the
+    served model)."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            if not link:
+                raise OSError
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def _version_dir(repo: Path, model: str, opts: TritonOptions) -> Path:
+    d = repo / model / str(opts.version)
+    if d.exists():
+        if not opts.overwrite:
+            raise ExportError(f"{d} exists: pass --version N for a new version or --overwrite to replace it")
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+def _source_kind(src: Path) -> str:
+    if src.suffix == ".onnx":
+        return "onnx"
+    if src.suffix in ENGINE_SUFFIXES:
+        return "engine"
+    return "checkpoint"
+
+
+def write_repository(src: Union[str, Path], out: Union[str, Path], opts: Optional[TritonOptions] = None) -> Path:
+    """Write (or add a version to) the Triton model repository ``out`` for ``src``: a checkpoint, an exported
+    ONNX with uint8 frame input, or a TensorRT engine with its sidecar. Returns ``out``."""
+    opts = opts or TritonOptions()
+    src, out = Path(src), Path(out)
+    kind = _source_kind(src)
+    backends = opts.backends or (("tensorrt",) if kind == "engine" else ("onnxruntime",))
+    opts = replace(opts, backends=tuple(dict.fromkeys(backends)))  # the caller's options stay as given
+    opts.check()
+    if not src.is_file():
+        raise ExportError(f"{src}: no such file")
+    if kind == "engine" and set(opts.backends) != {"tensorrt"}:
+        raise ExportError(f"{src} is a TensorRT engine: it serves with --backend tensorrt only (the onnxruntime "
+                          "and python backends take the ONNX)")
+    if kind != "engine" and "tensorrt" in opts.backends:
+        raise ExportError("--backend tensorrt takes an engine (wmoe export trt MODEL.onnx --out MODEL.engine); "
+                          f"{src} is not one")
+    if opts.frame_size is not None and kind != "checkpoint":
+        raise ExportError("--frame-size applies to a checkpoint source; an ONNX or engine has its frame size")
+    models = {b: opts.name if b != "python" else f"{opts.name}_python" for b in opts.backends}
+    spec = None
+    if kind != "checkpoint":  # check the source before touching the repository
+        spec = describe_engine(src) if kind == "engine" else describe_onnx(src)
+        if kind == "engine":
+            opts = _check_engine_batch(spec, opts)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = {b: _version_dir(out, m, opts) for b, m in models.items()}
+    try:
+        spec = _fill(src, kind, spec, dirs, models, out, opts)
+    except BaseException:
+        for d in dirs.values():  # no half-written version folder is left for the server to load
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+    atomic_write_text(out / "README.md", repository_readme(out, models, spec, opts))
+    return out
+
+
+def _fill(src: Path, kind: str, spec: Optional[ModelSpec], dirs: Mapping[str, Path], models: Mapping[str, str],
+          out: Path, opts: TritonOptions) -> ModelSpec:
+    if kind == "checkpoint":
+        from .onnx_export import export_onnx  # imports torch: only for a checkpoint source
+
+        first = dirs[opts.backends[0]] / MODEL_FILES[opts.backends[0]]
+        src = export_onnx(src, first, preprocess=True, frame_size=opts.frame_size or _model_square(src),
+                          pretrained=opts.pretrained)
+        spec = describe_onnx(src)
+    assert spec is not None
+    extra = _external_files(src) if kind != "engine" else []
+    placed: Optional[Path] = src if kind == "checkpoint" else None  # the repository's own copy, once made
+    for b, d in dirs.items():
+        dst = d / MODEL_FILES[b]
+        if dst != src:
+            _place(placed or src, dst, link=placed is not None)
+            for f in extra:
+                _place((placed or src).parent / f.name, d / f.name, link=placed is not None)
+            placed = placed or dst
+        if b == "tensorrt":
+            _place(src.with_suffix(".json"), d / "model.json")
+        params = dict(spec.metadata)
+        if b == "python":
+            atomic_write_text(d / "model.py", PYTHON_MODEL_PY)
+            params[MODEL_FILE_PARAM] = MODEL_FILES[b]
+            params[THREADS_PARAM] = str(opts.threads)
+        atomic_write_text(out / models[b] / "config.pbtxt", model_config(models[b], b, spec, opts, params))
+    return spec
+
+
+def _model_square(ckpt: Path) -> Tuple[int, int]:
+    from wmoe.checkpoint import read_checkpoint
+
+    s = read_checkpoint(ckpt)[0].config.image_size
+    return (s, s)
+
+
+def _check_engine_batch(spec: ModelSpec, opts: TritonOptions) -> TritonOptions:
+    """Triton sends any batch in 1..max_batch_size: one profile must cover all of them. Returns the options with
+    the profiles' OPT sizes as preferred batch sizes when none were given."""
+    if not spec.batch_ranges:
+        return opts
+    if not any(lo == 1 and hi >= opts.max_batch_size for lo, _, hi in spec.batch_ranges):
+        raise ExportError(f"{spec.path}: its batch profiles {spec.batch_ranges} do not cover batches 1.."
+                          f"{opts.max_batch_size}: pass --max-batch within a profile that starts at 1, or rebuild "
+                          f"with wmoe export trt --batch 1:{max(opts.max_batch_size // 2, 1)}:{opts.max_batch_size}")
+    if opts.preferred_batch_sizes:
+        return opts
+    return replace(opts, preferred_batch_sizes=tuple(sorted({opt for _, opt, _ in spec.batch_ranges
+                                                             if opt <= opts.max_batch_size})))
+
+
+def repository_readme(out: Path, models: Mapping[str, str], spec: ModelSpec, opts: TritonOptions) -> str:
+    """The repository's README: how to serve it (x86, Jetson), load-test it and call it."""
+    h, w, _ = spec.input.dims
+    tag = opts.container_tag
+    main = next((m for b, m in models.items() if b != "python"), None)
+    py = models.get("python")
+    gpus = "--gpus all " if opts.device == "gpu" else ""
+    lines = [f"# Triton model repository: {', '.join(models.values())}", "",
+             f"Written by `wmoe export triton` (wmoe {__version__}) from `{spec.path.name}`. Input `{spec.input.name}`: "
+             f"uint8 RGB frames (N, {h}, {w}, 3), N <= {opts.max_batch_size}; outputs "
+             + ", ".join(f"`{o.name}` {list(o.dims) or '(N,)'}" for o in spec.outputs)
+             + ". The model's metadata (threshold, preprocessing, config) is in each `config.pbtxt` as `parameters`.",
+             "", "| model | backend | file |", "| --- | --- | --- |"]
+    for b, m in models.items():
+        lines.append(f"| `{m}` | {PLATFORMS.get(b, 'python (wmoe.runtime)')} | `{m}/{opts.version}/{MODEL_FILES[b]}` |")
+    serve = f"-v \"$PWD/{out.name}\":/models \\\n  nvcr.io/nvidia/tritonserver:{tag}-py3"
+    lines += ["", "## Serve it", ""]
+    if main:
+        lines += ["x86-64 with an NVIDIA GPU (NGC container; 8000 HTTP, 8001 gRPC, 8002 metrics):", "", "```bash",
+                  f"docker run {gpus}--rm -p 8000:8000 -p 8001:8001 -p 8002:8002 {serve} \\",
+                  f"  tritonserver --model-repository=/models --model-control-mode=explicit --load-model={main}",
+                  "```", "", "Jetson (JetPack 6+, the `-igpu` container of the same release):", "", "```bash",
+                  f"docker run --runtime nvidia --rm --net host {serve}-igpu \\",
+                  f"  tritonserver --model-repository=/models --model-control-mode=explicit --load-model={main}",
+                  "```", ""]
+    if "tensorrt" in models:
+        eng = spec.metadata
+        lines += [f"The engine was built with TensorRT {eng.get('wmoe.engine.tensorrt_version', '?')} for "
+                  f"{eng.get('wmoe.engine.gpu_name', '?')}: the container's TensorRT must have the same major.minor "
+                  "version (see the container's release notes) and the GPU must be the same model; otherwise "
+                  "rebuild the engine on the serving machine (`wmoe export trt`). On a Jetson, build it there.", ""]
+    if py:
+        ort = "onnxruntime-gpu" if opts.device == "gpu" else "onnxruntime"
+        lines += [f"`{py}` runs the ONNX through `wmoe.runtime` inside the server (for servers without the ONNX "
+                  "Runtime backend). The server's Python needs the runtime: numpy, pillow, onnx, ONNX Runtime and "
+                  "wmoe without its training dependencies (a wheel built with `pip wheel --no-deps -w wheels "
+                  "PATH/TO/wmoe`):", "", "```bash",
+                  f"docker run {gpus}--rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v \"$PWD/wheels\":/wheels "
+                  f"{serve} \\",
+                  f"  bash -c 'pip install numpy pillow onnx {ort} && pip install --no-deps /wheels/wmoe-*.whl && \\",
+                  f"  tritonserver --model-repository=/models --model-control-mode=explicit --load-model={py}'",
+                  "```", "", "On a Jetson use the `-igpu` container and `--runtime nvidia --net host` as above; PyPI has "
+                  "no onnxruntime-gpu for Jetson (use NVIDIA's Jetson wheel, or serve the engine instead).", ""]
+    target = main or py
+    lines += ["## Load-test it", "",
+              "`perf_analyzer` ships in the SDK container (shape without the batch axis; `-b` frames per request):",
+              "", "```bash",
+              f"docker run --rm --net host nvcr.io/nvidia/tritonserver:{tag}-py3-sdk \\",
+              f"  perf_analyzer -m {target} -u 127.0.0.1:8001 -i grpc --input-data random "
+              f"--shape {spec.input.name}:{h},{w},3 -b 1 --concurrency-range 1:8 --percentile 99",
+              "```", "", "## Call it", "", "```python",
+              "import numpy as np, tritonclient.grpc as grpcclient",
+              "client = grpcclient.InferenceServerClient(\"127.0.0.1:8001\")",
+              f"params = client.get_model_config(\"{target}\").config.parameters  # the model's metadata",
+              f"frames = np.zeros((2, {h}, {w}, 3), np.uint8)  # RGB (OpenCV gives BGR: frame[..., ::-1])",
+              f"inp = grpcclient.InferInput(\"{spec.input.name}\", list(frames.shape), \"UINT8\")",
+              "inp.set_data_from_numpy(frames)",
+              f"res = client.infer(\"{target}\", [inp])",
+              "scores = res.as_numpy(\"scores\")[:, 0]  # (N,) image scores; maps: res.as_numpy(\"maps\") (N, S, S)",
+              "```", "", "Prometheus metrics: `curl 127.0.0.1:8002/metrics`. New model: "
+              f"`wmoe export triton NEW --out {out.name} --version {opts.version + 1}` adds a version folder; the "
+              "server (with `--model-control-mode=poll`, or after a restart) serves the newest.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""``wmoe export triton`` and the repository it writes, served by a real Triton Inference Server.
+
+Every config.pbtxt is parsed with the ModelConfig protobuf that tritonclient ships. The server is the real
+``tritonserver`` 2.51 bundled in the nvidia-pytriton wheel (Python backend), started once for this module on
+127.0.0.1 with free ports (see ``triton_server.py``); where it cannot run, the server tests skip and say why.
+"""
+import concurrent.futures as cf
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from wmoe.checkpoint import save_checkpoint
+from wmoe.config import ModelConfig
+from wmoe.export.cli import main as export_main
+from wmoe.export.onnx_export import ExportError
+from wmoe.export.trt_build import EngineSidecar
+from wmoe.export.triton_repo import TritonOptions, pbtxt_string, write_repository
+from wmoe.model import WMoECLIP
+from wmoe.runtime import Runtime
+
+mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (pip install "
+                         "-e '.[dev]')")
+text_format = pytest.importorskip("google.protobuf.text_format")
+
+pytestmark = pytest.mark.xdist_group("triton")  # one worker: one server for the whole module
+
+SIZE, FRAME = 56, (48, 64)  # tiny model at 56x56; camera frames 48x64 (not square: the squash resize is in the graph)
+MAX_BATCH, DELAY_US = 8, 20000
+
+
+def parse_config(path):
+    """config.pbtxt -> ModelConfig (raises on any field or syntax Triton would reject at parse time)."""
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny checkpoint -> `wmoe export triton` (the CLI, checkpoint source: exports the ONNX itself)."""
+    d = tmp_path_factory.mktemp("triton")
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=SIZE)).eval(), d / "m.safetensors")
+    repo = d / "repo"
+    rc = export_main(["triton", str(ckpt), "--out", str(repo), "--backend", "python", "--backend", "onnxruntime",
+                      "--device", "cpu", "--frame-size", f"{FRAME[0]}x{FRAME[1]}", "--max-batch", str(MAX_BATCH),
+                      "--preferred-batch", "4,8", "--queue-delay-us", str(DELAY_US), "--threads", "1"])
+    assert rc == 0
+    return {"dir": d, "ckpt": ckpt, "repo": repo, "onnx": repo / "wmoe_python" / "1" / "model.onnx"}
+
+
+def test_repository_layout_and_configs(exported):
+    repo = exported["repo"]
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()) == [
+        "README.md", "wmoe/1/model.onnx", "wmoe/config.pbtxt", "wmoe_python/1/model.onnx", "wmoe_python/1/model.py",
+        "wmoe_python/config.pbtxt"]
+    meta = Runtime.open(exported["onnx"]).backend.meta
+    for name, platform, backend in (("wmoe", "onnxruntime_onnx", ""), ("wmoe_python", "", "python")):
+        c = parse_config(repo / name / "config.pbtxt")
+        assert (c.name, c.platform, c.backend, c.max_batch_size) == (name, platform, backend, MAX_BATCH)
+        (i,) = c.input
+        assert (i.name, mc.DataType.Name(i.data_type), list(i.dims)) == ("frames", "TYPE_UINT8", [*FRAME, 3])
+        outs = {o.name: o for o in c.output}
+        assert set(outs) == {"scores", "maps", "text_scores"}
+        for k in ("scores", "text_scores"):  # per-image outputs: one dim for Triton, reshaped to the model's (N,)
+            assert list(outs[k].dims) == [1] and outs[k].HasField("reshape") and list(outs[k].reshape.shape) == []
+        assert list(outs["maps"].dims) == [SIZE, SIZE] and not outs["maps"].HasField("reshape")
+        assert list(c.dynamic_batching.preferred_batch_size) == [4, 8]
+        assert c.dynamic_batching.max_queue_delay_microseconds == DELAY_US
+        assert [(g.count, mc.ModelInstanceGroup.Kind.Name(g.kind)) for g in c.instance_group] == [(1, "KIND_CPU")]
+        params = {k: v.string_value for k, v in c.parameters.items()}
+        for k, v in meta.items():  # the model's whole contract travels into the config
+            assert params[k] == v
+        assert json.loads(params["wmoe.frame_size"]) == list(FRAME)
+    # the two models share one file (hard link), which is the exported one
+    a, b = repo / "wmoe" / "1" / "model.onnx", exported["onnx"]
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_pbtxt_strings_round_trip():
+    for s in ['plain', 'q"uote', 'back\\slash', 'new\nline', 'ünï ✓', '{"a": [1, 2]}']:
+        c = text_format.Parse(f"name: {pbtxt_string(s)}", mc.ModelConfig())
+        assert c.name == s
+
+
+def test_engine_repository(exported, tmp_path):
+    """tensorrt_plan from an engine + its sidecar (the bytes are not an engine: no TensorRT here; Triton would load
+    the plan, this checks what wmoe writes around it)."""
+    eng = tmp_path / "m.engine"
+    eng.write_bytes(b"not-a-real-plan")
+    side = EngineSidecar(engine=eng.name, onnx_sha256="0" * 64, checkpoint_sha256="1" * 64, precision="fp16",
+                         tensorrt_version="10.5.0", gpu_name="NVIDIA L4", compute_capability="8.9",
+                         inputs={"frames": [-1, *FRAME, 3]},
+                         outputs={"scores": [-1], "maps": [-1, SIZE, SIZE], "text_scores": [-1]},
+                         batch_ranges=[[1, 4, 16]], image_size=SIZE, input_kind="frames")
+    side.write(eng.with_suffix(".json"))
+    repo = write_repository(eng, tmp_path / "repo", TritonOptions(max_batch_size=16, instance_count=2))
+    c = parse_config(repo / "wmoe" / "config.pbtxt")
+    assert (c.platform, c.max_batch_size) == ("tensorrt_plan", 16)
+    assert list(c.dynamic_batching.preferred_batch_size) == [4]  # the profile's OPT
+    assert [(g.count, mc.ModelInstanceGroup.Kind.Name(g.kind)) for g in c.instance_group] == [(2, "KIND_GPU")]
+    assert sorted(o.name for o in c.output) == ["maps", "scores", "text_scores"]
+    assert c.parameters["wmoe.engine.tensorrt_version"].string_value == "10.5.0"
+    assert (repo / "wmoe" / "1" / "model.plan").read_bytes() == b"not-a-real-plan"
+    assert json.loads((repo / "wmoe" / "1" / "model.json").read_text())["gpu_name"] == "NVIDIA L4"
+    assert "10.5.0" in (repo / "README.md").read_text()
+    with pytest.raises(ExportError, match="do not cover batches 1..32"):
+        write_repository(eng, tmp_path / "repo2", TritonOptions(max_batch_size=32))
+    with pytest.raises(ExportError, match="tensorrt only"):
+        write_repository(eng, tmp_path / "repo3", TritonOptions(backends=("python",)))
+
+
+def test_bad_sources_and_options(exported, tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    repo = tmp_path / "r"
+    # the other export variant's signature: float `images` (N,3,S,S), not servable as camera frames
+    g = helper.make_graph([helper.make_node("Identity", ["images"], ["scores"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])])
+    images = tmp_path / "images.onnx"
+    onnx.save(helper.make_model(g), str(images))
+    with pytest.raises(ExportError, match="uint8 \\(H,W,3\\) camera frames"):
+        write_repository(images, repo)
+    assert not repo.exists()  # nothing written for a rejected source
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage")
+    assert export_main(["triton", str(junk), "--out", str(repo)]) == 2
+    assert "junk.onnx is not an ONNX model" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="preferred batch sizes"):
+        write_repository(exported["onnx"], repo, TritonOptions(preferred_batch_sizes=(16,)))
+    with pytest.raises(ExportError, match="takes an engine"):
+        write_repository(exported["onnx"], repo, TritonOptions(backends=("tensorrt",)))
+    # versions: a second version is added beside the first; the same version is refused unless --overwrite
+    write_repository(exported["onnx"], repo)
+    with pytest.raises(ExportError, match="exists: pass --version"):
+        write_repository(exported["onnx"], repo)
+    write_repository(exported["onnx"], repo, TritonOptions(version=2))
+    assert sorted(p.name for p in (repo / "wmoe").iterdir()) == ["1", "2", "config.pbtxt"]
+    parse_config(repo / "wmoe" / "config.pbtxt")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The real server
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    from triton_server import LocalTriton, Unavailable
+
+    srv = LocalTriton(exported["repo"], tmp_path_factory.mktemp("server"))
+    try:
+        srv.start()
+    except Unavailable as e:
+        pytest.skip(f"Triton Inference Server cannot run here: {e}")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def clients(server):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    g = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    # the model loads through the repository API: a model that fails to load is a test failure, not a skip
+    t0 = time.perf_counter()
+    g.load_model("wmoe_python")
+    assert g.is_model_ready("wmoe_python"), server.log_tail()
+    print(f"\nwmoe_python loaded in {time.perf_counter() - t0:.1f} s")
+    h = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    return {"grpc": (grpcclient, g), "http": (httpclient, h)}
+
+
+def infer(mod, client, x, dtype="UINT8", model="wmoe_python"):
+    inp = mod.InferInput("frames", list(x.shape), dtype)
+    inp.set_data_from_numpy(x)
+    r = client.infer(model, [inp])
+    return {k: r.as_numpy(k) for k in ("scores", "maps", "text_scores")}
+
+
+def test_server_parity_with_runtime(exported, clients):
+    """HTTP and gRPC answers equal wmoe.runtime on the same frames (same ONNX, same ONNX Runtime build)."""
+    rng = np.random.default_rng()
+    frames = rng.integers(0, 256, (3, *FRAME, 3), dtype=np.uint8)
+    with Runtime.open(exported["onnx"]) as rt:
+        ref = rt.score(frames)
+    for proto, (mod, client) in clients.items():
+        out = infer(mod, client, frames)
+        assert out["scores"].shape == (3, 1) and out["maps"].shape == (3, SIZE, SIZE), proto
+        np.testing.assert_allclose(out["scores"][:, 0], ref.scores, rtol=1e-5, atol=1e-5, err_msg=proto)
+        np.testing.assert_allclose(out["text_scores"][:, 0], ref.text_scores, rtol=1e-5, atol=1e-5, err_msg=proto)
+        np.testing.assert_allclose(out["maps"], ref.maps, rtol=1e-5, atol=1e-5, err_msg=proto)
+    # the model's metadata reaches the client through the config
+    cfg = clients["grpc"][1].get_model_config("wmoe_python").config
+    assert json.loads(cfg.parameters["wmoe.frame_size"].string_value) == list(FRAME)
+
+
+def _stats(client):
+    s = client.get_inference_statistics("wmoe_python").model_stats[0]
+    return s.inference_count, s.execution_count, {b.batch_size: b.compute_infer.count for b in s.batch_stats}
+
+
+def test_dynamic_batching_forms_batches(exported, clients):
+    """8 concurrent one-frame requests within the queue delay: the server runs them in fewer, larger batches."""
+    mod, g = clients["grpc"]
+    rng = np.random.default_rng()
+    frames = rng.integers(0, 256, (8, *FRAME, 3), dtype=np.uint8)
+    with Runtime.open(exported["onnx"]) as rt:
+        ref = rt.score(frames).scores
+    inf0, exe0, b0 = _stats(g)
+    with cf.ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(lambda i: infer(mod, g, frames[i:i + 1])["scores"][0, 0], range(8)))
+    np.testing.assert_allclose(outs, ref, rtol=1e-5, atol=1e-5)  # each request got its own frame's answer back
+    inf1, exe1, b1 = _stats(g)
+    assert inf1 - inf0 == 8
+    assert exe1 - exe0 < 8, f"no batch formed: {exe1 - exe0} executions for 8 requests"
+    assert any(n > 1 and b1.get(n, 0) > b0.get(n, 0) for n in b1), b1
+
+
+def test_bad_requests_answered_and_server_keeps_serving(clients):
+    from tritonclient.utils import InferenceServerException
+
+    good = np.zeros((1, *FRAME, 3), np.uint8)
+    bad = {"wrong shape": (np.zeros((1, FRAME[0] + 1, FRAME[1], 3), np.uint8), "UINT8", "unexpected shape"),
+           "wrong dtype": (np.zeros((1, *FRAME, 3), np.float32), "FP32", "data-type is 'FP32'"),
+           "empty batch": (np.zeros((0, *FRAME, 3), np.uint8), "UINT8", "byte size mismatch|batch"),
+           "batch too big": (np.zeros((MAX_BATCH + 1, *FRAME, 3), np.uint8), "UINT8", "batch-size must be <="),
+           "no batch axis": (np.zeros((*FRAME, 3), np.uint8), "UINT8", "batch-size must be <=|unexpected shape")}
+    for proto, (mod, client) in clients.items():
+        for what, (x, dtype, msg) in bad.items():
+            with pytest.raises(InferenceServerException, match=msg) as e:
+                infer(mod, client, x, dtype)
+            assert "wmoe_python" in str(e.value), (proto, what, str(e.value))
+        with pytest.raises(InferenceServerException, match="unknown model|not found"):
+            infer(mod, client, good, model="nope")
+        assert infer(mod, client, good)["scores"].shape == (1, 1)  # still serving
+    assert clients["grpc"][1].is_server_live()
+
+
+def load_test(port: int, n_clients: int = 8, n_requests: int = 50, timeout_s: float = 120.0) -> dict:
+    """``n_clients`` threads, each with its own gRPC client, send ``n_requests`` one-frame requests back to back;
+    stops by itself (bounded count, and a wall-clock cap after which remaining requests are not sent)."""
+    import tritonclient.grpc as grpcclient
+
+    frame = np.random.default_rng(0).integers(0, 256, (1, *FRAME, 3), dtype=np.uint8)
+    deadline = time.monotonic() + timeout_s
+
+    def worker(_):
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = grpcclient.InferInput("frames", list(frame.shape), "UINT8")
+        inp.set_data_from_numpy(frame)
+        lat, errors = [], 0
+        for _ in range(n_requests):
+            if time.monotonic() > deadline:
+                break
+            t = time.perf_counter()
+            try:
+                c.infer("wmoe_python", [inp])
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors += 1
+            lat.append(time.perf_counter() - t)
+        c.close()
+        return lat, errors
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(n_clients) as ex:
+        results = list(ex.map(worker, range(n_clients)))
+    wall = time.perf_counter() - t0
+    lat = np.array([x for r, _ in results for x in r])
+    return {"requests": int(lat.size), "errors": sum(e for _, e in results), "wall_s": wall,
+            "throughput_fps": lat.size / wall, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
+def test_bounded_load(server, clients, capsys):
+    g = clients["grpc"][1]
+    inf0, exe0, _ = _stats(g)
+    r = load_test(server.grpc_port)
+    inf1, exe1, _ = _stats(g)
+    assert r["errors"] == 0 and r["requests"] == 8 * 50, r
+    assert inf1 - inf0 == r["requests"]
+    r["mean_batch"] = (inf1 - inf0) / max(exe1 - exe0, 1)
+    with capsys.disabled():
+        print(f"\nTriton load test (CPU, tiny model, python backend, {FRAME[0]}x{FRAME[1]} frames, 8 clients x 50 "
+              f"requests, 1 frame each): {json.dumps({k: round(v, 2) for k, v in r.items()})}")
+    assert r["mean_batch"] > 1.0  # 8 concurrent clients keep the dynamic batcher busy
+
+
+def test_clean_shutdown(server, clients):
+    """SIGTERM: the server unloads the model, stops the backend's stub and exits 0; the ports close. (Triton
+    waits up to --exit-timeout-secs for open client connections: close them first.)"""
+    import socket
+
+    assert clients["grpc"][1].is_model_ready("wmoe_python")
+    for _, client in clients.values():
+        client.close()
+    rc = server.stop()
+    assert rc == 0, server.log_tail()
+    assert "successfully unloaded 'wmoe_python'" in server.log_tail(20000)
+    for port in (server.http_port, server.grpc_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
