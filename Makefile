@@ -14,7 +14,7 @@ TRITON_STAMP := $(TRITON_VENV)/.wmoe-installed
 PYTHON312    ?= $(shell for c in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 $$(command -v python3.12); do \
   "$$c" -c 'import sys, sysconfig; assert sys.version_info[:2] == (3, 12) and sysconfig.get_config_var("Py_ENABLE_SHARED")' \
   2>/dev/null && echo "$$c" && break; done)
-TRITON_PINS  ?= nvidia-pytriton==0.7.0 numpy pillow onnx onnxruntime
+TRITON_PINS  ?= nvidia-pytriton==0.7.0 numpy pillow onnxruntime
 
 .PHONY: install triton-env demo test test-fast bench-cpu clean
 

@@ -35,7 +35,8 @@ def _triton(a: argparse.Namespace) -> int:
     from .triton_repo import TritonOptions, write_repository
     given = {"name": a.name, "max_batch_size": a.max_batch, "max_queue_delay_us": a.queue_delay_us,
              "instance_count": a.instances, "device": a.device, "threads": a.threads, "version": a.version,
-             "pretrained": a.pretrained, "container_tag": a.container_tag,
+             "pretrained": a.pretrained, "container_tag": a.container_tag, "threshold": a.threshold,
+             "pixel_threshold": a.pixel_threshold,
              "backends": tuple(a.backend) if a.backend else None, "frame_size": _hw(a.frame_size),
              "preferred_batch_sizes": _ints(a.preferred_batch)}
     opts = TritonOptions(overwrite=a.overwrite, **{k: v for k, v in given.items() if v is not None})
@@ -121,6 +122,9 @@ def register(subparsers) -> None:
     tr.add_argument("--overwrite", action="store_true", help="replace that version folder if it exists")
     tr.add_argument("--frame-size", help="checkpoint source: camera frame HxW (default: the model's SxS)")
     tr.add_argument("--pretrained", help="checkpoint source: backbone weights file")
+    tr.add_argument("--threshold", type=float, help="checkpoint source: image threshold to store (default: the one "
+                    "wmoe eval wrote beside the checkpoint)")
+    tr.add_argument("--pixel-threshold", type=float, help="checkpoint source: pixel threshold for defect masks")
     tr.add_argument("--container-tag", help="NGC tritonserver release named in the README (default 24.10)")
     tr.set_defaults(func=_triton)
     r = sub.add_parser("reference", help="portable ONNX -> reference inputs/outputs (Polygraphy JSON) for "

@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
+from wmoe.contract import INPUT_FRAMES, META_PREFIX, ContractError, EngineCompatError, EngineSidecar, ModelMeta
 from wmoe.runtime.triton_python import MODEL_FILE_PARAM, THREADS_PARAM, TritonPythonModel
 
 from .onnx_export import ExportError
@@ -65,6 +66,8 @@ class TritonOptions:
     version: int = 1
     frame_size: Optional[Tuple[int, int]] = None  # checkpoint source only: camera frame (H, W); None -> SxS
     pretrained: Optional[str] = None  # checkpoint source only: backbone weights file
+    threshold: Optional[float] = None  # checkpoint source only: overrides <checkpoint>.threshold.json
+    pixel_threshold: Optional[float] = None  # checkpoint source only
     container_tag: str = DEFAULT_CONTAINER_TAG
     overwrite: bool = False  # replace an existing version folder
 
@@ -104,14 +107,19 @@ class ModelSpec:
     batch_ranges: List[List[int]] = field(default_factory=list)  # engines: [[min, opt, max], ...]
 
 
-def _require_frames(path: Path, inp: TensorSpec, batch_dynamic: bool) -> None:
-    if not batch_dynamic:
-        raise ExportError(f"{path}: the batch axis of input {inp.name!r} is fixed; Triton batches requests on a "
-                          "dynamic first axis (re-export with wmoe export onnx)")
-    if inp.data_type != "TYPE_UINT8" or len(inp.dims) != 3 or inp.dims[2] != 3 or min(inp.dims) < 1:
+def _require_frames(path: Path, meta: ModelMeta, inp: TensorSpec, batch_dynamic: bool, onnx: bool = True) -> None:
+    if onnx and meta.flavor != "portable":
+        raise ExportError(f"{path} is the {meta.flavor} flavor (TensorRT plugin nodes): Triton's ONNX Runtime and "
+                          "Python backends need the portable flavor (wmoe export onnx CKPT --flavor portable); "
+                          "serve plugin engines with --backend tensorrt")
+    if meta.input != INPUT_FRAMES or inp.data_type != "TYPE_UINT8" or len(inp.dims) != 3 or inp.dims[2] != 3 \
+            or min(inp.dims) < 1:
         raise ExportError(f"{path}: input {inp.name!r} is {inp.data_type} {list(inp.dims)} per image; a Triton "
                           "repository serves uint8 (H,W,3) camera frames: export with in-graph preprocessing "
                           "(wmoe export onnx CKPT --frame-size HxW) or pass the checkpoint to wmoe export triton")
+    if not batch_dynamic:
+        raise ExportError(f"{path}: the batch axis of input {inp.name!r} is fixed; Triton batches requests on a "
+                          "dynamic first axis (re-export with wmoe export onnx)")
 
 
 def describe_onnx(path: Union[str, Path]) -> ModelSpec:
@@ -127,6 +135,11 @@ def describe_onnx(path: Union[str, Path]) -> ModelSpec:
         raise ExportError(f"{path} is not an ONNX model ({type(e).__name__}: {e})") from e
     if not proto.graph.input or not proto.graph.output:
         raise ExportError(f"{path} is not an ONNX model (no graph inputs/outputs)")
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    try:
+        meta = ModelMeta.from_metadata(metadata, str(path))
+    except ContractError as e:
+        raise ExportError(str(e)) from None
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -142,32 +155,33 @@ def describe_onnx(path: Union[str, Path]) -> ModelSpec:
         return TensorSpec(v.name, _ONNX_TO_TRITON[t.elem_type], tuple(dims[1:])), dims[0] == -1
 
     inp, dynamic = spec(inputs[0])
-    _require_frames(path, inp, dynamic)
+    _require_frames(path, meta, inp, dynamic)
     outs = [spec(o)[0] for o in proto.graph.output]
-    return ModelSpec(path, "onnx", inp, outs, {p.key: p.value for p in proto.metadata_props})
+    return ModelSpec(path, "onnx", inp, outs, metadata)
 
 
 def describe_engine(path: Union[str, Path]) -> ModelSpec:
-    """Input/outputs of a TensorRT engine from its JSON sidecar (``wmoe export trt`` writes both)."""
-    from .trt_build import EngineCompatError, EngineSidecar
-
+    """Input/outputs of a TensorRT engine from its sidecar (``wmoe export trt`` writes both): the exported model's
+    ``wmoe.*`` metadata, plus what the engine was built for as ``wmoe.engine.*``."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such engine file")
     try:
-        side = EngineSidecar.read(path.with_suffix(".json"))
-    except EngineCompatError as e:
-        raise ExportError(str(e)) from e
+        side = EngineSidecar.read(EngineSidecar.path_for(path))
+        meta = side.model_meta
+    except (EngineCompatError, ContractError) as e:
+        raise ExportError(str(e)) from None
     if len(side.inputs) != 1 or not side.outputs:
-        raise ExportError(f"{path.with_suffix('.json')}: the sidecar lists inputs {side.inputs} and outputs "
+        raise ExportError(f"{EngineSidecar.path_for(path)}: the sidecar lists inputs {side.inputs} and outputs "
                           f"{side.outputs}; expected one input and the model's outputs")
     (name, shape), = side.inputs.items()
-    # wmoe's exported graphs take uint8 frames (in-graph preprocessing) and return float32 (ExportWrapper)
-    inp = TensorSpec(name, "TYPE_UINT8" if side.input_kind == "frames" else "TYPE_FP32", tuple(shape[1:]))
-    _require_frames(path, inp, bool(shape) and shape[0] == -1)
+    # wmoe's graphs take uint8 frames (in-graph preprocessing) or float images, and return float32 (ExportWrapper)
+    inp = TensorSpec(name, "TYPE_UINT8" if meta.input == INPUT_FRAMES else "TYPE_FP32", tuple(shape[1:]))
+    _require_frames(path, meta, inp, bool(shape) and shape[0] == -1, onnx=False)  # a plugin engine serves too
     outs = [TensorSpec(n, "TYPE_FP32", tuple(s[1:])) for n, s in side.outputs.items()]
-    meta = {f"wmoe.engine.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in sorted(asdict(side).items())}
-    return ModelSpec(path, "engine", inp, outs, meta, [list(r) for r in side.batch_ranges])
+    built = {f"{META_PREFIX}engine.{k}": v if isinstance(v, str) else json.dumps(v)
+             for k, v in sorted(asdict(side).items()) if k != "metadata"}
+    return ModelSpec(path, "engine", inp, outs, {**side.metadata, **built}, [list(r) for r in side.batch_ranges])
 
 
 def pbtxt_string(s: str) -> str:
@@ -280,8 +294,9 @@ def write_repository(src: Union[str, Path], out: Union[str, Path], opts: Optiona
     if kind != "engine" and "tensorrt" in opts.backends:
         raise ExportError("--backend tensorrt takes an engine (wmoe export trt MODEL.onnx --out MODEL.engine); "
                           f"{src} is not one")
-    if opts.frame_size is not None and kind != "checkpoint":
-        raise ExportError("--frame-size applies to a checkpoint source; an ONNX or engine has its frame size")
+    if kind != "checkpoint" and (opts.frame_size, opts.pretrained, opts.threshold, opts.pixel_threshold) != (None,) * 4:
+        raise ExportError("--frame-size, --pretrained and the thresholds apply to a checkpoint source; an ONNX or "
+                          "engine carries its own (re-export it to change them)")
     models = {b: opts.name if b != "python" else f"{opts.name}_python" for b in opts.backends}
     spec = None
     if kind != "checkpoint":  # check the source before touching the repository
@@ -307,7 +322,8 @@ def _fill(src: Path, kind: str, spec: Optional[ModelSpec], dirs: Mapping[str, Pa
 
         first = dirs[opts.backends[0]] / MODEL_FILES[opts.backends[0]]
         src = export_onnx(src, first, preprocess=True, frame_size=opts.frame_size or _model_square(src),
-                          pretrained=opts.pretrained)
+                          pretrained=opts.pretrained, threshold=opts.threshold,
+                          pixel_threshold=opts.pixel_threshold)
         spec = describe_onnx(src)
     assert spec is not None
     extra = _external_files(src) if kind != "engine" else []
@@ -386,12 +402,12 @@ def repository_readme(out: Path, models: Mapping[str, str], spec: ModelSpec, opt
     if py:
         ort = "onnxruntime-gpu" if opts.device == "gpu" else "onnxruntime"
         lines += [f"`{py}` runs the ONNX through `wmoe.runtime` inside the server (for servers without the ONNX "
-                  "Runtime backend). The server's Python needs the runtime: numpy, pillow, onnx, ONNX Runtime and "
+                  "Runtime backend). The server's Python needs the runtime: numpy, pillow, ONNX Runtime and "
                   "wmoe without its training dependencies (a wheel built with `pip wheel --no-deps -w wheels "
                   "PATH/TO/wmoe`):", "", "```bash",
                   f"docker run {gpus}--rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v \"$PWD/wheels\":/wheels "
                   f"{serve} \\",
-                  f"  bash -c 'pip install numpy pillow onnx {ort} && pip install --no-deps /wheels/wmoe-*.whl && \\",
+                  f"  bash -c 'pip install numpy pillow {ort} && pip install --no-deps /wheels/wmoe-*.whl && \\",
                   f"  tritonserver --model-repository=/models --model-control-mode=explicit --load-model={py}'",
                   "```", "", "On a Jetson use the `-igpu` container and `--runtime nvidia --net host` as above; PyPI has "
                   "no onnxruntime-gpu for Jetson (use NVIDIA's Jetson wheel, or serve the engine instead).", ""]

@@ -14,11 +14,12 @@ import torch
 
 from wmoe.checkpoint import save_checkpoint
 from wmoe.config import ModelConfig
+from wmoe.contract import Decision, EngineSidecar, ModelMeta
 from wmoe.export.cli import main as export_main
 from wmoe.export.onnx_export import ExportError
-from wmoe.export.trt_build import EngineSidecar
 from wmoe.export.triton_repo import TritonOptions, pbtxt_string, write_repository
 from wmoe.model import WMoECLIP
+from wmoe.onnx_meta import read_onnx_metadata
 from wmoe.runtime import Runtime
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed (pip install "
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.xdist_group("triton")  # one worker: one server for the
 
 SIZE, FRAME = 56, (48, 64)  # tiny model at 56x56; camera frames 48x64 (not square: the squash resize is in the graph)
 MAX_BATCH, DELAY_US = 8, 20000
+THRESHOLD = 1.05  # stored at export; reaches clients as a config parameter
 
 
 def parse_config(path):
@@ -45,7 +47,8 @@ def exported(tmp_path_factory):
     repo = d / "repo"
     rc = export_main(["triton", str(ckpt), "--out", str(repo), "--backend", "python", "--backend", "onnxruntime",
                       "--device", "cpu", "--frame-size", f"{FRAME[0]}x{FRAME[1]}", "--max-batch", str(MAX_BATCH),
-                      "--preferred-batch", "4,8", "--queue-delay-us", str(DELAY_US), "--threads", "1"])
+                      "--preferred-batch", "4,8", "--queue-delay-us", str(DELAY_US), "--threads", "1",
+                      "--threshold", str(THRESHOLD)])
     assert rc == 0
     return {"dir": d, "ckpt": ckpt, "repo": repo, "onnx": repo / "wmoe_python" / "1" / "model.onnx"}
 
@@ -55,7 +58,7 @@ def test_repository_layout_and_configs(exported):
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()) == [
         "README.md", "wmoe/1/model.onnx", "wmoe/config.pbtxt", "wmoe_python/1/model.onnx", "wmoe_python/1/model.py",
         "wmoe_python/config.pbtxt"]
-    meta = Runtime.open(exported["onnx"]).backend.meta
+    meta = read_onnx_metadata(exported["onnx"])
     for name, platform, backend in (("wmoe", "onnxruntime_onnx", ""), ("wmoe_python", "", "python")):
         c = parse_config(repo / name / "config.pbtxt")
         assert (c.name, c.platform, c.backend, c.max_batch_size) == (name, platform, backend, MAX_BATCH)
@@ -73,6 +76,8 @@ def test_repository_layout_and_configs(exported):
         for k, v in meta.items():  # the model's whole contract travels into the config
             assert params[k] == v
         assert json.loads(params["wmoe.frame_size"]) == list(FRAME)
+        assert float(params["wmoe.threshold"]) == THRESHOLD
+        assert Decision.from_json(params["wmoe.decision"]).threshold == THRESHOLD
     # the two models share one file (hard link), which is the exported one
     a, b = repo / "wmoe" / "1" / "model.onnx", exported["onnx"]
     assert a.read_bytes() == b.read_bytes()
@@ -93,7 +98,7 @@ def test_engine_repository(exported, tmp_path):
                          tensorrt_version="10.5.0", gpu_name="NVIDIA L4", compute_capability="8.9",
                          inputs={"frames": [-1, *FRAME, 3]},
                          outputs={"scores": [-1], "maps": [-1, SIZE, SIZE], "text_scores": [-1]},
-                         batch_ranges=[[1, 4, 16]], image_size=SIZE, input_kind="frames")
+                         batch_ranges=[[1, 4, 16]], metadata=read_onnx_metadata(exported["onnx"]))
     side.write(eng.with_suffix(".json"))
     repo = write_repository(eng, tmp_path / "repo", TritonOptions(max_batch_size=16, instance_count=2))
     c = parse_config(repo / "wmoe" / "config.pbtxt")
@@ -102,6 +107,7 @@ def test_engine_repository(exported, tmp_path):
     assert [(g.count, mc.ModelInstanceGroup.Kind.Name(g.kind)) for g in c.instance_group] == [(2, "KIND_GPU")]
     assert sorted(o.name for o in c.output) == ["maps", "scores", "text_scores"]
     assert c.parameters["wmoe.engine.tensorrt_version"].string_value == "10.5.0"
+    assert float(c.parameters["wmoe.threshold"].string_value) == THRESHOLD  # the ONNX's contract, via the sidecar
     assert (repo / "wmoe" / "1" / "model.plan").read_bytes() == b"not-a-real-plan"
     assert json.loads((repo / "wmoe" / "1" / "model.json").read_text())["gpu_name"] == "NVIDIA L4"
     assert "10.5.0" in (repo / "README.md").read_text()
@@ -122,6 +128,12 @@ def test_bad_sources_and_options(exported, tmp_path, capsys):
                           [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])])
     images = tmp_path / "images.onnx"
     onnx.save(helper.make_model(g), str(images))
+    with pytest.raises(ExportError, match="is not a wmoe model"):
+        write_repository(images, repo)
+    m = onnx.load(str(images))
+    for k, v in ModelMeta(image_size=SIZE).to_metadata().items():  # a wmoe model with `images` input
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(images))
     with pytest.raises(ExportError, match="uint8 \\(H,W,3\\) camera frames"):
         write_repository(images, repo)
     assert not repo.exists()  # nothing written for a rejected source
@@ -192,9 +204,10 @@ def test_server_parity_with_runtime(exported, clients):
         np.testing.assert_allclose(out["scores"][:, 0], ref.scores, rtol=1e-5, atol=1e-5, err_msg=proto)
         np.testing.assert_allclose(out["text_scores"][:, 0], ref.text_scores, rtol=1e-5, atol=1e-5, err_msg=proto)
         np.testing.assert_allclose(out["maps"], ref.maps, rtol=1e-5, atol=1e-5, err_msg=proto)
-    # the model's metadata reaches the client through the config
+    # the decision reaches the client through the config: its verdicts are the runtime's
     cfg = clients["grpc"][1].get_model_config("wmoe_python").config
-    assert json.loads(cfg.parameters["wmoe.frame_size"].string_value) == list(FRAME)
+    decision = Decision.from_json(cfg.parameters["wmoe.decision"].string_value)
+    assert decision.threshold == THRESHOLD and ref.verdicts == decision.verdicts(out["scores"][:, 0])
 
 
 def _stats(client):
