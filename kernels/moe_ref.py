@@ -22,6 +22,11 @@ def _tracing() -> bool:
                 or torch.onnx.is_in_onnx_export())
 
 
+def moe_router_probs_ref(x: Tensor, w_router: Tensor, b_router: Tensor) -> Tensor:
+    """The router's softmax over all N experts, ``softmax(x W_r^T + b_r)`` (B, N) in float32 (differentiable)."""
+    return torch.softmax(F.linear(x.float(), w_router.float(), b_router.float()), dim=-1)
+
+
 def moe_router_ref(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
     """Routing gate ``G(x_a)``: returns ``(weights (B, k) float32, experts (B, k) int64)``.
 
@@ -30,8 +35,7 @@ def moe_router_ref(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int) ->
     n_experts = w_router.shape[0]
     if not 1 <= top_k <= n_experts:
         raise ValueError(f"top_k must be in [1, {n_experts}], got {top_k}")
-    logits = F.linear(x.float(), w_router.float(), b_router.float())
-    probs = torch.softmax(logits, dim=-1)
+    probs = moe_router_probs_ref(x, w_router, b_router)
     if _tracing():
         # ONNX TopK puts the lower index first on ties (its spec), the same order as the stable sort below;
         # the exporters have no stable sort.
@@ -93,6 +97,11 @@ def moe_experts_dense_ref(
     # (B, N) combine weights: zero for experts not chosen.
     dense_w = torch.zeros(x.shape[0], n_experts, dtype=torch.float32, device=x.device)
     dense_w = dense_w.scatter(1, experts, weights)
-    h = F.gelu(torch.einsum("bc,ncd->nbd", x, w1) + b1[:, None, :], approximate="tanh")
-    y = torch.einsum("nbd,ndc->nbc", h, w2) + b2[:, None, :]
+    y = expert_outputs_dense_ref(x, w1, b1, w2, b2)
     return torch.einsum("nbc,bn->bc", y.float(), dense_w).to(x.dtype)
+
+
+def expert_outputs_dense_ref(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """Every expert on every token: ``E_n(x_b)`` as ``(N, B, C)`` in the dtype of ``x`` (see :func:`expert_mlp_ref`)."""
+    h = F.gelu(torch.einsum("bc,ncd->nbd", x, w1) + b1[:, None, :], approximate="tanh")
+    return torch.einsum("nbd,ndc->nbc", h, w2) + b2[:, None, :]

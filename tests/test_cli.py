@@ -62,6 +62,7 @@ def test_demo_end_to_end(tmp_path):
     r = run("demo", "--out", tmp_path / "demo", "--max-steps", "3")
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| **mean** |" in report and "![](predictions/" in report
+    assert "## SA-MoE expert utilization" in report and (tmp_path / "demo" / "expert_usage.png").is_file()
     for line in report.splitlines():
         if "](predictions/" in line:
             name = line.split("](predictions/")[1].split(")")[0]

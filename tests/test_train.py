@@ -1,5 +1,6 @@
 """Training: the loss goes down, resume continues bit-exactly, DDP with 2 gloo processes agrees."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,9 @@ def test_resume_continues_from_saved_step_bit_exact(data, tmp_path):
     assert _history(tmp_path / "part")["step"] == 2
     train(CFG, TrainConfig(str(data), out_dir=str(tmp_path / "part"), max_steps=4, resume=True, **common))
     assert _history(tmp_path / "part")["step"] == 4
+    # the per-epoch expert utilization also survives the interruption (epoch 1 ended after the resume)
+    usage = [json.loads((tmp_path / d / "expert_usage.json").read_text()) for d in ("full", "part")]
+    assert usage[0] == usage[1] and len(usage[0]["epochs"]) == 1
     a = load_file(str(tmp_path / "full" / "last.safetensors"))
     b = load_file(str(tmp_path / "part" / "last.safetensors"))
     assert a.keys() == b.keys()

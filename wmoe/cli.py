@@ -6,6 +6,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import List, Optional
 
@@ -14,6 +15,17 @@ from . import __version__
 
 def _classes(s: Optional[str]) -> Optional[List[str]]:
     return [c for c in s.split(",") if c] if s else None
+
+
+def _weight(s: str) -> float:
+    """A loss weight: a finite number >= 0."""
+    try:
+        w = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not math.isfinite(w) or w < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite weight >= 0, got {s!r}")
+    return w
 
 
 def _cmd_data_meta(a: argparse.Namespace) -> int:
@@ -32,9 +44,10 @@ def _cmd_data_demo(a: argparse.Namespace) -> int:
 
 def _model_cfg(a: argparse.Namespace):
     from .config import ModelConfig
+    moe = {"moe_balance": a.moe_balance, "moe_repulsion": a.moe_repulsion}  # AnomalyMoE's ESB / EIR weights
     if a.tiny:
-        return ModelConfig.tiny(image_size=a.image_size or 336)
-    kw = {"image_size": a.image_size} if a.image_size else {}
+        return ModelConfig.tiny(image_size=a.image_size or 336, **moe)
+    kw = {"image_size": a.image_size, **moe} if a.image_size else moe
     if a.backbone:
         kw["backbone"] = a.backbone
     return ModelConfig(**kw)
@@ -120,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tiny", action="store_true", help="the tiny random-init backbone (tests, demos)")
     t.add_argument("--backbone", default=None, help="open_clip model name (default ViT-L-14-336-quickgelu)")
     t.add_argument("--image-size", type=int, default=None, help="336 or 518 (default 518)")
+    t.add_argument("--moe-balance", type=_weight, default=0.0, metavar="W",
+                   help="weight of SA-MoE expert selection balancing (ESB; default 0 = off, the paper)")
+    t.add_argument("--moe-repulsion", type=_weight, default=0.0, metavar="W",
+                   help="weight of SA-MoE expert information repulsion (EIR; default 0 = off, the paper)")
     model_args(t)
     t.set_defaults(func=_cmd_train)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -41,6 +42,9 @@ class ModelConfig:
     n_experts: int = 8
     top_k: int = 2
     expert_hidden: Optional[int] = None  # (ours) None -> embed dim
+    # Training-only regularizers from AnomalyMoE (ours; 0 = off = the paper). See wmoe/expert_health.py.
+    moe_balance: float = 0.0  # weight of Expert Selection Balancing (Switch-style load balancing)
+    moe_repulsion: float = 0.0  # weight of Expert Information Repulsion (expert output cosine similarity)
 
     # Maps and scores.
     temperature: float = 0.07  # CLIP's softmax temperature for text-patch similarities (AnomalyCLIP's choice)
@@ -57,6 +61,13 @@ class ModelConfig:
             raise ValueError(f"prompt_mode must be 'posterior' or 'prior', got {self.prompt_mode!r}")
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
+        for name in ("moe_balance", "moe_repulsion"):
+            w = float(getattr(self, name))
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(f"{name} must be a finite weight >= 0, got {getattr(self, name)!r}")
+            if w > 0 and not self.use_samoe:
+                raise ValueError(f"{name}={w} needs SA-MoE (use_samoe=True)")
+            setattr(self, name, w)
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1, got {self.n_ctx}")
 

@@ -75,7 +75,10 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
         picks += defects[: max(1, cfg.n_predict // (2 * len(DEMO_TEST_CLASSES)))] + goods[:1]
     pred = predict(ckpt, picks, out / "predictions", pretrained=cfg.pretrained, device=cfg.device, progress=False)
     times["predict"] = time.time() - t
-    report = write_report(out, table, pred, times, model_cfg, cfg)
+    from .expert_health import USAGE_FILE
+    usage_log = out / "run" / USAGE_FILE
+    train_usage = json.loads(usage_log.read_text())["epochs"] if usage_log.is_file() else []
+    report = write_report(out, table, pred, times, model_cfg, cfg, train_usage=train_usage)
     print(table.to_markdown())
     print(f"report: {report}")
     return {"report": str(report), "checkpoint": str(ckpt), "times": times,

@@ -19,13 +19,14 @@ from torch.utils.data import DataLoader
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
 from .errors import NonFiniteError
+from .expert_health import ExpertUsage, moe_routing, usage_line, usage_markdown
 from .metrics import MetricsTable, evaluate_class, image_metrics, smooth_maps
 from .model import WMoECLIP
 
 
 @torch.no_grad()
 def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: str, skipped: SkippedFiles,
-                 bar) -> "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]":
+                 bar, usage: Optional[ExpertUsage] = None) -> "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]":
     labels: List[np.ndarray] = []
     scores: List[np.ndarray] = []
     maps: List[np.ndarray] = []
@@ -41,6 +42,8 @@ def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: s
                 raise NonFiniteError(f"the model produced NaN/inf scores or maps for {int((~finite).sum())} image(s), "
                                      f"first {first}: metrics on them would be meaningless (broken or diverged "
                                      f"weights?)")
+            if usage is not None and out.moe_context is not None:
+                usage.update(moe_routing(model.samoe, out.moe_context))
             labels.append(batch["label"].numpy())
             scores.append(out.scores.float().cpu().numpy())
             maps.append(out.maps.float().cpu().numpy().astype(np.float16))
@@ -86,6 +89,8 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     table = MetricsTable()
     skipped = SkippedFiles()
     all_labels, all_scores = [], []
+    # SA-MoE utilization per class and over all classes (the report's "expert utilization" section)
+    usages = {c: ExpertUsage(model.samoe.w1.shape[0], model.samoe.top_k) for c in chosen} if model.samoe else {}
     t0 = time.time()
 
     def class_metrics(labels, scores, maps, masks):
@@ -100,7 +105,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         for cls, ds in zip(chosen, datasets):
             if bar is not None:
                 bar.set_postfix_str(cls)
-            labels, scores, maps, masks = _infer_class(model, ds, batch_size, device, skipped, bar)
+            labels, scores, maps, masks = _infer_class(model, ds, batch_size, device, skipped, bar, usages.get(cls))
             all_labels.append(labels)
             all_scores.append(scores)
             if pending and pending[-1][1] is not None:
@@ -128,11 +133,21 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         "seconds": round(time.time() - t0, 2), "checkpoint": str(ckpt_path) if ckpt_path else None,
         "image_size": model.image_size,
     })
+    appendix = ""
+    if usages:
+        total = ExpertUsage(model.samoe.w1.shape[0], model.samoe.top_k)
+        for u in usages.values():
+            total.merge(u)
+        per_class = {c: u.summary() for c, u in usages.items() if u.n_images}
+        table.extra["expert_usage"] = {"all": total.summary(matrix=True), "per_class": per_class}
+        appendix = "\n" + usage_markdown(table.extra["expert_usage"]["all"], per_class)
+        if progress:
+            print(usage_line(table.extra["expert_usage"]["all"]))
     if len(skipped):
         print(skipped.summary())
     if out_dir is not None:
         out = Path(out_dir)
-        table.write(out)
+        table.write(out, appendix=appendix)
         skipped.write(out / "skipped.json")
     if ckpt_path is not None and store_threshold and not math.isnan(threshold):
         info, _ = read_checkpoint(ckpt_path)

@@ -6,7 +6,7 @@ against the mask and to the normal channel against its complement, averaged over
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,12 +64,23 @@ def local_loss(layer_maps: Tensor, masks: Tensor) -> Tensor:
     return total
 
 
-def total_loss(out: WMoEOutput, labels: Tensor, masks: Tensor) -> Dict[str, Tensor]:
-    """Eq. 11: ``L = L_global + L_local + L_KL + L_rec``. Returns every term and ``"loss"``, their sum."""
+def total_loss(out: WMoEOutput, labels: Tensor, masks: Tensor,
+               regularizers: Optional[Dict[str, Tuple[float, Tensor]]] = None) -> Dict[str, Tensor]:
+    """Eq. 11: ``L = L_global + L_local + L_KL + L_rec``, plus ``sum_i w_i R_i`` for optional regularizers.
+
+    ``regularizers`` maps a name to ``(weight, term)`` (SA-MoE's ESB/EIR, :mod:`wmoe.expert_health`). Every
+    term is returned (for the logs); one with weight 0 is not added, so the default objective is exactly Eq. 11.
+    Returns the terms and ``"loss"``.
+    """
     terms = {"global": global_loss(out.scores, labels), "local": local_loss(out.layer_maps, masks)}
     if out.mu is not None and out.logvar is not None:
         terms["kl"] = kl_loss(out.mu.float(), out.logvar.float())
     if out.recon is not None and out.target is not None:
         terms["rec"] = reconstruction_loss(out.recon.float(), out.target.float())
-    terms["loss"] = sum(terms.values())
+    loss = sum(terms.values())
+    for name, (weight, term) in (regularizers or {}).items():
+        terms[name] = term
+        if weight:
+            loss = loss + weight * term
+    terms["loss"] = loss
     return terms

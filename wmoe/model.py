@@ -31,7 +31,8 @@ from .wcma import WCMA
 @dataclass
 class WMoEOutput:
     """Model outputs. ``scores`` = s_hat (B,), ``maps`` = M (B, S, S), ``layer_maps`` = M_l (B, L, S, S),
-    ``text_scores`` = s_txt (B,); ``mu``/``logvar``/``recon``/``target`` are CTDS' VAE terms (training only)."""
+    ``text_scores`` = s_txt (B,); ``mu``/``logvar``/``recon``/``target`` are CTDS' VAE terms (training only);
+    ``moe_context`` = SA-MoE's token ``x_a`` (B, E), for the expert utilization statistics and regularizers."""
 
     scores: Tensor
     maps: Tensor
@@ -41,6 +42,7 @@ class WMoEOutput:
     logvar: Optional[Tensor] = None
     recon: Optional[Tensor] = None
     target: Optional[Tensor] = None
+    moe_context: Optional[Tensor] = None
 
 
 def anomaly_probability(features: Tensor, text: Tensor, temperature: float) -> Tensor:
@@ -122,8 +124,11 @@ class WMoECLIP(nn.Module):
         lm = F.interpolate(lm, size=(S, S), mode="bilinear", align_corners=False)
         maps = lm.mean(dim=1)
 
-        x_cls = x_c + self.samoe(grids) if self.samoe is not None else x_c  # x_cls = x_p + x_c
+        x_cls, x_a = x_c, None
+        if self.samoe is not None:
+            x_a = self.samoe.context(grids)
+            x_cls = x_c + self.samoe.mix(x_a)  # x_cls = x_p + x_c
         s_txt = anomaly_probability(x_cls, text, tau)
         scores = s_txt + maps.flatten(1).amax(dim=1)  # s_hat = s_txt + max(M)
         return WMoEOutput(scores=scores, maps=maps, layer_maps=lm, text_scores=s_txt, mu=ctds.mu,
-                          logvar=ctds.logvar, recon=ctds.recon, target=ctds.target)
+                          logvar=ctds.logvar, recon=ctds.recon, target=ctds.target, moe_context=x_a)

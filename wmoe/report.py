@@ -1,9 +1,9 @@
-"""The demo's report.md: settings, timings, the metrics table and the prediction heatmaps."""
+"""The demo's report.md: settings, timings, the metrics table, SA-MoE expert utilization and the prediction heatmaps."""
 from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -13,7 +13,9 @@ from .metrics import MetricsTable
 
 
 def write_report(out: Path, table: MetricsTable, pred: Dict[str, Any], times: Dict[str, float], model_cfg: Any,
-                 demo_cfg: Any) -> Path:
+                 demo_cfg: Any, train_usage: Optional[List[Dict[str, Any]]] = None) -> Path:
+    """``out/report.md``; ``train_usage`` = the per-epoch records of ``expert_usage.json`` (drawn with the
+    evaluation's utilization into ``out/expert_usage.png``)."""
     lines = [
         "# wmoe demo report", "",
         f"wmoe {__version__}, torch {torch.__version__}, {platform.machine()} "
@@ -32,6 +34,7 @@ def write_report(out: Path, table: MetricsTable, pred: Dict[str, Any], times: Di
         "## Zero-shot metrics (%)", "", table.to_markdown(), "",
         "I-: image level, P-: pixel level. P-PRO is the MVTec reference PRO (integral to FPR 0.3); "
         "P-PRO(binned) is AnomalyCLIP's 200-threshold variant.", "",
+        *_usage_section(out, table, model_cfg, train_usage or []),
         "## Predictions", "",
         "| image | score | anomalous | heatmap |", "|---|---:|---|---|",
     ]
@@ -45,3 +48,23 @@ def write_report(out: Path, table: MetricsTable, pred: Dict[str, Any], times: Di
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _usage_section(out: Path, table: MetricsTable, model_cfg: Any, train_usage: List[Dict[str, Any]]) -> List[str]:
+    from .expert_health import usage_markdown
+    from .usage_plot import draw_usage_grid
+
+    usage = table.extra.get("expert_usage")
+    if not usage:
+        return []
+    rows = [(f"ep {e['epoch']}", e) for e in train_usage] + [("eval", usage["all"])]
+    draw_usage_grid(rows, out / "expert_usage.png")
+    lines = [usage_markdown(usage["all"], usage.get("per_class")).rstrip("\n"), "",
+             f"ESB weight {model_cfg.moe_balance}, EIR weight {model_cfg.moe_repulsion} (0 = off, the paper). "
+             "Selection per training epoch and on the held-out evaluation:", "", "![](expert_usage.png)", ""]
+    if train_usage:
+        lines += ["| epoch | evenness | effective experts | experts' output cos-sim | unused |", "|---:|---:|---:|---:|---|"]
+        lines += [f"| {e['epoch']} | {e['usage_evenness']:.3f} | {e['effective_experts']:.2f} | "
+                  f"{e['output_similarity']:+.3f} | {e['unused_experts'] or '–'} |" for e in train_usage]
+        lines.append("")
+    return lines

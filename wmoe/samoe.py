@@ -47,10 +47,13 @@ class SAMoE(nn.Module):
         return torch.cat([a(g.mean(dim=(1, 2))) for a, g in zip(self.adapters, grids)], dim=-1)
 
     def route(self, x_a: Tensor):
-        """Router weights and expert indices (B, k) — exposed for the balance statistics and tests."""
+        """Router weights and expert indices (B, k), for the utilization statistics (wmoe.expert_health) and tests."""
         return moe_router(x_a, self.router.weight, self.router.bias, self.top_k, kernels=self.kernels)
 
-    def forward(self, grids: Sequence[Tensor]) -> Tensor:
-        x_a = self.context(grids)
+    def mix(self, x_a: Tensor) -> Tensor:
+        """``x_p = sum_k w_k E_k(x_a)`` (Eq. 8) from the contextual token ``x_a`` (B, E)."""
         return moe_experts(x_a, self.router.weight, self.router.bias, self.w1, self.b1, self.w2, self.b2, self.top_k,
                            kernels=self.kernels)
+
+    def forward(self, grids: Sequence[Tensor]) -> Tensor:
+        return self.mix(self.context(grids))

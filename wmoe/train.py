@@ -25,6 +25,7 @@ from .config import ModelConfig
 from .data import AnomalyDataset, DataError, SkippedFiles, collate
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .errors import NonFiniteError
+from .expert_health import USAGE_FILE, TrainingHealth, usage_line
 from .losses import total_loss
 from .model import WMoECLIP
 from .optim_state import load_optimizer, write_optimizer
@@ -108,6 +109,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
     start_step, history = 0, []
+    health = TrainingHealth(model.samoe, model_cfg.moe_balance, model_cfg.moe_repulsion)  # ESB/EIR, utilization
     if cfg.resume:
         if not ckpt_path.is_file():
             raise DataError(f"cannot resume: {ckpt_path} does not exist")
@@ -118,6 +120,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
         model.load_state_dict(tensors, strict=False)
         progress, rng = load_optimizer(opt, optim_path)
         start_step, history = int(progress["step"]), list(progress.get("history", []))
+        health.load_state(progress.get("expert_health"))
         torch.set_rng_state(rng)
     steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * dist_info.world_size))
     total_steps = steps_per_epoch * cfg.epochs
@@ -164,7 +167,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.startswith("cuda")):
                 out = train_model(images)
             _check_finite(step + 1, cfg, out_dir, scores=out.scores, maps=out.maps)
-            terms = total_loss(out, labels, masks)
+            terms = total_loss(out, labels, masks, health.regularizers(out.moe_context))
             _check_finite(step + 1, cfg, out_dir, loss=terms["loss"])
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -177,15 +180,18 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
                 bar.update(1)
                 bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "global", "local", "kl", "rec") if k in rec})
             end_of_epoch = step % steps_per_epoch == 0
+            usage = health.end_epoch(epoch + 1, step) if end_of_epoch else None
+            if usage is not None and dist_info.is_main:
+                (bar.write if bar is not None else print)(f"epoch {epoch + 1}: {usage_line(usage)}")
             if end_of_epoch or step >= total_steps:
                 _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info,
-                      time.time() - t0)
+                      time.time() - t0, health)
             if step >= total_steps or end_of_epoch:
                 break
     if bar is not None:
         bar.close()
     if step == start_step and dist_info.is_main and not ckpt_path.exists():
-        _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info, 0.0)
+        _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info, 0.0, health)
     if len(skipped) and dist_info.is_main:
         print(skipped.summary())
     barrier(dist_info)
@@ -193,23 +199,27 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
 
 
 def _save(model, opt, cfg: TrainConfig, ckpt_path: Path, optim_path: Path, step: int, steps_per_epoch: int,
-          history: List[Dict[str, float]], skipped: SkippedFiles, dist_info: DistInfo, seconds: float) -> None:
+          history: List[Dict[str, float]], skipped: SkippedFiles, dist_info: DistInfo, seconds: float,
+          health: TrainingHealth) -> None:
     if not dist_info.is_main:
         return
     tc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     extra = {"step": step, "epoch": step / steps_per_epoch, "train_config": tc, "skipped_files": len(skipped),
              "final_loss": history[-1]["loss"] if history else None, "world_size": dist_info.world_size,
              "train_seconds": round(seconds, 2), **cfg.extra}
+    if health.epochs:
+        extra["expert_usage"] = health.epochs[-1]  # the last complete epoch; every epoch: OUT/expert_usage.json
     for name, p in model.trainable_state_dict().items():
         if not torch.isfinite(p).all():  # never let a diverged model replace the last good checkpoint
             raise _diverged(step, f"parameter {name}", cfg, ckpt_path.parent)
     meta = checkpoint_meta(model, extra)
-    progress = {"step": step, "history": history[-1000:]}
+    progress = {"step": step, "history": history[-1000:], "expert_health": health.state()}
     checkpoint_set.save(ckpt_path.parent, step, {
         checkpoint_set.WEIGHTS: lambda p, sid: write_weights(model, p, {**meta, "save_id": sid}),
         checkpoint_set.SIDECAR: lambda p, sid: write_sidecar(p, {**meta, "save_id": sid}),
         checkpoint_set.OPTIMIZER: lambda p, sid: write_optimizer(opt, p, progress, sid),
     })
+    health.write(ckpt_path.parent / USAGE_FILE)  # a readable view of progress["expert_health"]
 
 
 def _diverged(step: int, what: str, cfg: TrainConfig, out_dir: Path) -> NonFiniteError:

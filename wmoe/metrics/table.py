@@ -94,11 +94,12 @@ class MetricsTable:
         rows = [MetricsRow(**{k: (math.nan if v is None else v) for k, v in r.items()}) for r in doc["rows"]]
         return cls(rows=rows, extra=doc.get("extra", {}))
 
-    def write(self, out_dir, stem: str = "metrics") -> Dict[str, Path]:
+    def write(self, out_dir, stem: str = "metrics", appendix: str = "") -> Dict[str, Path]:
+        """``stem``.md (the table, then ``appendix``: further markdown sections), .csv and .json."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
-        atomic_write_text(paths["md"], self.to_markdown())
+        atomic_write_text(paths["md"], self.to_markdown() + appendix)
         atomic_write_text(paths["csv"], self.to_csv())
         atomic_write_text(paths["json"], self.to_json())
         return paths
