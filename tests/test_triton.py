@@ -287,18 +287,52 @@ def load_test(port: int, n_clients: int = 8, n_requests: int = 50, timeout_s: fl
             "p99_ms": float(np.percentile(lat, 99) * 1e3)}
 
 
-def test_bounded_load(server, clients, capsys):
+def test_bounded_load(exported, server, clients, capsys):
+    """8 clients x 50 one-frame requests (and 1 client x 50 as the unbatched baseline): every request answered, the
+    batcher busy. Prints the figures docs/serving.md quotes (speed is reported, not asserted)."""
     g = clients["grpc"][1]
+    one = load_test(server.grpc_port, n_clients=1)
     inf0, exe0, _ = _stats(g)
     r = load_test(server.grpc_port)
     inf1, exe1, _ = _stats(g)
+    assert one["errors"] == 0 and one["requests"] == 50, one
     assert r["errors"] == 0 and r["requests"] == 8 * 50, r
     assert inf1 - inf0 == r["requests"]
     r["mean_batch"] = (inf1 - inf0) / max(exe1 - exe0, 1)
+    frame = np.zeros((1, *FRAME, 3), np.uint8)
+    with Runtime.open(exported["onnx"], threads=1) as rt:  # in-process, same ONNX, one thread like the server's
+        rt.score(frame)
+        t = time.perf_counter()
+        for _ in range(50):
+            rt.score(frame)
+        direct_ms = (time.perf_counter() - t) / 50 * 1e3
+    fmt = lambda d: json.dumps({k: round(v, 2) for k, v in d.items()})  # noqa: E731
     with capsys.disabled():
-        print(f"\nTriton load test (CPU, tiny model, python backend, {FRAME[0]}x{FRAME[1]} frames, 8 clients x 50 "
-              f"requests, 1 frame each): {json.dumps({k: round(v, 2) for k, v in r.items()})}")
+        print(f"\nTriton load test (CPU, tiny model, python backend, {FRAME[0]}x{FRAME[1]} frames, 1 frame per "
+              f"request, gRPC):\n  1 client  x 50: {fmt(one)}\n  8 clients x 50: {fmt(r)}\n"
+              f"  in-process wmoe.runtime, batch 1: {direct_ms:.2f} ms/frame")
     assert r["mean_batch"] > 1.0  # 8 concurrent clients keep the dynamic batcher busy
+
+
+def test_serving_doc_client_example_runs(exported, server, clients):
+    """docs/serving.md's client example, run as written against the live server (port and model name substituted)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "InferenceServerClient" in b]
+    code = block.replace('"127.0.0.1:8001"', f'"127.0.0.1:{server.grpc_port}"').replace('"wmoe"', '"wmoe_python"')
+    assert code != block
+    rng = np.random.default_rng()
+    cams = rng.integers(0, 256, (2, *FRAME, 3), dtype=np.uint8)
+    ns = {"cam0_rgb": cams[0], "cam1_rgb": cams[1]}
+    exec(compile(code, "docs/serving.md", "exec"), ns)
+    ns["client"].close()
+    with Runtime.open(exported["onnx"]) as rt:
+        ref = rt.score(cams)
+    assert ns["decision"].threshold == THRESHOLD
+    np.testing.assert_allclose(ns["scores"], ref.scores, rtol=1e-5, atol=1e-5)
+    assert ns["decision"].verdicts(ns["scores"]) == ref.verdicts and ns["maps"].shape == (2, SIZE, SIZE)
 
 
 def test_clean_shutdown(server, clients):
