@@ -10,8 +10,13 @@ def _onnx(a: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
     frame = _hw(a.frame_size)
     path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=bool(frame), frame_size=frame,
-                       opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor)
-    print(f"wrote {path} ({a.flavor}, {a.precision}, exporter {a.exporter})")
+                       opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor,
+                       threshold=a.threshold, pixel_threshold=a.pixel_threshold)
+    from wmoe.contract import ModelMeta
+    from wmoe.onnx_meta import read_onnx_metadata
+    d = ModelMeta.from_metadata(read_onnx_metadata(path), str(path)).decision
+    thr = f"threshold {d.threshold:.6g}" if d.threshold is not None else "no threshold (run wmoe eval or pass --threshold)"
+    print(f"wrote {path} ({a.flavor}, {a.precision}, exporter {a.exporter}, {thr})")
     return 0
 
 
@@ -85,6 +90,10 @@ def register(subparsers) -> None:
     o.add_argument("--exporter", choices=["dynamo"], default="dynamo",
                    help="torch.onnx dynamo exporter (the TorchScript one gives a wrong graph for this model)")
     o.add_argument("--pretrained", default=None)
+    o.add_argument("--threshold", type=float, default=None,
+                   help="image threshold stored in the model (default: CHECKPOINT.threshold.json from wmoe eval)")
+    o.add_argument("--pixel-threshold", type=float, default=None,
+                   help="map threshold for the defect mask stored in the model (default: none)")
     o.set_defaults(func=_onnx)
     t = sub.add_parser("trt", help="ONNX -> TensorRT engine (+ JSON sidecar)")
     t.add_argument("onnx")

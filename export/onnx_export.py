@@ -10,7 +10,6 @@ Outputs are the Detector's fields ``scores`` (N,), ``maps`` (N,S,S), ``text_scor
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -23,7 +22,7 @@ from wmoe.checkpoint import CheckpointError, load_model
 from wmoe.errors import WMoEError
 from wmoe.kernels import KernelChoice, Kernels
 from wmoe.contract import (FLAVORS, INPUT_FRAMES, INPUT_IMAGES, OUTPUT_NAMES, ContractError, Decision, ModelMeta,
-                           read_decision_file, threshold_path)
+                           read_decision_file, sha256_file, threshold_path)
 from wmoe.model import WMoECLIP
 
 from .wrapper import ExportWrapper
@@ -47,14 +46,6 @@ def _no_mha_fastpath() -> Iterator[None]:
     finally:
         if mha:
             mha.set_fastpath_enabled(old)
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path], *, precision: str = "fp32",

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from wmoe.checkpoint import read_checkpoint, save_checkpoint
+from wmoe.checkpoint import save_checkpoint
 from wmoe.config import ModelConfig
+from wmoe.contract import Decision, sha256_file, threshold_path
+from wmoe.detector import Detector
 from wmoe.data import make_demo_dataset, write_meta
 from wmoe.evaluate import evaluate
 from wmoe.model import WMoECLIP
@@ -29,6 +31,7 @@ def data(tmp_path):
 
 
 def test_eval_writes_tables_and_stores_threshold(ckpt, data, tmp_path):
+    before = ckpt.read_bytes()
     table = evaluate(ckpt, data, out_dir=tmp_path / "out", progress=False)
     assert [r.name for r in table.rows] == ["cell", "gravel"]
     for r in table.rows:
@@ -40,8 +43,13 @@ def test_eval_writes_tables_and_stores_threshold(ckpt, data, tmp_path):
         assert math.isnan(r.pixel_pro_binned) or 0.0 <= r.pixel_pro_binned <= 1.0
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert doc["extra"]["skipped_files"] == 0 and doc["mean"]["name"] == "mean"
-    info, _ = read_checkpoint(ckpt)
-    assert info.extra["threshold"] == pytest.approx(doc["extra"]["threshold"])
+    # the decision goes beside the checkpoint; the checkpoint (whose hash exports record) is not rewritten
+    assert ckpt.read_bytes() == before
+    dec = Decision.from_json(threshold_path(ckpt).read_text())
+    assert dec.threshold == pytest.approx(doc["extra"]["threshold"])
+    assert dec.calibration["n_images"] == 12 and dec.calibration["n_anomalous"] == 6
+    assert dec.calibration["classes"] == ["cell", "gravel"] and dec.calibration["checkpoint_sha256"] == sha256_file(ckpt)
+    assert Detector.from_checkpoint(ckpt).threshold == dec.threshold
     # deterministic: a second run gives the same table
     again = evaluate(ckpt, data, progress=False, store_threshold=False)
     assert again.rows == table.rows

@@ -12,7 +12,7 @@ import torch
 
 from wmoe.checkpoint import CheckpointError, save_checkpoint
 from wmoe.config import ModelConfig
-from wmoe.contract import ContractError
+from wmoe.contract import ContractError, Decision, ModelMeta, threshold_path
 from wmoe.export.onnx_export import ExportError, export_onnx
 from wmoe.onnx_meta import read_onnx_metadata as read_metadata
 from wmoe.runtime.session import make_session
@@ -35,7 +35,12 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(ckpt, tmp_path_factory):
-    return export_onnx(ckpt, tmp_path_factory.mktemp("onnx") / "m.onnx")
+    # the decision wmoe eval writes beside the checkpoint is picked up by the export
+    threshold_path(ckpt).write_text(Decision(threshold=0.42, calibration={"n_images": 7}).to_json())
+    try:
+        return export_onnx(ckpt, tmp_path_factory.mktemp("onnx") / "m.onnx")
+    finally:
+        threshold_path(ckpt).unlink()
 
 
 def _torch(ckpt, x):
@@ -65,6 +70,8 @@ def test_metadata_checker_and_exporter_pinned(ckpt, exported):
     assert meta["wmoe.exporter"] == "dynamo" and meta["wmoe.flavor"] == "portable"
     assert meta["wmoe.input"] == "images" and int(meta["wmoe.image_size"]) == SIZE
     assert ModelConfig.from_dict(json.loads(meta["wmoe.config"])) == ModelConfig.tiny(image_size=SIZE)
+    m = ModelMeta.from_metadata(meta)
+    assert m.decision.threshold == 0.42 and m.decision.calibration == {"n_images": 7} and m.input == "images"
     ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
     assert "TopK" in ops and all(n.domain in ("", "ai.onnx", "pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common")
                                   for n in proto.graph.node)

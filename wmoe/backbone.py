@@ -8,7 +8,6 @@ channels.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import warnings
 import zipfile
@@ -55,17 +54,6 @@ def default_feature_layers(depth: int) -> Tuple[int, ...]:
     if depth < 4:
         raise BackboneError(f"the vision tower has {depth} layers; WMoE-CLIP needs at least 4")
     return tuple(max(1, round(depth * q / 4)) for q in (1, 2, 3, 4))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def _load_state_dict(path: Path) -> Dict[str, Tensor]:
@@ -170,6 +158,7 @@ class CLIPBackbone(nn.Module):
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as e:
                 raise BackboneError(f"{path} does not match the {name} architecture: {str(e)[:600]}") from e
+            from .contract import sha256_file
             self.weights_sha256 = sha256_file(path)
         self.clip = model
         self.clip.requires_grad_(False)

@@ -138,7 +138,8 @@ def load_model(path: Union[str, Path], pretrained: Optional[str] = None, map_loc
         path: the .safetensors checkpoint.
         pretrained: the backbone weights file, required when the checkpoint was trained on one.
     """
-    from .backbone import BackboneError, sha256_file
+    from .backbone import BackboneError
+    from .contract import sha256_file
     from .model import WMoECLIP
 
     path = Path(path)

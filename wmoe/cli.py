@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sigma", type=float, default=4.0)
     e.add_argument("--no-pro", action="store_true", help="skip the PRO metrics")
     e.add_argument("--no-store-threshold", action="store_true",
-                   help="do not store the F1-max threshold in the checkpoint")
+                   help="do not write the F1-max threshold to CKPT.threshold.json (the checkpoint is never rewritten)")
     model_args(e)
     e.set_defaults(func=_cmd_eval)
 

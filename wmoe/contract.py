@@ -11,6 +11,7 @@ vocabulary, the ONNX metadata keys (:class:`ModelMeta`), the decision that trave
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -72,6 +73,15 @@ def parse_precision(name: str) -> str:
     if n not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
     return n
+
+
+def sha256_file(path: Union[str, Path], chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file (how checkpoint, ONNX and weights hashes in metadata and sidecars are computed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""):
+            h.update(b)
+    return h.hexdigest()
 
 
 def is_image_name(name: Union[str, Path]) -> bool:

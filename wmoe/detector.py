@@ -85,8 +85,10 @@ class Detector:
     def from_checkpoint(cls, path: Union[str, Path], pretrained: Optional[str] = None, **kwargs: Any) -> "Detector":
         model = load_model(path, pretrained=pretrained)
         thr = kwargs.pop("threshold", None)
-        if thr is None:
-            thr = getattr(model, "checkpoint_info").extra.get("threshold")
+        if thr is None:  # the decision wmoe eval wrote beside the checkpoint; older checkpoints kept it inside
+            from .contract import read_decision_file, threshold_path
+            tp = threshold_path(path)
+            thr = read_decision_file(tp).threshold if tp.is_file() else model.checkpoint_info.extra.get("threshold")
         return cls(model, threshold=thr, **kwargs)
 
     @property

@@ -6,7 +6,6 @@ the maps smoothed with a Gaussian of σ = 4, as the peers evaluate.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -16,7 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .atomic import atomic_write_text
+from .checkpoint import load_model
+from .contract import Decision, sha256_file, threshold_path
 from .data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
 from .errors import NonFiniteError
 from .expert_health import ExpertUsage, moe_routing, usage_line, usage_markdown
@@ -62,9 +63,10 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
              store_threshold: bool = True, progress: bool = True) -> MetricsTable:
     """Evaluate on the test split of ``data_root``; write metrics.md/.csv/.json and skipped.json to ``out_dir``.
 
-    With a checkpoint path and ``store_threshold``, the F1-max threshold over all evaluated images (image scores) is
-    written back into the checkpoint's ``extra["threshold"]`` (atomically), where ``wmoe predict`` and
-    :class:`wmoe.Detector` find it.
+    With a checkpoint path and ``store_threshold``, the F1-max threshold over all evaluated images (image scores) and
+    a summary of the data it was calibrated on are written to ``<checkpoint>.threshold.json`` beside it
+    (:class:`wmoe.contract.Decision`, atomically), where ``wmoe predict``, :class:`wmoe.Detector` and
+    ``wmoe export`` find it. The checkpoint itself is never rewritten (its SHA-256, recorded in exports, stays valid).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt_path = None
@@ -150,8 +152,11 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         table.write(out, appendix=appendix)
         skipped.write(out / "skipped.json")
     if ckpt_path is not None and store_threshold and not math.isnan(threshold):
-        info, _ = read_checkpoint(ckpt_path)
-        save_checkpoint(model.cpu() if device != "cpu" else model, ckpt_path,
-                        extra={**info.extra, "threshold": threshold, "threshold_source": json.dumps(
-                            {"data_root": str(root), "classes": chosen})}, save_id=info.save_id)
+        calib = {"data_root": str(root), "classes": chosen, "n_images": int(labels.size),
+                 "n_anomalous": int(np.asarray(labels).sum()), "image_f1_max": overall["f1_max"],
+                 "image_auroc": overall["auroc"], "image_size": model.image_size,
+                 "checkpoint_sha256": sha256_file(ckpt_path),
+                 "rule": "F1-max over all evaluated images; anomalous when score >= threshold"}
+        atomic_write_text(threshold_path(ckpt_path),
+                          Decision(threshold=threshold, calibration=calib).to_json() + "\n")
     return table

@@ -1,7 +1,7 @@
 """Score images with a trained checkpoint: scores.csv/.json, a verdict against a threshold, heatmap overlays.
 
-The threshold comes from ``--threshold`` or, failing that, from the checkpoint (the F1-max threshold stored by
-``wmoe eval``). A file that cannot be read is listed with its reason; the other images are still scored.
+The threshold comes from ``--threshold`` or, failing that, from ``<checkpoint>.threshold.json`` (the F1-max
+threshold written by ``wmoe eval``). A file that cannot be read is listed with its reason; the other images are still scored.
 """
 from __future__ import annotations
 
