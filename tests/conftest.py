@@ -21,6 +21,19 @@ def tiny_model():
     return WMoECLIP(ModelConfig.tiny()).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory):
+    """A tiny model exported once per session with a stored decision: (checkpoint, onnx path)."""
+    from wmoe.checkpoint import save_checkpoint
+    from wmoe.export.onnx_export import export_onnx
+    from wmoe.model import WMoECLIP
+
+    d = tmp_path_factory.mktemp("tiny_onnx")
+    torch.manual_seed(1)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "m.safetensors")
+    return ckpt, export_onnx(ckpt, d / "m.onnx", threshold=0.25, pixel_threshold=0.5)
+
+
 @pytest.fixture()
 def fresh_tiny():
     from wmoe.model import WMoECLIP

@@ -82,7 +82,8 @@ def test_overflowing_model_gets_no_verdict_in_detector_predict_and_eval(corpus, 
 
 # ---------------------------------------------------------------- bounded memory: decoding and overlays
 def test_huge_images_are_decoded_reduced_or_refused(tmp_path, monkeypatch):
-    from wmoe.data import DataError, images
+    from wmoe import image_io as images
+    from wmoe.data import DataError
 
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 200)
     arr = np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8)

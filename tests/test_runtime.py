@@ -7,23 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
 from wmoe.detector import Detector
-from wmoe.export.onnx_export import export_onnx
-from wmoe.model import WMoECLIP
 from wmoe.runtime import FrameError, Runtime
 
 SIZE = 112
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rt")
-    torch.manual_seed(1)
-    model = WMoECLIP(ModelConfig.tiny(image_size=SIZE)).eval()
-    ckpt = save_checkpoint(model, d / "m.safetensors")
-    return ckpt, export_onnx(ckpt, d / "m.onnx", threshold=0.25, pixel_threshold=0.5)
+def model_files(tiny_onnx):
+    return tiny_onnx
 
 
 def test_runtime_matches_detector(model_files):

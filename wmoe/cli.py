@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: top-level modules of the ``model`` extra (pyproject.toml): missing in a runtime-only install
+MODEL_STACK = {"torch", "open_clip", "safetensors", "scipy", "sklearn", "skimage", "tqdm", "torchvision"}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -192,6 +196,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if a.debug:
             raise
         print(f"wmoe {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a runtime-only install (pip install "wmoe[runtime]") has no torch stack
+        if a.debug or (e.name or "").split(".")[0] not in MODEL_STACK:
+            raise
+        print(f"wmoe {a.command}: error: this command needs the model stack ({e.name} is not installed): "
+              f"pip install \"wmoe[model]\" (scoring exported models needs only wmoe[runtime]: see wmoe-camera)",
+              file=sys.stderr)
         return 2
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 from .errors import WMoEError
 
 from .contract import CLIP_MEAN, CLIP_STD
+from .image_io import pil_to_rgb_array
 
 
 class InputError(WMoEError, ValueError):
@@ -49,6 +50,10 @@ def _from_tensor(t: Tensor, where: str) -> Tensor:
         raise InputError(f"{where}: float tensors must be CxHxW with C = 1 or 3, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise InputError(f"{where}: image contains NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:  # e.g. 0..255 values in a float tensor: clamping would make it all white
+        raise InputError(f"{where}: float tensors must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}]"
+                         + ("; divide 0..255 values by 255" if hi > 1.0 else ""))
     return t.float().expand(3, -1, -1) if t.shape[0] == 1 else t.float()
 
 
@@ -77,7 +82,7 @@ def to_chw_list(images: Any) -> List[Tensor]:
     for i, img in enumerate(images):
         where = f"image {i}"
         if Image is not None and isinstance(img, Image.Image):
-            img = np.asarray(img.convert("RGB"))
+            img = pil_to_rgb_array(img)  # the one loader's conversion: 16-bit/float scaled, never saturated
         if isinstance(img, np.ndarray):
             t = _from_numpy(img, where)
         elif isinstance(img, Tensor):

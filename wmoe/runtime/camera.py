@@ -95,11 +95,11 @@ def open_source(source: str, warn: Callable[[str], None]) -> Iterator[Frame]:
 
 
 def _folder(files: List[Path], warn: Callable[[str], None]) -> Iterator[Frame]:
-    from ..image_io import ImageError, load_image
+    from ..image_io import DataError, load_image
     for i, f in enumerate(files):
         try:
             rgb = load_image(f)
-        except ImageError as e:
+        except DataError as e:
             warn(str(e))
             yield Frame(i, f.name, None)  # type: ignore[arg-type]  # counted as unreadable
             continue
