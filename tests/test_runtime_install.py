@@ -1,0 +1,144 @@
+"""The runtime installs and runs without torch: build the wheel, install it into an empty venv, give that venv only
+the distributions the wheel declares for ``wmoe[runtime]`` (their installed copies, linked: no download), then score
+frames with a model exported earlier in this run and run the camera loop from the installed package."""
+import importlib.metadata as md
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_STACK = {"torch", "open-clip-torch", "triton", "torchvision", "scipy", "scikit-learn", "scikit-image"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requires(wheel: Path, extras=("runtime",)):
+    meta = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(meta).decode()
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = line.split(":", 1)[1].strip()
+        m = re.search(r'extra\s*==\s*"([^"]+)"', req)
+        if m is None or m.group(1) in extras:
+            out.append(_norm(re.match(r"[A-Za-z0-9_.\-]+", req).group(0)))
+    return out
+
+
+def _closure(names):
+    """Installed distributions needed by ``names`` (markers evaluated without extras), recursively."""
+    from packaging.requirements import Requirement
+    seen, todo = set(), list(names)
+    while todo:
+        n = _norm(todo.pop())
+        if n in seen:
+            continue
+        seen.add(n)
+        for r in md.requires(n) or []:
+            req = Requirement(r)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def _link_dists(dists, target: Path):
+    """Symlink each distribution's top-level files (and its dist-info) into ``target``."""
+    target.mkdir()
+    for n in dists:
+        d = md.distribution(n)
+        base = Path(d.locate_file(""))
+        tops = {Path(str(f)).parts[0] for f in d.files or [] if not str(f).startswith("..")}
+        for t in tops:
+            if t == "bin" or t.endswith(".pth") or (target / t).exists():
+                continue
+            if (base / t).exists():
+                (target / t).symlink_to(base / t)
+
+
+@pytest.fixture(scope="module")
+def runtime_venv(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("install")
+    src = tmp / "src"  # build from a copy: the work tree gets no build/ or egg-info
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for d in ("wmoe", "kernels", "export", "bench"):
+        shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                        "-q", "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wheel = next((tmp / "dist").glob("wmoe-*.whl"))
+    deps = _requires(wheel)
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
+                        str(wheel)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    closure = _closure(deps)
+    _link_dists(closure, tmp / "deps")
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "wmoe_runtime_deps.pth").write_text(str(tmp / "deps") + "\n")
+    return {"python": py, "bin": venv / "bin", "wheel": wheel, "deps": deps, "closure": closure, "tmp": tmp}
+
+
+def test_wheel_declares_a_torch_free_runtime(runtime_venv):
+    assert sorted(runtime_venv["deps"]) == ["numpy", "onnxruntime", "pillow"]
+    assert not runtime_venv["closure"] & MODEL_STACK
+    model = set(_requires(runtime_venv["wheel"], extras=("model",)))
+    assert {"torch", "open-clip-torch"} <= model  # the model stack is one extra away
+
+
+def test_installed_runtime_scores_frames_and_runs_the_camera_loop(runtime_venv, tiny_onnx, tmp_path):
+    py, onnx_path = runtime_venv["python"], tiny_onnx[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    code = f"""
+import sys, numpy as np
+try:
+    import torch
+    raise SystemExit("torch importable in the runtime venv")
+except ImportError:
+    pass
+import wmoe.runtime
+assert wmoe.runtime.__file__.startswith(sys.prefix), wmoe.runtime.__file__  # the installed package, not the tree
+from wmoe.runtime import Runtime
+res = Runtime.open({str(onnx_path)!r}).score(np.load({str(tmp_path / 'frames.npy')!r}))
+np.save({str(tmp_path / 'scores.npy')!r}, res.scores)
+print(res.verdicts)
+assert not [m for m in ("torch", "onnx", "open_clip", "triton") if m in sys.modules]
+"""
+    r = subprocess.run([str(py), "-I", "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    from wmoe.runtime import Runtime
+    want = Runtime.open(onnx_path).score(frames)
+    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), want.scores)
+    assert r.stdout.strip() == str(want.verdicts)  # the threshold stored at export decides, no flags
+    src = tmp_path / "cam"
+    src.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(src / f"{i}.png")
+    r = subprocess.run([str(runtime_venv["bin"] / "wmoe-camera"), "--source", str(src), "--model", str(onnx_path),
+                        "--batch", "2", "--drop", "block", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "final: frames 3:" in r.stdout and "dropped 0 (policy block)" in r.stdout
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    r = subprocess.run([str(runtime_venv["bin"] / "wmoe"), "train", str(tmp_path)], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 2 and 'pip install "wmoe[model]"' in r.stderr, r.stderr[-3000:]
