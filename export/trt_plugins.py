@@ -9,8 +9,9 @@ Plugins (namespace ``wmoe``; op types and attributes as :mod:`wmoe.export.plugin
 The PTX comes from :func:`wmoe.kernels.aot.compile_all` (its ``manifest.json``). Every artifact is checked here
 before it goes into an engine (:func:`check_plugin_artifact`): arguments ordered inputs / int32 scalars / outputs
 and matching the plugin's I/O, no Triton global or profile scratch (TensorRT passes null for the two hidden
-trailing pointer arguments), no TMA descriptors, PTX ``.version`` within what the driver's JIT accepts
-(:func:`cap_ptx_version` rewrites it when the kernel uses nothing newer). Everything except :func:`register_plugins`
+trailing pointer arguments), no TMA descriptors, at most 48 KB of shared memory (:data:`PLUGIN_SMEM_LIMIT`), PTX
+``.version`` lowered to the lowest ISA that ptxas assembles the kernel at (:func:`lowest_ptx_isa`) and refused
+when the driver's JIT is older. Everything except :func:`register_plugins`
 runs without TensorRT and is unit-tested; :func:`register_plugins` runs in CI against TensorRT's real
 ``tensorrt.plugin`` frontend (``tests/test_trt_frontend.py``).
 
@@ -31,6 +32,11 @@ from .onnx_export import ExportError
 from .plugin_graph import DOMAIN, MOE_OP, WCMA_OP
 
 MIN_TRT_AOT = (10, 9)  # tensorrt.plugin.aot_impl
+# Dynamic shared memory a plugin kernel may use: above 48 KB a kernel needs cudaFuncSetAttribute(
+# MaxDynamicSharedMemorySize), which Triton's own launcher calls and TensorRT's AOT plugin launch is not documented
+# to call. Every plugin kernel and dtype stays within it (kernels/aot.py DTYPE_CONSTEXPRS), so fp32 and fp16
+# engines both work.
+PLUGIN_SMEM_LIMIT = 48 * 1024
 
 # CUDA driver version (major, minor) -> the newest PTX ISA its JIT compiles (CUDA release notes / PTX ISA docs).
 DRIVER_PTX = {(11, 8): (7, 8), (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2), (12, 3): (8, 3), (12, 4): (8, 4),
@@ -99,13 +105,58 @@ def driver_ptx_limit(driver_version: Union[int, Tuple[int, int]]) -> Tuple[int, 
     return DRIVER_PTX[known[-1]]
 
 
-def cap_ptx_version(ptx: str, limit: Tuple[int, int]) -> str:
-    """Lower ``.version`` to ``limit`` when the PTX is newer. Triton stamps its newest ISA whatever the kernel uses;
-    ptxas/the driver JIT reject instructions the lowered ISA lacks, so an engine build fails loudly rather than
-    running wrong code (TMA and other sm_90 features are refused earlier by :func:`check_plugin_artifact`)."""
-    if ptx_version(ptx) <= tuple(limit):
-        return ptx
-    return re.sub(r"^(\s*\.version\s+)\d+\.\d+", rf"\g<1>{limit[0]}.{limit[1]}", ptx, count=1, flags=re.M)
+# PTX ISA versions in order (PTX ISA docs); the lowest one a kernel assembles at is found with ptxas.
+PTX_ISAS = tuple((7, m) for m in range(9)) + tuple((8, m) for m in range(9)) + ((9, 0), (9, 1))
+
+
+def set_ptx_version(ptx: str, version: Tuple[int, int]) -> str:
+    """The PTX with its ``.version`` directive set to ``version``."""
+    ptx_version(ptx)  # has one
+    return re.sub(r"^(\s*\.version\s+)\d+\.\d+", rf"\g<1>{version[0]}.{version[1]}", ptx, count=1, flags=re.M)
+
+
+def _assembles(ptx: str, version: Tuple[int, int], arch: str) -> bool:
+    import tempfile
+
+    from wmoe.kernels.aot import ptxas_usage
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.ptx"
+        path.write_text(set_ptx_version(ptx, version))
+        try:
+            ptxas_usage(path, arch)
+        except RuntimeError:
+            return False
+    return True
+
+
+def lowest_ptx_isa(ptx: str) -> Tuple[int, int]:
+    """The lowest PTX ISA at which this PTX assembles for its ``.target``, verified with the ptxas that ships with
+    Triton (binary search: a kernel that assembles at one ISA assembles at every later one). Triton stamps its newest
+    ISA whatever the kernel uses; the fp32 main WCMA kernel, e.g., needs 8.3 (``used_bytes_mask``)."""
+    m = re.search(r"^\s*\.target\s+(\w+)", ptx, re.M)
+    if not m:
+        raise ExportError("PTX has no .target directive")
+    arch, own = m.group(1), ptx_version(ptx)
+    cands = [v for v in PTX_ISAS if v < own] + [own]
+    if not _assembles(ptx, own, arch):
+        raise ExportError(f"PTX does not assemble for {arch} even at its own ISA {own[0]}.{own[1]} (ptxas from "
+                          "the installed Triton is older than the one that produced it?)")
+    lo, hi = 0, len(cands) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _assembles(ptx, cands[mid], arch):
+            hi = mid
+        else:
+            lo = mid + 1
+    return cands[hi]
+
+
+def driver_for_ptx(isa: Tuple[int, int]) -> Tuple[int, int]:
+    """The oldest CUDA driver (major, minor) whose JIT accepts PTX ISA ``isa``."""
+    ok = [d for d in sorted(DRIVER_PTX) if DRIVER_PTX[d] >= tuple(isa)]
+    if not ok:
+        raise ExportError(f"no known CUDA driver accepts PTX ISA {isa[0]}.{isa[1]}")
+    return ok[0]
 
 
 _TMA = re.compile(r"cp\.async\.bulk\.tensor|\.tensormap|tensormap\.|prefetch\.tensormap")
@@ -131,7 +182,11 @@ def check_plugin_artifact(art: Dict[str, Any], ptx: str, plugin: PluginKernel,
         problems.append("uses TMA descriptors (not supported by TensorRT AOT plugins)")
     if driver_limit is not None and ptx_version(ptx) > tuple(driver_limit):
         problems.append(f"PTX {'.'.join(map(str, ptx_version(ptx)))} is newer than the driver accepts "
-                        f"({driver_limit[0]}.{driver_limit[1]}): cap it with cap_ptx_version")
+                        f"({driver_limit[0]}.{driver_limit[1]}): lower it with set_ptx_version(lowest_ptx_isa)")
+    if int(art.get("shared_bytes", 0)) > PLUGIN_SMEM_LIMIT:
+        problems.append(f"needs {art['shared_bytes']} B of shared memory > {PLUGIN_SMEM_LIMIT} (48 KB): a TensorRT "
+                        "AOT launch does not opt in to more; compile it with smaller tiles (kernels/aot.py "
+                        "DTYPE_CONSTEXPRS)")
     return problems
 
 
@@ -148,6 +203,7 @@ class KernelStore:
         except ValueError as e:
             raise ExportError(f"{man}: damaged manifest ({e})") from e
         self.by_name = {a["name"]: a for a in self.manifest.get("artifacts", [])}
+        self._isa: Dict[str, Tuple[int, int]] = {}  # lowest assembling PTX ISA per artifact (ptxas is slow)
 
     def kernel(self, op: str, dtype: str, target: str, driver_limit: Optional[Tuple[int, int]] = None
                ) -> Tuple[Dict[str, Any], str]:
@@ -159,8 +215,15 @@ class KernelStore:
             raise ExportError(f"{self.dir}: no AOT kernel {name} (have: {sorted(self.by_name)}); compile it with "
                               f"python -m wmoe.kernels.aot --out {self.dir} --targets {target}")
         ptx = (self.dir / art["ptx"]).read_text()
-        if driver_limit is not None:
-            ptx = cap_ptx_version(ptx, driver_limit)
+        if name not in self._isa:
+            self._isa[name] = lowest_ptx_isa(ptx)
+        need = self._isa[name]
+        if driver_limit is not None and need > tuple(driver_limit):
+            d = driver_for_ptx(need)
+            raise ExportError(f"{self.dir / art['ptx']}: {art['kernel']} needs PTX ISA {need[0]}.{need[1]}, the CUDA "
+                              f"driver here accepts up to {driver_limit[0]}.{driver_limit[1]}: update the NVIDIA "
+                              f"driver to CUDA {d[0]}.{d[1]} or newer, or build the portable flavor")
+        ptx = set_ptx_version(ptx, need)  # the lowest ISA ptxas assembles it at: any driver that accepts it can
         problems = check_plugin_artifact(art, ptx, plugin, driver_limit)
         if problems:
             raise ExportError(f"{self.dir / art['ptx']}: unusable as TensorRT plugin {op}: " + "; ".join(problems))

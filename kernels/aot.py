@@ -75,6 +75,13 @@ def kernel_specs() -> Dict[str, tuple]:
     }
 
 
+# Per-dtype constexpr overrides. The fp32 main WCMA kernel at BLOCK_M = BLOCK_N = 32 takes 69,632 B of shared
+# memory; above 48 KB a kernel needs an opt-in (cudaFuncSetAttribute) that Triton's launcher does and a TensorRT
+# AOT plugin launch is not documented to do. 16 x 16 tiles take 34,816 B (the plugin limit is checked in
+# wmoe.export.trt_plugins.check_plugin_artifact).
+DTYPE_CONSTEXPRS = {("wcma_main", "fp32"): {"BLOCK_M": 16, "BLOCK_N": 16}}
+
+
 @dataclass
 class KernelArtifact:
     name: str
@@ -94,6 +101,20 @@ class KernelArtifact:
     ptx_version: str
     problems: List[str] = field(default_factory=list)  # plugin constraints violated: the artifact is unusable
     warnings: List[str] = field(default_factory=list)  # usable but slow (register spills)
+
+
+def ast_source(fn, signature: Dict[str, str], constexprs: Dict[str, int]):
+    """``triton.compiler.ASTSource`` across Triton 3.x: recent releases take the constexpr values as ``constexprs=``
+    (3.6, the GPU machines', and 3.8 checked), older ones as ``constants=`` (3.2 checked): pass whichever this
+    Triton's ASTSource declares."""
+    import inspect
+
+    from triton.compiler import ASTSource
+    params = inspect.signature(ASTSource.__init__).parameters
+    key = "constexprs" if "constexprs" in params else "constants"
+    if key not in params:
+        raise RuntimeError(f"this Triton's ASTSource takes neither constexprs= nor constants= ({list(params)})")
+    return ASTSource(fn=fn, signature=signature, **{key: constexprs})
 
 
 def _ptxas() -> Path:
@@ -139,7 +160,6 @@ def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS), 
                 progress: bool = True, kernels: Optional[Sequence[str]] = None) -> List[KernelArtifact]:
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     import os
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -152,15 +172,16 @@ def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS), 
     unknown = set(kernels or ()) - set(specs)
     if unknown:
         raise ValueError(f"unknown kernels {sorted(unknown)} (known: {sorted(specs)})")
-    for name, (fn, args, consts, warps, stages) in specs.items():
+    for name, (fn, args, base_consts, warps, stages) in specs.items():
         if kernels and name not in kernels:
             continue
         for dtype in dtypes:
+            consts = {**base_consts, **DTYPE_CONSTEXPRS.get((name, dtype), {})}
             sig = {n: t.replace("T", dtype) for n, _, t in args}
             sig.update({k: "constexpr" for k in consts})
             for tname in targets:
                 cc = TARGETS[tname]
-                k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
+                k = triton.compile(ast_source(fn, sig, consts),
                                    target=GPUTarget("cuda", cc, 32), options={"num_warps": warps, "num_stages": stages})
                 stem = f"{name}_{dtype}_{tname}"
                 ptx_path, cubin_path = out / f"{stem}.ptx", out / f"{stem}.cubin"

@@ -29,6 +29,14 @@ def _gelu_tanh(x):
 
 
 @triton.jit
+def _top1(remaining, offs_e, BLOCK_E: tl.constexpr):
+    """Largest probability per row and its expert; ties go to the lower expert, as the reference's stable sort."""
+    best = tl.max(remaining, axis=1)
+    cand = tl.where(remaining == best[:, None], offs_e[None, :], BLOCK_E)
+    return best, tl.min(cand, axis=1)
+
+
+@triton.jit
 def _router_kernel(x_ptr, wr_ptr, br_ptr, B, C, NE, TOPK, w_out_ptr, e_out_ptr,
                    BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
@@ -51,20 +59,21 @@ def _router_kernel(x_ptr, wr_ptr, br_ptr, B, C, NE, TOPK, w_out_ptr, e_out_ptr,
     p = tl.exp(logits - mx[:, None])
     p = tl.where(emask[None, :], p, 0.0)
     p = p / tl.sum(p, axis=1)[:, None]
+    # Two passes over the same selection: the first sums the top-k probabilities, the second stores the weights
+    # renormalized. Nothing is read back from w_out: a store and a later load of one address by different threads
+    # of the block had no barrier between them (a race in the compiled layout).
     total = tl.zeros((BLOCK_B,), dtype=tl.float32)
     remaining = p
     for k in range(0, TOPK):
-        best = tl.max(remaining, axis=1)
-        # lowest index among the maxima: ties go to the lower expert, as the reference's stable sort
-        cand = tl.where(remaining == best[:, None], offs_e[None, :], BLOCK_E)
-        idx = tl.min(cand, axis=1)
+        best, idx = _top1(remaining, offs_e, BLOCK_E)
         total += best
-        tl.store(w_out_ptr + offs_b * TOPK + k, best, mask=bmask)
+        remaining = tl.where(offs_e[None, :] == idx[:, None], -1.0, remaining)
+    remaining = p
+    for k in range(0, TOPK):
+        best, idx = _top1(remaining, offs_e, BLOCK_E)
+        tl.store(w_out_ptr + offs_b * TOPK + k, best / total, mask=bmask)
         tl.store(e_out_ptr + offs_b * TOPK + k, idx, mask=bmask)
         remaining = tl.where(offs_e[None, :] == idx[:, None], -1.0, remaining)
-    for k in range(0, TOPK):
-        wv = tl.load(w_out_ptr + offs_b * TOPK + k, mask=bmask, other=1.0)
-        tl.store(w_out_ptr + offs_b * TOPK + k, wv / total, mask=bmask)
 
 
 @triton.jit

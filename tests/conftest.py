@@ -42,3 +42,20 @@ def fresh_tiny():
         return WMoECLIP(ModelConfig.tiny(**overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def plugin_kernels(tmp_path_factory):
+    """The TensorRT plugin kernels (main WCMA, router) AOT-compiled for sm_80/87/90, fp16 and fp32, as a KernelStore.
+
+    A subprocess: the test session sets TRITON_INTERPRET=1, under which Triton cannot compile."""
+    import subprocess
+    import sys
+
+    from wmoe.export.trt_plugins import KernelStore
+    d = tmp_path_factory.mktemp("plugin_kernels")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "wmoe.kernels.aot", "--out", str(d), "--kernels", "wcma_main,moe_router",
+                        "--dtypes", "fp16,fp32"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and (d / "manifest.json").is_file(), (r.stdout + r.stderr)[-3000:]
+    return KernelStore(d)

@@ -38,3 +38,24 @@ def test_interpreter_refuses_aot(tmp_path):
     r = subprocess.run([sys.executable, "-m", "wmoe.kernels.aot", "--out", str(tmp_path)], capture_output=True,
                        text=True, env=env)
     assert r.returncode != 0 and "unset TRITON_INTERPRET" in r.stderr
+
+
+def test_router_never_reads_back_its_outputs():
+    """The router stored the unnormalized top-k weights and read them back with no barrier between the threads
+    that wrote and read one address (a race in the compiled layout). Its Triton IR now loads only its three
+    inputs (x, W_r, b_r): the result cannot depend on thread timing."""
+    code = (
+        "import re, triton\n"
+        "from triton.backends.compiler import GPUTarget\n"
+        "from wmoe.kernels.aot import MOE_ROUTER_ARGS, ast_source, kernel_specs\n"
+        "fn, args, consts, warps, stages = kernel_specs()['moe_router']\n"
+        "sig = {n: t.replace('T', 'fp16') for n, _, t in args}\n"
+        "sig.update({k: 'constexpr' for k in consts})\n"
+        "k = triton.compile(ast_source(fn, sig, consts), target=GPUTarget('cuda', 87, 32),\n"
+        "                   options={'num_warps': warps})\n"
+        "print(len(re.findall(r'tt\\.load', k.asm['ttir'])), sum(r == 'in' for _, r, _ in MOE_ROUTER_ARGS))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    loads, inputs = map(int, r.stdout.split())
+    assert loads == inputs == 3

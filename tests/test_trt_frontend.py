@@ -8,10 +8,6 @@ up by name, version and ``plugin_namespace``; int attributes passed as one-eleme
 plugin through the builder's calls for realistic shapes and compares dtypes, shapes, grid and int32 arguments with
 :func:`wmoe.export.trt_plugins.launch_plan` and the AOT manifest.
 """
-import os
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
@@ -36,14 +32,8 @@ def test_dev_extra_installs_the_frontend():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    # AOT compilation needs the real Triton compiler: a subprocess without TRITON_INTERPRET
-    d = tmp_path_factory.mktemp("aot_frontend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-m", "wmoe.kernels.aot", "--out", str(d), "--targets", TARGET,
-                        "--kernels", "wcma_main,moe_router"], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0 and (d / "manifest.json").is_file(), (r.stdout + r.stderr)[-3000:]
-    return KernelStore(d)
+def store(plugin_kernels):
+    return plugin_kernels
 
 
 @pytest.fixture(scope="module")
