@@ -252,6 +252,28 @@ def test_bad_requests_answered_and_server_keeps_serving(clients):
     assert clients["grpc"][1].is_server_live()
 
 
+def test_edited_config_fails_the_load_with_the_reason(exported, clients):
+    """A config.pbtxt edited apart from its model: the load fails naming the mismatch, the other model serves on."""
+    import shutil
+
+    from tritonclient.utils import InferenceServerException
+
+    repo, g = exported["repo"], clients["grpc"][1]
+    bad = repo / "wmoe_edited"
+    shutil.copytree(repo / "wmoe_python", bad)
+    cfg = (bad / "config.pbtxt").read_text()
+    edited = cfg.replace('name: "wmoe_python"', 'name: "wmoe_edited"').replace(
+        f"dims: [ {FRAME[0]}, {FRAME[1]}, 3 ]", f"dims: [ {FRAME[0] - 8}, {FRAME[1]}, 3 ]")
+    assert edited.count("wmoe_edited") == 1 and edited != cfg
+    (bad / "config.pbtxt").write_text(edited)
+    parse_config(bad / "config.pbtxt")  # still a valid config: only the model disagrees with it
+    with pytest.raises(InferenceServerException, match=f"input dims \\[{FRAME[0] - 8}, {FRAME[1]}, 3\\].*takes "
+                       f"{FRAME[0]}x{FRAME[1]}x3 uint8 frames"):
+        g.load_model("wmoe_edited")
+    assert not g.is_model_ready("wmoe_edited")
+    assert infer(*clients["grpc"], np.zeros((1, *FRAME, 3), np.uint8))["scores"].shape == (1, 1)
+
+
 def load_test(port: int, n_clients: int = 8, n_requests: int = 50, timeout_s: float = 120.0) -> dict:
     """``n_clients`` threads, each with its own gRPC client, send ``n_requests`` one-frame requests back to back;
     stops by itself (bounded count, and a wall-clock cap after which remaining requests are not sent)."""

@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from ..contract import INPUT_FRAMES, OUTPUT_NAMES
 from .runtime import Runtime
 
 #: config.pbtxt parameters that wmoe export triton writes for this model
@@ -43,15 +44,22 @@ class TritonPythonModel:
         self.rt = Runtime.open(path, provider="cuda" if gpu else "cpu", threads=int(params.get(THREADS_PARAM, 0)))
         self.input_name = cfg["input"][0]["name"]
         self.output_names: List[str] = [o["name"] for o in cfg["output"]]
+        self._check_config(cfg, path)
+
+    def _check_config(self, cfg: Dict[str, Any], path: Path) -> None:
+        """A config.pbtxt edited apart from its model fails the load with the reason, not every request later."""
+        meta, where = self.rt.meta, f"model {cfg.get('name')!r} (config.pbtxt)"
+        dims = [int(d) for d in cfg["input"][0].get("dims", [])]
+        if meta.input != INPUT_FRAMES or dims != [*meta.frame_size, 3]:
+            want = f"{meta.frame_size[0]}x{meta.frame_size[1]}x3 uint8 frames" if meta.frame_size else "images"
+            raise ValueError(f"{where}: input dims {dims}, but {path} takes {want}")
+        unknown = [n for n in self.output_names if n not in OUTPUT_NAMES]
+        if unknown:
+            raise ValueError(f"{where}: outputs {unknown} are not produced by the model (it has {list(OUTPUT_NAMES)})")
 
     def _outputs(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
         res = self.rt.score(frames)
-        out = {}
-        for name in self.output_names:
-            if not hasattr(res, name):
-                raise ValueError(f"config.pbtxt lists output {name!r}, which wmoe.runtime does not produce")
-            out[name] = np.ascontiguousarray(getattr(res, name))
-        return out
+        return {name: np.ascontiguousarray(getattr(res, name)) for name in self.output_names}
 
     def execute(self, requests: List[Any]) -> List[Any]:
         pb = self.pb
