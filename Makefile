@@ -7,14 +7,14 @@ STAMP  := $(VENV)/.wmoe-installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 # The Triton Inference Server tests: a small Python 3.12 env holding the real `tritonserver` that the nvidia-pytriton
-# wheel bundles (its Python-backend stub needs 3.12), ONNX Runtime and wmoe's runtime. Without a Python 3.12 built
+# wheel bundles (its Python-backend stub needs 3.12) and wmoe[runtime] (torch-free: the Python-backend model). Without a Python 3.12 built
 # with a shared libpython (pyenv's, or python3.12 on PATH) those tests skip and say why.
 TRITON_VENV  ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.wmoe-installed
 PYTHON312    ?= $(shell for c in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 $$(command -v python3.12); do \
   "$$c" -c 'import sys, sysconfig; assert sys.version_info[:2] == (3, 12) and sysconfig.get_config_var("Py_ENABLE_SHARED")' \
   2>/dev/null && echo "$$c" && break; done)
-TRITON_PINS  ?= nvidia-pytriton==0.7.0 numpy pillow onnxruntime
+TRITON_PINS  ?= nvidia-pytriton==0.7.0
 
 .PHONY: install triton-env demo test test-fast bench-cpu clean
 
@@ -36,8 +36,7 @@ $(TRITON_STAMP): pyproject.toml
 	else \
 	  set -e; $(PYTHON312) -m venv $(TRITON_VENV); \
 	  $(TRITON_VENV)/bin/python -m pip install -q --upgrade pip; \
-	  $(TRITON_VENV)/bin/python -m pip install -q $(TRITON_PINS); \
-	  $(TRITON_VENV)/bin/python -m pip install -q --no-deps -e .; \
+	  $(TRITON_VENV)/bin/python -m pip install -q $(TRITON_PINS) -e ".[runtime]"; \
 	  touch $(TRITON_STAMP); \
 	fi
 
