@@ -11,13 +11,18 @@ Eq. 7 folded; its floor counts the folded algorithm's FLOPs). MoE: eager = the l
 experts (``moe_experts_ref``), dense = all experts with a masked combine, compiled dense, fused = the Triton path.
 Timings: ``triton.testing.do_bench`` (median, p20, p80) and ``do_bench_cudagraph``; achieved GB/s and TFLOP/s
 beside the floors (bytes that must be read/written once, FLOPs of the GEMMs).
+
+``kernels.json`` is rewritten (atomically) after every measurement, so a crash keeps what was measured; a
+measurement that raises is recorded with its error and the run goes on. An implementation that synchronizes with
+the host (``torch.cuda.set_sync_debug_mode("error")`` finds it, e.g. the expert loop's ``nonzero``) is not put in
+a CUDA graph: its ``cudagraph_ms`` is null with the reason.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 C, D, NE, TOPK, T = 768, 192, 8, 2, 2
 
@@ -45,6 +50,42 @@ def moe_floor(B: int, itemsize: int = 2) -> Dict[str, float]:
     return {"bytes": bytes_, "flops": flops}
 
 
+class Recorder:
+    """Measurements, written to ``path`` (JSON, atomically) after each one."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        self.path, self.device = Path(path), device
+        self.records: List[dict] = []
+
+    def add(self, record: dict) -> None:
+        from wmoe.atomic import atomic_write_text
+        self.records.append(record)
+        atomic_write_text(self.path, json.dumps({"device": self.device, "records": self.records}, indent=2) + "\n")
+        print(record, flush=True)
+
+    def measure(self, key: dict, fn: Callable[[], dict]) -> None:
+        try:
+            self.add({**key, **fn()})
+        except Exception as e:  # noqa: BLE001 - record it and go on with the next measurement
+            self.add({**key, "error": f"{type(e).__name__}: {e}"})
+
+
+def syncs_with_host(fn: Callable[[], object]) -> bool:
+    """Whether one call of ``fn`` synchronizes the CUDA stream with the host (such code cannot be captured)."""
+    import torch
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return False
+    except RuntimeError as e:
+        if "synchroniz" in str(e).lower():
+            return True
+        raise
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
     import torch
     import triton.testing as tt
@@ -57,6 +98,7 @@ def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
     from wmoe.kernels.wcma_ref import wcma_cross_attention_ref
 
     dev, dt = "cuda", torch.float16
+    out.mkdir(parents=True, exist_ok=True)
     dwt = DWTForward(J=1, wave="haar", mode="zero").to(dev, dt)
     w = [torch.randn(C, C, device=dev, dtype=dt) * 0.03, torch.zeros(C, device=dev, dtype=dt),
          torch.randn(D, C, device=dev, dtype=dt) * 0.03, torch.zeros(D, device=dev, dtype=dt),
@@ -83,14 +125,19 @@ def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
           torch.randn(NE, C, C, device=dev, dtype=dt) * 0.03, torch.zeros(NE, C, device=dev, dtype=dt),
           torch.randn(NE, C, C, device=dev, dtype=dt) * 0.03, torch.zeros(NE, C, device=dev, dtype=dt)]
     compiled_dense = torch.compile(lambda x: moe_experts_dense_ref(x, *mw, TOPK))
-    records = []
+    rec = Recorder(out / "kernels.json", torch.cuda.get_device_name())
 
     def bench(name, fn, floor, **key):
-        ms, p20, p80 = tt.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
-        graph_ms = tt.do_bench_cudagraph(fn)
-        records.append({"impl": name, **key, "median_ms": ms, "p20_ms": p20, "p80_ms": p80, "cudagraph_ms": graph_ms,
-                        "GB_s": floor["bytes"] / ms / 1e6, "TFLOP_s": floor["flops"] / ms / 1e9, **floor})
-        print(records[-1], flush=True)
+        def measure() -> dict:
+            ms, p20, p80 = tt.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+            r = {"median_ms": ms, "p20_ms": p20, "p80_ms": p80, "GB_s": floor["bytes"] / ms / 1e6,
+                 "TFLOP_s": floor["flops"] / ms / 1e9, **floor}
+            if syncs_with_host(fn):
+                r.update(cudagraph_ms=None, cudagraph_skipped="synchronizes with the host: cannot be captured")
+            else:
+                r["cudagraph_ms"] = tt.do_bench_cudagraph(fn)
+            return r
+        rec.measure({"impl": name, **key}, measure)
 
     for grid in grids:
         for B in batches:
@@ -114,10 +161,7 @@ def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
         bench("moe-dense", lambda: moe_experts_dense_ref(x, *mw, TOPK), fl, stage="moe", batch=B)
         bench("moe-dense-compile", lambda: compiled_dense(x), fl, stage="moe", batch=B)
         bench("moe-triton", lambda: moe_experts_triton(x, *mw, TOPK), fl, stage="moe", batch=B)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kernels.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "records": records},
-                                                 indent=2) + "\n")
-    return records
+    return rec.records
 
 
 def main(argv=None) -> int:

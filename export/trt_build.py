@@ -85,17 +85,23 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         from .trt_plugins import check_plugin_nodes
         _register_plugins(out, kernels)
         check_plugin_nodes(onnx_path, trt.get_plugin_registry())
+    from wmoe.runtime.cuda_api import open_cuda
+    cuda = open_cuda()
+    try:
+        gpu_name, (cc_major, cc_minor) = cuda.device_name(), cuda.compute_capability()
+    finally:
+        cuda.close()
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = _ok(trt.Builder(logger), "Builder")
     major = major_minor(trt.__version__)[0]
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = _ok(builder.create_network(flags), "create_network")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         print(errors, flush=True)
         raise ExportError(f"TensorRT could not parse {onnx_path} ({parser.num_errors} errors):\n{errors}")
-    config = builder.create_builder_config()
+    config = _ok(builder.create_builder_config(), "create_builder_config")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if major < 11:  # TensorRT 11: strongly typed networks, precision comes from the ONNX
         if precision == "fp16":
@@ -106,42 +112,71 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks: export the ONNX with "
                           f"--precision {precision} (this file is {precision_in})")
     cache_path = Path(timing_cache or out.with_suffix(".timing.cache"))
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = _ok(config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b""),
+                f"create_timing_cache({cache_path})")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise ExportError(f"{cache_path}: TensorRT refused this timing cache (made by another TensorRT version or "
+                          "GPU?): delete it or pass --timing-cache with a new path")
     inp = network.get_input(0)
     shape = list(inp.shape)
     for lo, opt, hi in ranges:
-        prof = builder.create_optimization_profile()
+        prof = _ok(builder.create_optimization_profile(), "create_optimization_profile")
         prof.set_shape(inp.name, [lo] + shape[1:], [opt] + shape[1:], [hi] + shape[1:])
-        config.add_optimization_profile(prof)
-    blob = builder.build_serialized_network(network, config)
-    if blob is None:
-        raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(bytes(blob))
-    with atomic_path(cache_path) as tmp:
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    from cuda.bindings import runtime as cudart  # type: ignore  # cuda-python
-    _, prop = cudart.cudaGetDeviceProperties(0)
-    EngineSidecar(
+        if not prof.is_valid() or config.add_optimization_profile(prof) < 0:
+            raise ExportError(f"TensorRT refused the optimization profile {lo}:{opt}:{hi} for input {inp.name} "
+                              f"{shape}")
+    sidecar = EngineSidecar(  # everything known before the (long) build, so nothing can fail after it
         engine=out.name, onnx_sha256=sha256_file(onnx_path), checkpoint_sha256=meta.get("wmoe.checkpoint_sha256", ""),
-        precision=precision, tensorrt_version=trt.__version__, flavor=flavor, gpu_name=prop.name.decode().rstrip("\x00"),
-        compute_capability=f"{prop.major}.{prop.minor}",
+        precision=precision, tensorrt_version=trt.__version__, flavor=flavor, gpu_name=gpu_name,
+        compute_capability=f"{cc_major}.{cc_minor}",
         inputs={inp.name: [-1] + shape[1:]},
         outputs={network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)},
         batch_ranges=[list(r) for r in ranges], metadata={k: v for k, v in meta.items() if k.startswith("wmoe.")},
-    ).write(EngineSidecar.path_for(out))
+    )
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    write_engine_and_sidecar(out, bytes(blob), sidecar)
+    with atomic_path(cache_path) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return out
+
+
+def _ok(obj, what: str):
+    """TensorRT's Python API returns None (and logs why) where the C++ API returns a null pointer."""
+    if obj is None:
+        raise ExportError(f"TensorRT {what} failed (see TensorRT's log above)")
+    return obj
+
+
+def write_engine_and_sidecar(out: Union[str, Path], engine: bytes, sidecar: EngineSidecar) -> Path:
+    """Write the engine and its sidecar so that no failure leaves an engine without its own sidecar: both are
+    written to temporary files first; then an older engine at ``out`` is removed, the sidecar renamed into place,
+    and the engine last. A crash in between leaves at worst a sidecar without an engine ("engine missing")."""
+    import os
+
+    out = Path(out)
+    with atomic_path(out) as eng_tmp:  # outer: renamed last
+        eng_tmp.write_bytes(engine)
+        with atomic_path(EngineSidecar.path_for(out)) as side_tmp:  # inner: renamed first
+            sidecar.write(side_tmp)
+            EngineSidecar.read(side_tmp)  # what the runtime will read back
+            if out.exists():
+                os.unlink(out)  # the old engine must never meet the new sidecar
     return out
 
 
 def _register_plugins(out: Path, kernels: Optional[Union[str, Path]]) -> None:
     """Compile (if needed) the AOT kernels for this GPU and register the plugins before parsing."""
-    from cuda.bindings import driver, runtime as cudart  # type: ignore  # cuda-python
+    from wmoe.runtime.cuda_api import open_cuda
 
     from .trt_plugins import KernelStore, driver_ptx_limit, register_plugins
-    _, prop = cudart.cudaGetDeviceProperties(0)
-    target = f"sm_{prop.major}{prop.minor}"
-    _, drv = driver.cuDriverGetVersion()
+    cuda = open_cuda()
+    try:
+        (cc_major, cc_minor), drv = cuda.compute_capability(), cuda.driver_version()
+    finally:
+        cuda.close()
+    target = f"sm_{cc_major}{cc_minor}"
     kdir = Path(kernels) if kernels else out.with_suffix(".kernels")
     from wmoe.kernels.aot import TARGETS
     if not kernels and target not in TARGETS:

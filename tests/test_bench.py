@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from wmoe.bench.harness import count_flops
@@ -43,6 +44,57 @@ def test_flop_count_scales_with_input_size():
     f1, f2 = count_flops(m, 112), count_flops(m2, 224)
     # 4x the patches: the patch-proportional part of the FLOPs grows ~4x, attention more, text part constant
     assert 2.0 < f2 / f1 < 6.0
+
+
+@pytest.mark.parametrize("size", [56, 98])
+def test_flop_count_matches_a_hand_count_of_a_vit(size):
+    """The counted FLOPs of an open_clip ViT image tower equal the textbook count: patch embedding, per layer
+    QKV/attention/output projection/MLP, and the final projection of the class token. Before the count turned
+    off nn.MultiheadAttention's fused fast path (and the CPU flash kernel) it missed the attention entirely."""
+    import open_clip
+
+    from wmoe.backbone import register_configs
+    from wmoe.bench.harness import module_flops
+    register_configs()
+    cfg = open_clip.get_model_config("wmoe-tiny")
+    visual = open_clip.create_model("wmoe-tiny", pretrained=None, force_image_size=size).visual.eval()
+    vc = cfg["vision_cfg"]
+    w, L, p, e = vc["width"], vc["layers"], vc["patch_size"], cfg["embed_dim"]
+    mlp = int(w * vc.get("mlp_ratio", 4.0))
+    n = (size // p) ** 2
+    T = n + 1  # patches + class token
+    hand = (2 * n * (3 * p * p) * w  # patch embedding (a p x p stride-p convolution)
+            + L * (2 * T * w * 3 * w  # Q, K, V
+                   + 2 * 2 * T * T * w  # Q K^T and A V over all heads
+                   + 2 * T * w * w  # output projection
+                   + 2 * 2 * T * w * mlp)  # MLP up and down
+            + 2 * w * e)  # projection of the pooled class token
+    x = torch.randn(1, 3, size, size)
+    assert module_flops(visual, x) == hand
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        visual(x)
+    assert fc.get_total_flops() < hand  # what the plain count (fast path) reports
+
+
+def test_kernel_bench_keeps_every_measurement(tmp_path):
+    """bench_kernels writes its JSON after every measurement; one that raises is recorded and the run goes on."""
+    from wmoe.bench.bench_kernels import Recorder
+    rec = Recorder(tmp_path / "kernels.json", "test device")
+    rec.measure({"impl": "a", "batch": 1}, lambda: {"median_ms": 1.5})
+    assert json.loads((tmp_path / "kernels.json").read_text())["records"] == [{"impl": "a", "batch": 1,
+                                                                               "median_ms": 1.5}]
+
+    def crash():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    rec.measure({"impl": "b", "batch": 8}, crash)
+    rec.measure({"impl": "c", "batch": 8}, lambda: {"median_ms": 2.0})
+    doc = json.loads((tmp_path / "kernels.json").read_text())
+    assert doc["device"] == "test device" and [r["impl"] for r in doc["records"]] == ["a", "b", "c"]
+    assert doc["records"][1]["error"].startswith("RuntimeError: CUDA error")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernels.json"]  # atomic: no temporaries left
 
 
 def test_tegrastats_parser():

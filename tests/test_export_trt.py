@@ -53,3 +53,28 @@ def test_engine_build_or_clear_install_message(tmp_path):
         assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.json").exists()
         pytest.skip(f"engine build not run: {INSTALL_HINT}")
     pytest.skip("TensorRT present: the engine build is exercised by bench on a GPU machine")
+
+
+def test_engine_and_sidecar_written_last_and_never_apart(tmp_path, monkeypatch):
+    from wmoe.export.trt_build import write_engine_and_sidecar
+    out = tmp_path / "m.engine"
+    write_engine_and_sidecar(out, b"old engine", _sidecar(onnx_sha256="old"))
+    assert out.read_bytes() == b"old engine" and EngineSidecar.read(tmp_path / "m.json").onnx_sha256 == "old"
+    # a failure while the new sidecar is written: the old engine is not left to meet any other sidecar
+    # and no temporary files remain
+    real_write = EngineSidecar.write
+
+    def broken(self, path):
+        real_write(self, path)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(EngineSidecar, "write", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_engine_and_sidecar(out, b"new engine", _sidecar(onnx_sha256="new"))
+    assert (not out.exists() and EngineSidecar.read(tmp_path / "m.json").onnx_sha256 == "old") or \
+        (out.read_bytes() == b"old engine" and EngineSidecar.read(tmp_path / "m.json").onnx_sha256 == "old")
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["m.json"], ["m.engine", "m.json"])
+    monkeypatch.setattr(EngineSidecar, "write", real_write)
+    write_engine_and_sidecar(out, b"new engine", _sidecar(onnx_sha256="new"))
+    assert out.read_bytes() == b"new engine" and EngineSidecar.read(tmp_path / "m.json").onnx_sha256 == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.json"]

@@ -25,6 +25,8 @@ class CudaApi:
     name = "?"
 
     def device_name(self) -> str: raise NotImplementedError
+    def compute_capability(self) -> Tuple[int, int]: raise NotImplementedError
+    def driver_version(self) -> int: raise NotImplementedError  # as cuDriverGetVersion: 12040 = CUDA 12.4
     def stream_create(self) -> Any: raise NotImplementedError
     def stream_handle(self, stream: Any) -> int: raise NotImplementedError
     def stream_sync(self, stream: Any) -> None: raise NotImplementedError
@@ -72,6 +74,13 @@ class CudaPython(CudaApi):
         prop = self._call("cudaGetDeviceProperties", self.device)
         name = prop.name
         return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
+
+    def compute_capability(self) -> Tuple[int, int]:
+        prop = self._call("cudaGetDeviceProperties", self.device)
+        return int(prop.major), int(prop.minor)
+
+    def driver_version(self) -> int:
+        return int(self._call("cudaDriverGetVersion"))
 
     def stream_create(self) -> Any:
         return self._call("cudaStreamCreate")
@@ -154,6 +163,13 @@ class PyCuda(CudaApi):
 
     def device_name(self) -> str:
         return self.dev.name()
+
+    def compute_capability(self) -> Tuple[int, int]:
+        major, minor = self.dev.compute_capability()
+        return int(major), int(minor)
+
+    def driver_version(self) -> int:
+        return int(self._wrap("get_driver_version", self.cuda.get_driver_version))
 
     def stream_create(self) -> Any:
         return self._wrap("Stream()", self.cuda.Stream)
