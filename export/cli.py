@@ -5,10 +5,19 @@ import argparse
 import sys
 from typing import List, Optional
 
+from wmoe.cli_run import run, standalone
+from wmoe.cli_types import (checked, device, existing_file, finite_float, frame_size, int_list, non_negative_int,
+                            one_of, output_dir, output_file, positive_float, positive_int)
+
+
+def _batch_ranges(s: str):
+    from .trt_build import parse_batch
+    return parse_batch(s)
+
 
 def _onnx(a: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
-    frame = _hw(a.frame_size)
+    frame = a.frame_size
     path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=bool(frame), frame_size=frame,
                        opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor,
                        threshold=a.threshold, pixel_threshold=a.pixel_threshold)
@@ -42,31 +51,13 @@ def _triton(a: argparse.Namespace) -> int:
              "instance_count": a.instances, "device": a.device, "threads": a.threads, "version": a.version,
              "pretrained": a.pretrained, "container_tag": a.container_tag, "threshold": a.threshold,
              "pixel_threshold": a.pixel_threshold,
-             "backends": tuple(a.backend) if a.backend else None, "frame_size": _hw(a.frame_size),
-             "preferred_batch_sizes": _ints(a.preferred_batch)}
+             "backends": tuple(a.backend) if a.backend else None, "frame_size": a.frame_size,
+             "preferred_batch_sizes": tuple(a.preferred_batch) if a.preferred_batch else None}
     opts = TritonOptions(overwrite=a.overwrite, **{k: v for k, v in given.items() if v is not None})
     out = write_repository(a.source, a.out, opts)
     models = ", ".join(sorted(p.parent.name for p in out.glob("*/config.pbtxt")))
     print(f"wrote Triton model repository {out} (models: {models}); serve it as {out / 'README.md'} says")
     return 0
-
-
-def _ints(spec):
-    if not spec:
-        return None
-    try:
-        return tuple(int(b) for b in spec.split(",") if b.strip())
-    except ValueError:
-        raise ValueError(f"batch sizes {spec!r}: expected comma-separated integers, e.g. 4,8") from None
-
-
-def _hw(spec):
-    if not spec:
-        return None
-    bits = spec.lower().split("x")
-    if len(bits) != 2 or not all(b.isdigit() and int(b) > 0 for b in bits):
-        raise ValueError(f"frame size {spec!r}: expected HxW, e.g. 1080x1920")
-    return int(bits[0]), int(bits[1])
 
 
 def _reference(a: argparse.Namespace) -> int:
@@ -81,81 +72,74 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export to ONNX / TensorRT")
     sub = p.add_subparsers(dest="export_command", required=True)
     o = sub.add_parser("onnx", help="checkpoint -> ONNX (scores, maps, text_scores)")
-    o.add_argument("checkpoint")
-    o.add_argument("--out", required=True)
-    o.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    o.add_argument("--flavor", choices=["portable", "plugin"], default="portable")
-    o.add_argument("--frame-size", default=None, help="HxW: put uint8 preprocessing in the graph (camera frames)")
-    o.add_argument("--opset", type=int, default=18)
-    o.add_argument("--exporter", choices=["dynamo"], default="dynamo",
+    o.add_argument("checkpoint", type=existing_file)
+    o.add_argument("--out", required=True, type=output_file)
+    o.add_argument("--precision", type=one_of(["fp32", "fp16"], "precision"), default="fp32")
+    o.add_argument("--flavor", type=one_of(["portable", "plugin"], "flavor"), default="portable")
+    o.add_argument("--frame-size", default=None, type=frame_size,
+                   help="HxW: put uint8 preprocessing in the graph (camera frames)")
+    o.add_argument("--opset", type=positive_int, default=18)
+    o.add_argument("--exporter", type=one_of(["dynamo"], "exporter"), default="dynamo",
                    help="torch.onnx dynamo exporter (the TorchScript one gives a wrong graph for this model)")
-    o.add_argument("--pretrained", default=None)
-    o.add_argument("--threshold", type=float, default=None,
+    o.add_argument("--pretrained", default=None, type=existing_file)
+    o.add_argument("--threshold", type=finite_float, default=None,
                    help="image threshold stored in the model (default: CHECKPOINT.threshold.json from wmoe eval)")
-    o.add_argument("--pixel-threshold", type=float, default=None,
+    o.add_argument("--pixel-threshold", type=finite_float, default=None,
                    help="map threshold for the defect mask stored in the model (default: none)")
     o.set_defaults(func=_onnx)
     t = sub.add_parser("trt", help="ONNX -> TensorRT engine (+ JSON sidecar)")
-    t.add_argument("onnx")
-    t.add_argument("--out", required=True)
-    t.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
-    t.add_argument("--batch", default="1:8:32", help="MIN:OPT:MAX, several comma-separated")
-    t.add_argument("--workspace-gb", type=float, default=4.0)
+    t.add_argument("onnx", type=existing_file)
+    t.add_argument("--out", required=True, type=output_file)
+    t.add_argument("--precision", type=one_of(["fp32", "fp16", "bf16"], "precision"), default="fp16")
+    t.add_argument("--batch", default="1:8:32", type=checked(_batch_ranges, "batch", keep_text=True),
+                   help="MIN:OPT:MAX, several comma-separated")
+    t.add_argument("--workspace-gb", type=positive_float, default=4.0)
     t.add_argument("--kernels", default=None, help="plugin flavor: AOT kernel dir (python -m wmoe.kernels.aot); "
                    "compiled for this GPU when omitted")
     t.add_argument("--checkpoint", default=None, help="plugin flavor on TensorRT < 10.9: re-export the portable "
                    "flavor from this checkpoint and build that")
     t.set_defaults(func=_trt)
     ao = sub.add_parser("aoti", help="checkpoint -> AOTInductor .pt2 package (Triton kernels inside on CUDA)")
-    ao.add_argument("checkpoint")
-    ao.add_argument("--out", required=True)
-    ao.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    ao.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    ao.add_argument("--max-batch", type=int, default=64)
-    ao.add_argument("--pretrained", default=None)
+    ao.add_argument("checkpoint", type=existing_file)
+    ao.add_argument("--out", required=True, type=output_file)
+    ao.add_argument("--device", default=None, type=device, help="cuda or cpu (default: cuda if available)")
+    ao.add_argument("--precision", type=one_of(["fp32", "fp16"], "precision"), default="fp32")
+    ao.add_argument("--max-batch", type=positive_int, default=64)
+    ao.add_argument("--pretrained", default=None, type=existing_file)
     ao.set_defaults(func=_aoti)
     tr = sub.add_parser("triton", help="checkpoint / ONNX / engine -> Triton Inference Server model repository "
                         "(defaults: wmoe.export.triton_repo.TritonOptions)")
     tr.add_argument("source", help="a checkpoint, an ONNX with uint8 frame input, or an engine (+ its .json)")
-    tr.add_argument("--out", required=True, help="the model repository folder (created, or a version is added)")
+    tr.add_argument("--out", required=True, type=output_dir, help="the model repository folder (created, or a version is added)")
     tr.add_argument("--name", help="model name (default wmoe; the Python-backend model is NAME_python)")
     tr.add_argument("--backend", action="append", choices=["onnxruntime", "tensorrt", "python"],
                     help="repeatable; default onnxruntime (ONNX, checkpoint) or tensorrt (engine)")
-    tr.add_argument("--max-batch", type=int, help="max_batch_size: frames per batch the server forms (default 8)")
-    tr.add_argument("--preferred-batch", help="comma-separated preferred batch sizes, e.g. 4,8")
-    tr.add_argument("--queue-delay-us", type=int, help="max time a request waits for a batch (default 2000)")
-    tr.add_argument("--instances", type=int, help="model instances per device (default 1)")
+    tr.add_argument("--max-batch", type=positive_int, help="max_batch_size: frames per batch the server forms (default 8)")
+    tr.add_argument("--preferred-batch", type=int_list, help="comma-separated preferred batch sizes, e.g. 4,8")
+    tr.add_argument("--queue-delay-us", type=non_negative_int, help="max time a request waits for a batch (default 2000)")
+    tr.add_argument("--instances", type=positive_int, help="model instances per device (default 1)")
     tr.add_argument("--device", choices=["gpu", "cpu"], help="instance_group kind (default gpu)")
-    tr.add_argument("--threads", type=int, help="python backend: ONNX Runtime threads per instance")
-    tr.add_argument("--version", type=int, help="version folder to write (default 1)")
+    tr.add_argument("--threads", type=positive_int, help="python backend: ONNX Runtime threads per instance")
+    tr.add_argument("--version", type=positive_int, help="version folder to write (default 1)")
     tr.add_argument("--overwrite", action="store_true", help="replace that version folder if it exists")
-    tr.add_argument("--frame-size", help="checkpoint source: camera frame HxW (default: the model's SxS)")
-    tr.add_argument("--pretrained", help="checkpoint source: backbone weights file")
-    tr.add_argument("--threshold", type=float, help="checkpoint source: image threshold to store (default: the one "
+    tr.add_argument("--frame-size", type=frame_size, help="checkpoint source: camera frame HxW (default: the model's SxS)")
+    tr.add_argument("--pretrained", type=existing_file, help="checkpoint source: backbone weights file")
+    tr.add_argument("--threshold", type=finite_float, help="checkpoint source: image threshold to store (default: the one "
                     "wmoe eval wrote beside the checkpoint)")
-    tr.add_argument("--pixel-threshold", type=float, help="checkpoint source: pixel threshold for defect masks")
+    tr.add_argument("--pixel-threshold", type=finite_float, help="checkpoint source: pixel threshold for defect masks")
     tr.add_argument("--container-tag", help="NGC tritonserver release named in the README (default 24.10)")
     tr.set_defaults(func=_triton)
     r = sub.add_parser("reference", help="portable ONNX -> reference inputs/outputs (Polygraphy JSON) for "
                        "checking an engine on a device without ONNX Runtime GPU")
     r.add_argument("onnx")
-    r.add_argument("--out-dir", required=True)
-    r.add_argument("--batch", type=int, default=1)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out-dir", required=True, type=output_dir)
+    r.add_argument("--batch", type=positive_int, default=1)
+    r.add_argument("--seed", type=non_negative_int, default=0)
     r.set_defaults(func=_reference)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from wmoe.checkpoint import CheckpointError
-    from .onnx_export import ExportError
-    parser = argparse.ArgumentParser(prog="wmoe-export")
-    register(parser.add_subparsers(dest="command", required=True))
-    a = parser.parse_args(["export"] + list(sys.argv[1:] if argv is None else argv))
-    try:
-        return int(a.func(a) or 0)
-    except (CheckpointError, ExportError, ValueError) as e:
-        print(f"wmoe export: error: {e}", file=sys.stderr)
-        return 2
+    return run(standalone(register, "export", "wmoe-export"), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

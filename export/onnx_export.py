@@ -10,6 +10,7 @@ Outputs are the Detector's fields ``scores`` (N,), ``maps`` (N,S,S), ``text_scor
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -98,6 +99,9 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
                             decision.score, decision.calibration)
     except ContractError as e:
         raise ExportError(str(e)) from None
+    if isinstance(ckpt_or_model, WMoECLIP) and (precision != "fp32" or model.training or any(
+            t.dtype != torch.float32 or t.device.type != "cpu" for t in model.state_dict().values())):
+        model = copy.deepcopy(model)  # the conversions below (and the wrapper's) must not touch the caller's model
     model = model.float().eval().cpu()
     s = model.image_size
     wrapper = ExportWrapper(model, preprocess=preprocess,

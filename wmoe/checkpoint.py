@@ -106,7 +106,13 @@ def read_checkpoint(path: Union[str, Path]) -> "tuple[CheckpointInfo, Dict[str, 
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists()
+                              else f"checkpoint {path} is not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e.strerror or e})") from None
     try:
         tensors: Dict[str, Tensor] = {}
         with safe_open(str(path), framework="pt") as f:

@@ -1,31 +1,30 @@
 """The ``wmoe`` command line: data, train, eval, predict, demo (and export / bench when installed).
 
-Errors about the user's files (bad data, checkpoints, images) print one line and exit with status 2; ``--debug``
-shows the traceback instead.
+Every option is validated while parsing (one line naming the option, exit status 2, before any work). Errors about
+the user's files (bad data, checkpoints, images) print one line and exit with status 2; ``--debug`` (before or
+after the subcommand) shows the traceback instead. The conventions live in :mod:`wmoe.cli_run` and the validators
+in :mod:`wmoe.cli_types`, shared with ``wmoe-export`` and ``wmoe-bench``.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import List, Optional
 
 from . import __version__
+from .cli_run import Parser, finish, run
+from .cli_types import (device, existing_file, finite_float, non_negative_float, non_negative_int, one_of,
+                        output_dir, output_file, patch_size_of, positive_float, positive_int)
+from .errors import UsageError
+
+
+def _formats() -> List[str]:
+    from .data.meta import list_formats
+    return list_formats()
 
 
 def _classes(s: Optional[str]) -> Optional[List[str]]:
     return [c for c in s.split(",") if c] if s else None
-
-
-def _weight(s: str) -> float:
-    """A loss weight: a finite number >= 0."""
-    try:
-        w = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not math.isfinite(w) or w < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite weight >= 0, got {s!r}")
-    return w
 
 
 def _cmd_data_meta(a: argparse.Namespace) -> int:
@@ -45,6 +44,16 @@ def _cmd_data_demo(a: argparse.Namespace) -> int:
 def _model_cfg(a: argparse.Namespace):
     from .config import ModelConfig
     moe = {"moe_balance": a.moe_balance, "moe_repulsion": a.moe_repulsion}  # AnomalyMoE's ESB / EIR weights
+    if a.tiny:
+        for opt, val in (("--backbone", a.backbone), ("--pretrained", a.pretrained)):
+            if val:
+                raise UsageError(f"--tiny and {opt} conflict: --tiny trains the tiny random-init backbone; "
+                                 f"drop --tiny to use {opt} {val}")
+    backbone = a.backbone or ModelConfig.backbone
+    patch = None if a.tiny else patch_size_of(backbone)  # the tiny backbone checks its own when it is built
+    if a.image_size and patch and a.image_size % patch:
+        raise UsageError(f"--image-size {a.image_size} is not a multiple of {backbone}'s patch size {patch} "
+                         f"(e.g. {patch * max(1, round(a.image_size / patch))})")
     if a.tiny:
         return ModelConfig.tiny(image_size=a.image_size or 336, **moe)
     kw = {"image_size": a.image_size, **moe} if a.image_size else moe
@@ -82,7 +91,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         verdict = "" if "anomalous" not in r else ("  ANOMALOUS" if r["anomalous"] else "  ok")
         print(f"{r['score']:.4f}{verdict}  {r['path']}")
     for e in doc["errors"]:
-        print(f"error: {e['error']}", file=sys.stderr)
+        print(f"error: {e['error']}", file=sys.stderr)  # already printable (predict escapes file names)
     print(f"wrote {a.out}/scores.csv, scores.json")
     return 1 if doc["errors"] else 0
 
@@ -95,7 +104,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wmoe", description="WMoE-CLIP zero-shot anomaly detection")
+    p = Parser(prog="wmoe", description="WMoE-CLIP zero-shot anomaly detection")
     p.add_argument("--version", action="version", version=f"wmoe {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,39 +112,42 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
     m = d.add_parser("meta", help="write ROOT/meta.json for a data set layout")
     m.add_argument("root")
-    m.add_argument("--format", required=True, help="mvtec, visa, folder, btad, ... (see docs/data.md)")
-    m.add_argument("--out", default=None, help="where to write meta.json (default ROOT/meta.json)")
+    m.add_argument("--format", required=True, type=one_of(_formats, "format"),
+                   help="mvtec, visa, folder, btad, ... (see docs/data.md)")
+    m.add_argument("--out", default=None, type=output_file, help="where to write meta.json (default ROOT/meta.json)")
     m.set_defaults(func=_cmd_data_meta)
     dd = d.add_parser("demo", help="write the embedded demo data set")
-    dd.add_argument("out")
+    dd.add_argument("out", type=output_dir)
     dd.add_argument("--seed", type=int, default=0)
-    dd.add_argument("--size", type=int, default=256)
+    dd.add_argument("--size", type=positive_int, default=256, help="image side in pixels")
     dd.set_defaults(func=_cmd_data_demo)
 
     def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--pretrained", default=None, help="local open_clip/OpenAI weights file of the backbone")
-        sp.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+        sp.add_argument("--pretrained", default=None, type=existing_file,
+                        help="local open_clip/OpenAI weights file of the backbone")
+        sp.add_argument("--device", default=None, type=device, help="cuda, cuda:1, cpu (default: cuda if available)")
 
     t = sub.add_parser("train", help="train on an auxiliary data set (paper defaults)")
     t.add_argument("data", help="data root with meta.json")
-    t.add_argument("--out", default="runs/wmoe")
-    t.add_argument("--meta", default=None)
+    t.add_argument("--out", default="runs/wmoe", type=output_dir)
+    t.add_argument("--meta", default=None, type=existing_file)
     t.add_argument("--classes", default=None, help="comma-separated subset")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--epochs", type=positive_int, default=20)
+    t.add_argument("--batch-size", type=positive_int, default=32)
+    t.add_argument("--lr", type=positive_float, default=2e-4)
     t.add_argument("--seed", type=int, default=111)
-    t.add_argument("--workers", type=int, default=0)
-    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--workers", type=non_negative_int, default=0)
+    t.add_argument("--max-steps", type=positive_int, default=None)
     t.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (refused otherwise)")
     t.add_argument("--no-amp", action="store_true")
     t.add_argument("--tiny", action="store_true", help="the tiny random-init backbone (tests, demos)")
     t.add_argument("--backbone", default=None, help="open_clip model name (default ViT-L-14-336-quickgelu)")
-    t.add_argument("--image-size", type=int, default=None, help="336 or 518 (default 518)")
-    t.add_argument("--moe-balance", type=_weight, default=0.0, metavar="W",
+    t.add_argument("--image-size", type=positive_int, default=None,
+                   help="a multiple of the patch size: 336 or 518 (default 518; 336 with --tiny)")
+    t.add_argument("--moe-balance", type=non_negative_float, default=0.0, metavar="W",
                    help="weight of SA-MoE expert selection balancing (ESB; default 0 = off, the paper)")
-    t.add_argument("--moe-repulsion", type=_weight, default=0.0, metavar="W",
+    t.add_argument("--moe-repulsion", type=non_negative_float, default=0.0, metavar="W",
                    help="weight of SA-MoE expert information repulsion (EIR; default 0 = off, the paper)")
     model_args(t)
     t.set_defaults(func=_cmd_train)
@@ -143,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="zero-shot evaluation: per-class metrics table")
     e.add_argument("checkpoint")
     e.add_argument("data")
-    e.add_argument("--out", default="eval_out")
-    e.add_argument("--meta", default=None)
+    e.add_argument("--out", default="eval_out", type=output_dir)
+    e.add_argument("--meta", default=None, type=existing_file)
     e.add_argument("--classes", default=None)
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--sigma", type=float, default=4.0)
+    e.add_argument("--batch-size", type=positive_int, default=8)
+    e.add_argument("--sigma", type=non_negative_float, default=4.0, help="Gaussian smoothing of the maps")
     e.add_argument("--no-pro", action="store_true", help="skip the PRO metrics")
     e.add_argument("--no-store-threshold", action="store_true",
                    help="do not write the F1-max threshold to CKPT.threshold.json (the checkpoint is never rewritten)")
@@ -157,18 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="score images; CSV/JSON and heatmap overlays")
     pr.add_argument("checkpoint")
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--out", default="predictions")
-    pr.add_argument("--threshold", type=float, default=None)
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--out", default="predictions", type=output_dir)
+    pr.add_argument("--threshold", type=finite_float, default=None,
+                    help="decision threshold on the score (default: the one stored by wmoe eval)")
+    pr.add_argument("--batch-size", type=positive_int, default=8)
     pr.add_argument("--no-overlays", action="store_true")
     model_args(pr)
     pr.set_defaults(func=_cmd_predict)
 
     de = sub.add_parser("demo", help="the end-to-end demo: data, training, evaluation, predictions, report")
-    de.add_argument("--out", default="demo_out")
-    de.add_argument("--epochs", type=int, default=20)
+    de.add_argument("--out", default="demo_out", type=output_dir)
+    de.add_argument("--epochs", type=positive_int, default=20)
     de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--max-steps", type=int, default=None)
+    de.add_argument("--max-steps", type=positive_int, default=None)
     model_args(de)
     de.set_defaults(func=_cmd_demo)
 
@@ -178,32 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue
         module.register(sub)
-    return p
-
-
-#: top-level modules of the ``model`` extra (pyproject.toml): missing in a runtime-only install
-MODEL_STACK = {"torch", "open_clip", "safetensors", "scipy", "sklearn", "skimage", "tqdm", "torchvision"}
+    return finish(p)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    from .errors import WMoEError
-    errors = [WMoEError, FileNotFoundError]
-    try:
-        return int(a.func(a) or 0)
-    except tuple(errors) as e:
-        if a.debug:
-            raise
-        print(f"wmoe {a.command}: error: {e}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:  # a runtime-only install (pip install "wmoe[runtime]") has no torch stack
-        if a.debug or (e.name or "").split(".")[0] not in MODEL_STACK:
-            raise
-        print(f"wmoe {a.command}: error: this command needs the model stack ({e.name} is not installed): "
-              f"pip install \"wmoe[model]\" (scoring exported models needs only wmoe[runtime]: see wmoe-camera)",
-              file=sys.stderr)
-        return 2
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

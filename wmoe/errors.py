@@ -17,6 +17,10 @@ class WMoEError(Exception):
     exit_code = 2
 
 
+class UsageError(WMoEError, ValueError):
+    """Options that are each valid but do not fit together (``--tiny --pretrained``); names the options."""
+
+
 class MissingDependencyError(WMoEError, ImportError):
     """An optional dependency is not installed; the message gives the command that installs it."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, ensure_output_dir
 from .checkpoint import load_model
 from .contract import Decision, sha256_file, threshold_path
 from .data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
@@ -69,6 +69,8 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     ``wmoe export`` find it. The checkpoint itself is never rewritten (its SHA-256, recorded in exports, stays valid).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if out_dir is not None:
+        ensure_output_dir(out_dir)  # before the work, not after the whole evaluation
     ckpt_path = None
     if isinstance(model_or_ckpt, WMoECLIP):
         model = model_or_ckpt

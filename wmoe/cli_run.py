@@ -1,0 +1,139 @@
+"""The one command-line error handler and parser conventions of ``wmoe``, ``wmoe-export`` and ``wmoe-bench``.
+
+- :class:`Parser`: a usage error is one line, ``PROG: error: argument --opt: what is wrong``, exit status 2.
+- :func:`finish`: every (sub)command gets ``--debug`` (so it works after the subcommand too) and every option
+  with a default shows it in ``--help``. It walks the whole tree, so subcommands that other modules register
+  (``register(subparsers)``) get the same conventions without doing anything.
+- :func:`standalone`: one subcommand tree as its own program (``wmoe-export onnx ...``, not
+  ``wmoe-export export onnx ...``), with ``--version``.
+- :func:`run`: parse, run, and turn every expected failure into one line and an exit status, identical through
+  every entry point: :class:`~wmoe.errors.WMoEError` (its ``exit_code``), a missing optional package (the install
+  command), an unreadable/unwritable path (the path and the reason), Ctrl-C (130). ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from . import __version__
+from .errors import MissingDependencyError, WMoEError, printable
+
+#: optional packages -> (extra of pyproject.toml, what needs them)
+OPTIONAL_DEPS = {
+    "onnx": ("export", "ONNX export"), "onnxscript": ("export", "ONNX export"),
+    "onnxruntime": ("export", "running ONNX models"), "tensorrt": ("trt", "TensorRT"),
+    "polygraphy": ("trt", "TensorRT parity checks"), "cuda": ("trt", "the TensorRT runtime"),
+    "cv2": ("camera", "camera capture (OpenCV)"), "matplotlib": ("bench", "benchmark plots"),
+    "triton": ("kernels", "the Triton kernels"),
+}
+#: top-level modules of the ``model`` extra (pyproject.toml): missing in a runtime-only install
+MODEL_STACK = {"torch", "open_clip", "safetensors", "scipy", "sklearn", "skimage", "tqdm", "torchvision"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined] # noqa: F821
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
+def _subparsers(p: argparse.ArgumentParser) -> Iterator[Tuple[str, argparse.ArgumentParser]]:
+    seen = set()
+    for act in p._actions:
+        if isinstance(act, argparse._SubParsersAction):
+            for name, sp in act.choices.items():
+                if id(sp) not in seen:  # aliases share a parser
+                    seen.add(id(sp))
+                    yield name, sp
+
+
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    for act in p._actions:
+        if (not act.option_strings or act.default is None or act.default is False
+                or act.default == argparse.SUPPRESS or act.help == argparse.SUPPRESS):
+            continue
+        if isinstance(act, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        if act.help is None:
+            act.help = "default: %(default)s"
+        elif "%(default)" not in act.help and "default" not in act.help.lower():
+            act.help += " (default: %(default)s)"
+
+
+def finish(p: argparse.ArgumentParser, command: str = "wmoe") -> argparse.ArgumentParser:
+    """Apply the conventions above to ``p`` and every subcommand below it; returns ``p``."""
+    _show_defaults(p)
+    if "--debug" not in p._option_string_actions:
+        # SUPPRESS: a subcommand's --debug sets the flag, its absence does not reset the top-level one
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+    p.set_defaults(_command=command)
+    for name, sp in _subparsers(p):
+        finish(sp, f"{command} {name}")
+    return p
+
+
+def _rename(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    if p.prog == old or p.prog.startswith(old + " "):
+        p.prog = new + p.prog[len(old):]
+    for act in p._actions:
+        if isinstance(act, argparse._SubParsersAction) and act._prog_prefix.startswith(old):
+            act._prog_prefix = new + act._prog_prefix[len(old):]
+    for _, sp in _subparsers(p):
+        _rename(sp, old, new)
+
+
+def standalone(register: Callable[[argparse._SubParsersAction], None], command: str, prog: str
+               ) -> argparse.ArgumentParser:
+    """The ``command`` tree that ``register`` adds to ``wmoe``, as the program ``prog`` (``wmoe-export``)."""
+    holder = Parser(prog="wmoe")
+    register(holder.add_subparsers(dest="command", required=True))
+    finish(holder)
+    p = dict(_subparsers(holder))[command]
+    _rename(p, f"wmoe {command}", prog)
+    p.add_argument("--version", action="version", version=f"{prog} (wmoe) {__version__}")
+    p.set_defaults(debug=False, command=command)
+    return p
+
+
+def describe(e: BaseException) -> Optional[Tuple[str, int]]:
+    """(one-line message, exit status) for an expected failure; None for a bug (shown as a traceback)."""
+    if isinstance(e, WMoEError):
+        return printable(e), e.exit_code
+    top = (getattr(e, "name", None) or "").split(".")[0] if isinstance(e, ModuleNotFoundError) else ""
+    if top in MODEL_STACK:  # a runtime-only install (pip install "wmoe[runtime]") has no torch stack
+        return (f"this command needs the model stack ({e.name} is not installed): pip install \"wmoe[model]\" "
+                f"(scoring exported models needs only wmoe[runtime]: see wmoe-camera)"), 2
+    if top in OPTIONAL_DEPS:
+        extra, purpose = OPTIONAL_DEPS[top]
+        return str(MissingDependencyError(top, extra, purpose)), 2
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.strerror}: {printable(e.filename)}", 2
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", 130
+    return None
+
+
+def _one_line_warnings() -> None:
+    warnings.formatwarning = lambda message, category, *a, **k: f"wmoe: warning: {printable(message)}\n"
+
+
+def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv``, run the chosen command's ``func``, and report a failure as one line (see the module)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug, command = "--debug" in argv, parser.prog
+    if not debug:
+        _one_line_warnings()
+    try:
+        a = parser.parse_args(argv)  # inside: an option's check may import what a small install lacks
+        command = getattr(a, "_command", command)
+        return int(a.func(a) or 0)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - sorted by describe(); bugs are re-raised
+        found = None if debug else describe(e)
+        if found is None:
+            raise
+        msg, code = found
+        print(f"{command}: error: {msg}", file=sys.stderr)
+        return code
