@@ -47,8 +47,8 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
     from .detector import Detector
 
     out = ensure_output_dir(out_dir)
-    paths = expand_inputs(inputs)
     det = Detector.from_checkpoint(ckpt, pretrained=pretrained, device=device, batch_size=batch_size)
+    paths = expand_inputs(inputs)
     thr = threshold if threshold is not None else det.threshold
     if thr is not None and not math.isfinite(thr):
         raise NonFiniteError(f"the decision threshold is {thr}; pass a finite --threshold")
