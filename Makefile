@@ -16,7 +16,7 @@ PYTHON312    ?= $(shell for c in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bi
   2>/dev/null && echo "$$c" && break; done)
 TRITON_PINS  ?= nvidia-pytriton==0.7.0
 
-.PHONY: install triton-env demo test test-fast bench-cpu clean
+.PHONY: install triton-env demo test test-fast bench-cpu gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ test: install triton-env
 
 bench-cpu: install
 	$(BIN)/wmoe-bench --help
+
+## GPU acceptance run on a machine with an NVIDIA GPU (no arguments, nothing downloaded): GPU tests, kernel bench,
+## wmoe bench at 336/518 px, AOTInductor and TensorRT builds; writes bench/results/<gpu-name>/. Without a GPU the
+## GPU steps are listed as skipped and it exits 2 (`python -m wmoe.bench.gpu_check --plan` lists the steps).
+gpu-check: install
+	$(BIN)/python -m wmoe.bench.gpu_check
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info $(TRITON_VENV)

@@ -16,8 +16,9 @@ from wmoe.onnx_meta import read_onnx_metadata
 
 from .onnx_export import ExportError, sha256_file
 
-INSTALL_HINT = ("TensorRT is not installed. On x86-64 with CUDA 12/13: pip install tensorrt cuda-python; "
-                "on Jetson (JetPack 6): apt install python3-libnvinfer (ships with JetPack) and pip install cuda-python")
+INSTALL_HINT = ("TensorRT is not installed. On x86-64: pip install 'wmoe[trt]' (CUDA 12 drivers; pip install tensorrt "
+                "cuda-python also works) or 'wmoe[trt-cu13]' (CUDA 13); on Jetson (JetPack 6): apt install "
+                "python3-libnvinfer (ships with JetPack) and pip install cuda-python")
 
 
 def require_tensorrt():

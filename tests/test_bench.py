@@ -134,3 +134,25 @@ def test_backends_set_their_kernels_per_call_and_compile_only_when_asked(tiny_mo
     assert [s.kernels for s in tiny_model.kernel_stages()] == before  # nothing leaks into the next backend
     for k in ("scores", "maps", "text_scores"):
         assert np.abs(fused[k] - ref[k]).max() <= 1e-5
+
+
+def test_gpu_check_says_which_steps_need_a_gpu(tmp_path):
+    """make gpu-check on a machine without a GPU: the plan names the GPU steps; a run skips them with the reason,
+    runs what a CPU can, writes its JSON/markdown and exits 2."""
+    from wmoe.bench.gpu_check import STEPS, main
+    plan = subprocess.run([sys.executable, "-m", "wmoe.bench.gpu_check", "--plan"], capture_output=True, text=True)
+    assert plan.returncode == 0
+    for s in STEPS:
+        assert s.name in plan.stdout
+    assert {s.name for s in STEPS if s.needs_gpu} == {"gpu-tests", "kernel-bench", "aoti", "trt-engine", "bench"}
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: make gpu-check runs for real")
+    code = main(["--out", str(tmp_path), "--steps", "env,gpu-tests,bench"])
+    assert code == 2
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    by = {r["step"]: r for r in doc["results"]}
+    assert by["env"]["status"] == "ok" and json.loads((tmp_path / "env.json").read_text())["torch"]
+    assert by["gpu-tests"]["status"] == by["bench"]["status"] == "skipped"
+    assert "needs an NVIDIA GPU" in by["bench"]["reason"]
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| gpu-tests | yes | skipped |" in md and "| env | no | ok |" in md
