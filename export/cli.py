@@ -53,7 +53,8 @@ def _triton(a: argparse.Namespace) -> int:
              "pixel_threshold": a.pixel_threshold,
              "backends": tuple(a.backend) if a.backend else None, "frame_size": a.frame_size,
              "preferred_batch_sizes": tuple(a.preferred_batch) if a.preferred_batch else None}
-    opts = TritonOptions(overwrite=a.overwrite, **{k: v for k, v in given.items() if v is not None})
+    opts = TritonOptions(overwrite=a.overwrite, warmup=not a.no_warmup,
+                         **{k: v for k, v in given.items() if v is not None})
     out = write_repository(a.source, a.out, opts)
     models = ", ".join(sorted(p.parent.name for p in out.glob("*/config.pbtxt")))
     print(f"wrote Triton model repository {out} (models: {models}); serve it as {out / 'README.md'} says")
@@ -122,6 +123,7 @@ def register(subparsers) -> None:
     tr.add_argument("--threads", type=positive_int, help="python backend: ONNX Runtime threads per instance")
     tr.add_argument("--version", type=positive_int, help="version folder to write (default 1)")
     tr.add_argument("--overwrite", action="store_true", help="replace that version folder if it exists")
+    tr.add_argument("--no-warmup", action="store_true", help="no model_warmup (zero frames at batch 1 and max at load)")
     tr.add_argument("--frame-size", type=frame_size, help="checkpoint source: camera frame HxW (default: the model's SxS)")
     tr.add_argument("--pretrained", type=existing_file, help="checkpoint source: backbone weights file")
     tr.add_argument("--threshold", type=finite_float, help="checkpoint source: image threshold to store (default: the one "

@@ -69,6 +69,7 @@ class TritonOptions:
     threshold: Optional[float] = None  # checkpoint source only: overrides <checkpoint>.threshold.json
     pixel_threshold: Optional[float] = None  # checkpoint source only
     container_tag: str = DEFAULT_CONTAINER_TAG
+    warmup: bool = True  # zero frames at batch 1 and max at load: the first camera frame is not the slow one
     overwrite: bool = False  # replace an existing version folder
 
     def check(self) -> None:
@@ -228,6 +229,13 @@ def model_config(name: str, backend: str, spec: ModelSpec, opts: TritonOptions,
     parts.append(f"instance_group [\n  {{\n    count: {opts.instance_count}\n    kind: {DEVICES[opts.device]}\n"
                  "  }\n]")
     parts.append("version_policy: { latest: { num_versions: 1 } }")
+    if opts.warmup:
+        dims = ", ".join(str(d) for d in spec.input.dims)
+        parts.append("model_warmup [\n" + ",\n".join(
+            f"  {{\n    name: \"zero frames, batch {n}\"\n    batch_size: {n}\n"
+            f"    inputs {{\n      key: {pbtxt_string(spec.input.name)}\n      value: {{ data_type: {spec.input.data_type} "
+            f"dims: [ {dims} ] zero_data: true }}\n    }}\n  }}"
+            for n in sorted({1, opts.max_batch_size})) + "\n]")
     for k, v in sorted(parameters.items()):
         parts.append(f"parameters {{\n  key: {pbtxt_string(k)}\n  value: {{ string_value: {pbtxt_string(v)} }}\n}}")
     return "\n".join(parts) + "\n"

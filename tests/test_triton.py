@@ -72,6 +72,9 @@ def test_repository_layout_and_configs(exported):
         assert list(c.dynamic_batching.preferred_batch_size) == [4, 8]
         assert c.dynamic_batching.max_queue_delay_microseconds == DELAY_US
         assert [(g.count, mc.ModelInstanceGroup.Kind.Name(g.kind)) for g in c.instance_group] == [(1, "KIND_CPU")]
+        # warmup at load (the server runs it: a failing warmup fails the load, see the server tests)
+        assert [(w.batch_size, list(w.inputs["frames"].dims), w.inputs["frames"].zero_data) for w in c.model_warmup] \
+            == [(1, [*FRAME, 3], True), (MAX_BATCH, [*FRAME, 3], True)]
         params = {k: v.string_value for k, v in c.parameters.items()}
         for k, v in meta.items():  # the model's whole contract travels into the config
             assert params[k] == v
@@ -328,6 +331,13 @@ def test_bounded_load(exported, server, clients, capsys):
         for _ in range(50):
             rt.score(frame)
         direct_ms = (time.perf_counter() - t) / 50 * 1e3
+    # Prometheus metrics count what the clients sent (50 + 400 here, plus the earlier tests' requests)
+    import re
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    ok = re.search(r'^nv_inference_request_success\{model="wmoe_python",version="1"\} (\d+)', metrics, flags=re.M)
+    assert ok and int(ok.group(1)) >= 450, metrics[:2000]
     fmt = lambda d: json.dumps({k: round(v, 2) for k, v in d.items()})  # noqa: E731
     with capsys.disabled():
         print(f"\nTriton load test (CPU, tiny model, python backend, {FRAME[0]}x{FRAME[1]} frames, 1 frame per "
