@@ -195,6 +195,12 @@ def infer(mod, client, x, dtype="UINT8", model="wmoe_python"):
     return {k: r.as_numpy(k) for k in ("scores", "maps", "text_scores")}
 
 
+def test_warmup_ran_at_load(clients):
+    """Before any client request, the server ran the config's warmup: zero frames at batch 1 and at max."""
+    inferences, executions, batches = _stats(clients["grpc"][1])
+    assert (inferences, executions) == (1 + MAX_BATCH, 2) and batches == {1: 1, MAX_BATCH: 1}
+
+
 def test_server_parity_with_runtime(exported, clients):
     """HTTP and gRPC answers equal wmoe.runtime on the same frames (same ONNX, same ONNX Runtime build)."""
     rng = np.random.default_rng()
