@@ -39,36 +39,24 @@ def _float(s: str) -> float:
     return v
 
 
-def positive_int(s: str) -> int:
-    v = _int(s)
-    if v <= 0:
-        raise Bad(f"must be a positive integer, got {v}")
-    return v
+def _at_least(parse: Callable[[str], float], low: float, strict: bool, what: str) -> Callable[[str], float]:
+    def check(s: str):
+        v = parse(s)
+        if v < low or (strict and v == low):
+            raise Bad(f"must be {what}, got {s.strip()}")
+        return v
+
+    return check
 
 
-def non_negative_int(s: str) -> int:
-    v = _int(s)
-    if v < 0:
-        raise Bad(f"must be 0 or more, got {v}")
-    return v
-
-
-def finite_float(s: str) -> float:
-    return _float(s)
-
-
-def positive_float(s: str) -> float:
-    v = _float(s)
-    if v <= 0:
-        raise Bad(f"must be a positive number, got {s}")
-    return v
-
-
-def non_negative_float(s: str) -> float:
-    v = _float(s)
-    if v < 0:
-        raise Bad(f"must be 0 or more, got {s}")
-    return v
+positive_int = _at_least(_int, 0, True, "a positive integer")
+non_negative_int = _at_least(_int, 0, False, "0 or more")
+finite_float = _float
+positive_float = _at_least(_float, 0.0, True, "a positive number")
+non_negative_float = _at_least(_float, 0.0, False, "0 or more")
+for _f, _n in ((positive_int, "positive_int"), (non_negative_int, "non_negative_int"),
+               (positive_float, "positive_float"), (non_negative_float, "non_negative_float")):
+    _f.__name__ = _n  # argparse names the type in some messages
 
 
 def int_list(s: str) -> List[int]:
