@@ -220,6 +220,13 @@ def test_permission_errors_are_one_line(tmp_path, ckpt):
         (d / "secret.safetensors").chmod(0)
         (d / "ro").mkdir()
         (d / "ro").chmod(0o555)
+        (d / "imgs" / "locked").mkdir(parents=True)
+        from PIL import Image
+
+        Image.new("RGB", (30, 20)).save(d / "imgs" / "ok.png")
+        Image.new("RGB", (30, 20)).save(d / "imgs" / "locked" / "hidden.png")
+        (d / "imgs" / "locked").chmod(0)
+        (d / "imgs" / "loop").symlink_to("..")  # a symlink loop: followed once, never forever
         pre = _drop_root_file_powers if os.geteuid() == 0 else None
         script = (  # one process (starting one costs seconds here): the CLI's main() on each command line
             "import contextlib, io, json, sys\n"
@@ -236,17 +243,22 @@ def test_permission_errors_are_one_line(tmp_path, ckpt):
             "print(json.dumps(res))\n")
         runs = [["predict", "secret.safetensors", "m.safetensors", "--out", "out1"],
                 ["predict", "m.safetensors", "m.safetensors", "--out", "ro/sub"],
-                ["train", ".", "--tiny", "--out", "ro"]]
+                ["train", ".", "--tiny", "--out", "ro"],
+                ["predict", "m.safetensors", "imgs", "--out", "out3", "--no-overlays"]]
         import json
 
         r = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True,
                            timeout=300, cwd=d, preexec_fn=pre, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr[-3000:]
-        (c1, e1), (c2, e2), (c3, e3) = json.loads(r.stdout.strip().splitlines()[-1])
+        (c1, e1), (c2, e2), (c3, e3), (c4, e4) = json.loads(r.stdout.strip().splitlines()[-1])
         assert c1 == 2 and e1.strip() == \
             "wmoe predict: error: checkpoint secret.safetensors cannot be read (Permission denied)", e1
         assert c2 == 2 and "argument --out: ro/sub:" in e2 and "not writable" in e2 and e2.count("\n") == 1, e2
         assert c3 == 2 and "argument --out: ro:" in e3 and "not writable" in e3, e3
+        # a folder that cannot be listed is reported (exit 1), never skipped silently; the rest is scored
+        assert c4 == 1 and "imgs/locked: folder cannot be listed (Permission denied)" in e4, e4
+        doc = json.loads((d / "out3" / "scores.json").read_text())
+        assert [Path(x["path"]).name for x in doc["results"]] == ["ok.png"] and doc["n_failed"] == 1
     finally:
         for p in d.rglob("*"):
             p.chmod(0o700)

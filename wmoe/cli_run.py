@@ -135,5 +135,16 @@ def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> in
         if found is None:
             raise
         msg, code = found
+        _close_progress_bars()
         print(f"{command}: error: {msg}", file=sys.stderr)
         return code
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar the failed command left open, so the error starts its own line."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - cosmetic only; the error line matters
+            pass

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -20,12 +21,31 @@ from .errors import NonFiniteError, printable
 from .overlay import overlay_panel
 
 
-def expand_inputs(inputs: Sequence[Union[str, Path]]) -> List[Path]:
-    """Files as given; folders expanded to their image files (sorted). A missing path is an error."""
+def expand_inputs(inputs: Sequence[Union[str, Path]],
+                  unreadable: Optional[List[Dict[str, str]]] = None) -> List[Path]:
+    """Files as given; folders expanded to their image files (sorted). A missing path is an error.
+
+    A sub-folder that cannot be listed (permissions) is never skipped silently: it is added to ``unreadable``
+    (``{"path", "error"}``) when a list is given, and raises :class:`DataError` otherwise. Symbolic links to
+    folders are followed, each real folder once (no loops)."""
     out: List[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()))
+            def onerror(e: OSError) -> None:
+                msg = f"{printable(e.filename)}: folder cannot be listed ({e.strerror}); its images were not scored"
+                if unreadable is None:
+                    raise DataError(msg)
+                unreadable.append({"path": printable(e.filename), "error": msg})
+
+            seen, found = set(), []
+            for root, dirs, files in os.walk(p, onerror=onerror, followlinks=True):
+                real = os.path.realpath(root)
+                if real in seen:  # a symlink loop or a second link to the same folder
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                found.extend(Path(root) / f for f in files)
+            out.extend(sorted(q for q in found if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()))
         elif p.exists():
             out.append(p)
         else:
@@ -48,12 +68,12 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
 
     out = ensure_output_dir(out_dir)
     det = Detector.from_checkpoint(ckpt, pretrained=pretrained, device=device, batch_size=batch_size)
-    paths = expand_inputs(inputs)
+    errors: List[Dict[str, str]] = []
+    paths = expand_inputs(inputs, unreadable=errors)
     thr = threshold if threshold is not None else det.threshold
     if thr is not None and not math.isfinite(thr):
         raise NonFiniteError(f"the decision threshold is {thr}; pass a finite --threshold")
     results: List[Dict[str, object]] = []
-    errors: List[Dict[str, str]] = []
     it = range(0, len(paths), batch_size)
     if progress:
         from tqdm.auto import tqdm
