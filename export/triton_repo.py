@@ -427,15 +427,19 @@ def repository_readme(out: Path, models: Mapping[str, str], spec: ModelSpec, opt
               f"  perf_analyzer -m {target} -u 127.0.0.1:8001 -i grpc --input-data random "
               f"--shape {spec.input.name}:{h},{w},3 -b 1 --concurrency-range 1:8 --percentile 99",
               "```", "", "## Call it", "", "```python",
-              "import numpy as np, tritonclient.grpc as grpcclient",
+              "import numpy as np, tritonclient.grpc as grpcclient  # pip install \"wmoe[serve]\"",
+              "from wmoe.contract import Decision",
               "client = grpcclient.InferenceServerClient(\"127.0.0.1:8001\")",
               f"params = client.get_model_config(\"{target}\").config.parameters  # the model's metadata",
+              "decision = Decision.from_json(params[\"wmoe.decision\"].string_value)  # threshold stored at export",
               f"frames = np.zeros((2, {h}, {w}, 3), np.uint8)  # RGB (OpenCV gives BGR: frame[..., ::-1])",
               f"inp = grpcclient.InferInput(\"{spec.input.name}\", list(frames.shape), \"UINT8\")",
               "inp.set_data_from_numpy(frames)",
               f"res = client.infer(\"{target}\", [inp])",
               "scores = res.as_numpy(\"scores\")[:, 0]  # (N,) image scores; maps: res.as_numpy(\"maps\") (N, S, S)",
-              "```", "", "Prometheus metrics: `curl 127.0.0.1:8002/metrics`. New model: "
-              f"`wmoe export triton NEW --out {out.name} --version {opts.version + 1}` adds a version folder; the "
-              "server (with `--model-control-mode=poll`, or after a restart) serves the newest.", ""]
+              "verdicts = decision.verdicts(scores)  # 'anomalous' / 'normal' / 'undecided' (no threshold, non-finite)",
+              "```", "", "Prometheus metrics: `curl 127.0.0.1:8002/metrics`. A new model: "
+              f"`wmoe export triton NEW --out {out.name} --version {opts.version + 1}` adds a version folder; "
+              f"`curl -X POST 127.0.0.1:8000/v2/repository/models/{target}/load` (explicit model control, as above) "
+              "switches the server to the newest version without a restart.", ""]
     return "\n".join(lines)

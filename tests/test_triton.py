@@ -373,6 +373,35 @@ def test_serving_doc_client_example_runs(exported, server, clients):
     assert ns["decision"].verdicts(ns["scores"]) == ref.verdicts and ns["maps"].shape == (2, SIZE, SIZE)
 
 
+def test_repository_readme_example_runs(exported, server, clients):
+    """The client example in the repository's README, as written (port and model name substituted)."""
+    import re
+
+    text = (exported["repo"] / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    code = block.replace('"127.0.0.1:8001"', f'"127.0.0.1:{server.grpc_port}"').replace('"wmoe"', '"wmoe_python"')
+    ns = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    ns["client"].close()
+    with Runtime.open(exported["onnx"]) as rt:
+        ref = rt.score(np.zeros((2, *FRAME, 3), np.uint8))
+    np.testing.assert_allclose(ns["scores"], ref.scores, rtol=1e-5, atol=1e-5)
+    assert ns["verdicts"] == ref.verdicts and ns["decision"].threshold == THRESHOLD
+
+
+def test_new_version_served_after_reload(exported, clients):
+    """`wmoe export triton --version 2` into the served repository, then a load request: the server serves
+    version 2 (the latest-1 policy) without a restart."""
+    g = clients["grpc"][1]
+    write_repository(exported["onnx"], exported["repo"],
+                     TritonOptions(backends=("python",), version=2, device="cpu", max_batch_size=MAX_BATCH,
+                                   preferred_batch_sizes=(4, 8), max_queue_delay_us=DELAY_US, threads=1))
+    g.load_model("wmoe_python")
+    assert g.is_model_ready("wmoe_python", "2") and not g.is_model_ready("wmoe_python", "1")
+    assert list(g.get_model_metadata("wmoe_python").versions) == ["2"]
+    assert infer(*clients["grpc"], np.zeros((1, *FRAME, 3), np.uint8))["scores"].shape == (1, 1)
+
+
 def test_clean_shutdown(server, clients):
     """SIGTERM: the server unloads the model, stops the backend's stub and exits 0; the ports close. (Triton
     waits up to --exit-timeout-secs for open client connections: close them first.)"""
