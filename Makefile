@@ -56,8 +56,11 @@ bench-cpu: install
 ## GPU acceptance run on a machine with an NVIDIA GPU (no arguments, nothing downloaded): GPU tests, kernel bench,
 ## wmoe bench at 336/518 px, AOTInductor and TensorRT builds; writes bench/results/<gpu-name>/. Without a GPU the
 ## GPU steps are listed as skipped and it exits 2 (`python -m wmoe.bench.gpu_check --plan` lists the steps).
-gpu-check: install
-	$(BIN)/python -m wmoe.bench.gpu_check
+## GPU_PYTHON=python3 uses an interpreter that already has wmoe and a CUDA torch (no .venv install).
+GPU_PYTHON ?=
+gpu-check:
+	@if [ -n "$(GPU_PYTHON)" ]; then $(GPU_PYTHON) -m wmoe.bench.gpu_check; \
+	else $(MAKE) install && $(BIN)/python -m wmoe.bench.gpu_check; fi
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info $(TRITON_VENV)

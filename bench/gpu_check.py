@@ -21,7 +21,8 @@ bench               yes   ``wmoe bench`` at 336/518 px, batch 1/8/32, fp32/fp16,
 Intermediate files (checkpoint, ONNX, engine, AOTInductor package) go to ``build/gpu-check/`` (ignored by git).
 Writes ``bench/results/<gpu-name>/``: ``gpu_check.json`` and ``gpu_check.md`` (every step: ok / failed / skipped
 with the reason and its time), ``bench.json``/``bench.md``/``bench.png`` of ``wmoe bench`` and ``kernels.json``.
-Without a GPU the GPU steps are skipped ("needs an NVIDIA GPU"), the others run, and the exit status is 2.
+Without a GPU the GPU steps are skipped ("needs an NVIDIA GPU"), the others run, the report goes to
+``build/gpu-check/no-gpu/`` (not committed) and the exit status is 2.
 
     python -m wmoe.bench.gpu_check [--out DIR] [--steps a,b] [--plan]
 """
@@ -201,7 +202,9 @@ class Check:
 def run_check(out: Optional[Path] = None, steps: Optional[List[str]] = None,
               progress: Callable[[str], None] = print) -> Dict:
     gpu = gpu_name()
-    out = Path(out) if out else REPO / "bench" / "results" / slug(gpu or "no-gpu")
+    # results of a GPU run are meant to be committed; a run without a GPU stays in build/ (ignored by git)
+    out = Path(out) if out else (REPO / "bench" / "results" / slug(gpu) if gpu else REPO / "build" / "gpu-check"
+                                 / "no-gpu")
     out.mkdir(parents=True, exist_ok=True)
     work = REPO / "build" / "gpu-check"  # checkpoint, ONNX, engine, package: never under bench/results
     work.mkdir(parents=True, exist_ok=True)
@@ -267,7 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if skipped:
         print(f"[gpu-check] no NVIDIA GPU here: {', '.join(skipped)} need one and were skipped", file=sys.stderr)
     code = exit_status(doc)
-    out = a.out or f"bench/results/{slug(doc['gpu'] or 'no-gpu')}"
+    out = a.out or (f"bench/results/{slug(doc['gpu'])}" if doc["gpu"] else "build/gpu-check/no-gpu")
     print(f"[gpu-check] wrote {out}/gpu_check.md (exit {code})")
     return code
 
