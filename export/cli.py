@@ -18,7 +18,9 @@ def _batch_ranges(s: str):
 def _onnx(a: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
     frame = a.frame_size
-    path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=bool(frame), frame_size=frame,
+    if frame and a.input == "images":
+        raise ValueError("--frame-size needs --input frames (the default)")
+    path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=a.input == "frames", frame_size=frame,
                        opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor,
                        threshold=a.threshold, pixel_threshold=a.pixel_threshold)
     from wmoe.contract import ModelMeta
@@ -77,8 +79,12 @@ def register(subparsers) -> None:
     o.add_argument("--out", required=True, type=output_file)
     o.add_argument("--precision", type=one_of(["fp32", "fp16"], "precision"), default="fp32")
     o.add_argument("--flavor", type=one_of(["portable", "plugin"], "flavor"), default="portable")
+    o.add_argument("--input", type=one_of(["frames", "images"], "input"), default="frames",
+                   help="frames: uint8 (N,H,W,3) RGB with resize + normalization in the graph, so a runtime only "
+                        "stacks frames; images: normalized float (N,3,S,S) (default: %(default)s)")
     o.add_argument("--frame-size", default=None, type=frame_size,
-                   help="HxW: put uint8 preprocessing in the graph (camera frames)")
+                   help="HxW of the camera frames for --input frames (default: the model's SxS; the runtime "
+                        "resizes other frames to it)")
     o.add_argument("--opset", type=positive_int, default=18)
     o.add_argument("--exporter", type=one_of(["dynamo"], "exporter"), default="dynamo",
                    help="torch.onnx dynamo exporter (the TorchScript one gives a wrong graph for this model)")

@@ -59,7 +59,8 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
     Args:
         precision: ``fp32`` or ``fp16`` (weights and compute in fp16, inputs and outputs stay fp32 — what TensorRT 11's
             strongly typed networks need to build a reduced-precision engine).
-        preprocess: input ``frames`` uint8 (N,H,W,3) of ``frame_size`` (H, W) instead of ``images``.
+        preprocess: input ``frames`` uint8 (N,H,W,3) of ``frame_size`` (H, W; default the model's SxS) instead of
+            ``images``: the spec's resize and normalization run in the graph (``wmoe export onnx``'s default).
         flavor: ``portable`` (standard ONNX ops only: ONNX Runtime, OpenVINO, any TensorRT) or ``plugin`` (the two
             fused stages as ``wmoe`` custom nodes for TensorRT plugins, see :mod:`wmoe.export.plugin_graph`;
             dynamo exporter only).
@@ -107,9 +108,10 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
     wrapper = ExportWrapper(model, preprocess=preprocess,
                             dtype=torch.float16 if precision == "fp16" else torch.float32)
     if preprocess:
-        if not frame_size:
-            raise ExportError("preprocess=True needs frame_size=(H, W): the camera's frame size")
+        frame_size = tuple(frame_size) if frame_size else (s, s)  # model-sized frames: the runtime resizes others
         h, w = frame_size
+        if h < 1 or w < 1:
+            raise ExportError(f"frame_size must be positive (H, W), got {frame_size}")
         example = torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8)
         in_name = INPUT_FRAMES
     else:

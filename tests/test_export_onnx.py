@@ -107,8 +107,8 @@ def test_in_graph_preprocessing_and_fp16(ckpt, tmp_path):
     p = export_onnx(ckpt, tmp_path / "frames.onnx", preprocess=True, frame_size=(90, 120))
     got = make_session(p).run(None, {"frames": frames})
     ref = _torch(ckpt, resize_normalize(to_chw_list(frames), SIZE))
-    # ONNX Resize's antialiased cubic differs slightly from torch's: a documented, small tolerance
-    assert np.abs(got[0] - ref[0]).max() < 1e-2 and np.abs(got[1] - ref[1]).max() < 2e-2
+    # the same resize in the graph (ONNX Resize + AveragePool) as in torch: float rounding apart
+    assert np.abs(got[0] - ref[0]).max() < 1e-4 and np.abs(got[1] - ref[1]).max() < 1e-4
     p16 = export_onnx(ckpt, tmp_path / "fp16.onnx", precision="fp16")
     x = torch.randn(2, 3, SIZE, SIZE)
     got = make_session(p16).run(None, {"images": x.numpy()})

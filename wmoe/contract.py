@@ -95,7 +95,7 @@ def is_image_name(name: Union[str, Path]) -> bool:
 #: The resize this version implements (see :class:`PreprocessSpec`); a model naming another one is refused.
 RESIZE_BICUBIC_AA = "bicubic-antialias"
 RESIZE_BILINEAR_BOX = "bilinear-box"
-RESIZE = RESIZE_BICUBIC_AA
+RESIZE = RESIZE_BILINEAR_BOX
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
-"""Image input checking and preprocessing shared by the Detector, export and the runtime.
-
-Squash resize (no crop: the whole part stays in view, as the peers do) with antialiased bicubic interpolation,
-then OpenAI CLIP's mean/std normalization.
+"""Image input checking and THE preprocessing (torch): data set, training, eval, predict, the Detector and the
+exported graph all call :func:`resize_batch` + :func:`normalize`, built from :class:`wmoe.contract.PreprocessSpec`
+(squash resize ``bilinear-box``, then CLIP mean/std). The runtime's numpy twin is tested against it.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from .errors import WMoEError
 
-from .contract import CLIP_MEAN, CLIP_STD
+from .contract import PreprocessSpec
 from .image_io import pil_to_rgb_array
 
 
@@ -95,18 +94,32 @@ def to_chw_list(images: Any) -> List[Tensor]:
     return out
 
 
-def resize_normalize(images: Sequence[Tensor], size: int) -> Tensor:
-    """Squash-resize float CxHxW images in [0, 1] to ``size`` and normalize: (B, 3, size, size)."""
-    batch = []
-    for t in images:
-        x = t.unsqueeze(0)
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        batch.append(x.clamp_(0.0, 1.0))
-    x = torch.cat(batch, 0)
-    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+def resize_batch(x: Tensor, spec: PreprocessSpec) -> Tensor:
+    """The preprocessing spec's squash resize (``bilinear-box``, :class:`wmoe.contract.PreprocessSpec`) of a float
+    batch (N, 3, H, W) in [0, 1] to (N, 3, S, S): bilinear (half-pixel, no antialias) to ``(S*kh, S*kw)``, then a
+    ``kh x kw`` box average. The exporter traces this same function into the graph (ONNX ``Resize`` +
+    ``AveragePool``); :func:`wmoe.runtime.frames.preprocess_frames` is its numpy twin."""
+    s = spec.size
+    kh, kw = spec.box_factors(x.shape[-2], x.shape[-1])
+    if tuple(x.shape[-2:]) != (s * kh, s * kw):
+        x = F.interpolate(x, size=(s * kh, s * kw), mode="bilinear", align_corners=False, antialias=False)
+    if kh > 1 or kw > 1:
+        x = F.avg_pool2d(x, (kh, kw))
+    return x
+
+
+def normalize(x: Tensor, spec: PreprocessSpec) -> Tensor:
+    """``(x - mean) / std`` per channel of a (N, 3, S, S) batch."""
+    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def resize_normalize(images: Sequence[Tensor], size: int) -> Tensor:
+    """Float CxHxW images in [0, 1] (any sizes) -> the model input (B, 3, size, size): the one preprocessing of
+    eval, train, predict and the Detector (:class:`wmoe.contract.PreprocessSpec` with ``size``)."""
+    spec = PreprocessSpec(int(size))
+    return normalize(torch.cat([resize_batch(t.unsqueeze(0).float(), spec) for t in images], 0), spec)
 
 
 def original_sizes(images: Sequence[Tensor]) -> List[Tuple[int, int]]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..contract import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, is_image_name  # noqa: F401 (re-exported)
+from ..contract import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, PreprocessSpec, is_image_name  # noqa: F401
 # the one image loader lives in wmoe.image_io (torch-free, shared with the runtime); re-exported for wmoe.data users
 from ..image_io import (MAX_IMAGE_PIXELS, DataError, ReducedDecodeWarning, load_image, load_mask,  # noqa: F401
                         pil_to_rgb_array)
@@ -48,21 +48,19 @@ def preprocess(
 ) -> torch.Tensor:
     """RGB uint8 HxWx3 (numpy or PIL) -> normalized float32 tensor 3xSxS.
 
-    Squash resize (no crop, aspect ratio not kept) with Pillow's bicubic filter, as the peers do at 518 px,
-    then ``(x/255 - mean) / std``. HxW and HxWx1 are treated as gray, HxWx4 drops alpha. Expects RGB order
-    (convert OpenCV frames from BGR first).
+    The one preprocessing (:func:`wmoe.preprocess.resize_batch` + :func:`~wmoe.preprocess.normalize`, the spec's
+    ``bilinear-box`` squash resize, no crop), so a data-set image and the same image given to ``wmoe predict`` or
+    the Detector become the same tensor. HxW and HxWx1 are gray, HxWx4 drops alpha. Expects RGB order.
     """
+    from ..preprocess import normalize, resize_batch
+
     arr = _as_rgb_uint8(image)
-    size = int(image_size)
-    if size <= 0:
+    if int(image_size) <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    if arr.shape[0] != size or arr.shape[1] != size:
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
-    # torch wants a writable array; Pillow's and callers' arrays may be read-only, so copy (cheap next to resize).
-    t = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1).to(torch.float32).div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return t.sub_(m).div_(s).contiguous()
+    spec = PreprocessSpec(int(image_size), mean=tuple(mean), std=tuple(std))
+    # torch wants a writable array; Pillow's and callers' arrays may be read-only, so copy
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].to(torch.float32) / 255.0
+    return normalize(resize_batch(t, spec), spec)[0].contiguous()
 
 
 def resize_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:

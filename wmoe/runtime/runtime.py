@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from ..contract import INPUT_FRAMES, Decision, ModelMeta
-from .frames import FrameError, check_frames, preprocess_frames, resize_map
+from .frames import FrameError, check_frames, frames_to_size, preprocess_frames, resize_map
 
 
 @dataclass
@@ -80,6 +80,8 @@ class Runtime:
         sizes = [tuple(f.shape[:2]) for f in fr]
         if self.meta.input == INPUT_FRAMES:
             want = tuple(self.meta.frame_size)
+            if want == (self.input_size, self.input_size):  # model-sized frame input: other sizes resized here
+                fr = frames_to_size(fr, self.meta.preprocess)
             for i, f in enumerate(fr):
                 if tuple(f.shape[:2]) != want:
                     raise FrameError(f"frame {i}: this model takes {want[0]}x{want[1]} frames (in-graph "
