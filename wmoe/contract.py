@@ -93,7 +93,6 @@ def is_image_name(name: Union[str, Path]) -> bool:
 # --- preprocessing spec -------------------------------------------------------------------------------------------
 
 #: The resize this version implements (see :class:`PreprocessSpec`); a model naming another one is refused.
-RESIZE_BICUBIC_AA = "bicubic-antialias"
 RESIZE_BILINEAR_BOX = "bilinear-box"
 RESIZE = RESIZE_BILINEAR_BOX
 
@@ -104,8 +103,7 @@ class PreprocessSpec:
     (torch), :mod:`wmoe.runtime.frames` (numpy) and in-graph by the ``frames`` ONNX.
 
     Squash resize to SxS (no crop: the whole part stays in view), then ``(x / 255 - mean) / std`` per channel.
-    ``resize`` names the interpolation (:data:`RESIZE` is the one this version implements):
-    ``bicubic-antialias`` is torch's ``interpolate(mode="bicubic", antialias=True)``; ``bilinear-box`` is, with
+    ``resize`` names the interpolation; :data:`RESIZE` is the one this version implements, ``bilinear-box``: with
     integer factors ``kh = max(1, H // S)``, ``kw = max(1, W // S)``, bilinear interpolation (half-pixel centres, no
     antialias) to ``(S*kh, S*kw)`` followed by a ``kh x kw`` box average — plain ONNX ``Resize(linear)`` +
     ``AveragePool``, which ONNX Runtime, TensorRT and OpenVINO compute the same way.

@@ -46,7 +46,7 @@ def is_skipped(item: Optional[Mapping[str, Any]]) -> bool:
 class AnomalyDataset(Dataset):
     """Images, masks and labels of one split of a meta.json-indexed data set.
 
-    Item (a dict): ``image`` float32 3xSxS (squash-resized bicubic, CLIP-normalized), ``mask`` float32 1xSxS in
+    Item (a dict): ``image`` float32 3xSxS (squash-resized with the contract's bilinear-box, CLIP-normalized), ``mask`` float32 1xSxS in
     {0, 1}, ``label`` int (0 normal / 1 anomalous), ``has_mask`` bool (False for normal images and for anomalous
     images of sets without pixel labels; their mask is all zeros), ``cls_name``, ``specie_name``, ``img_path``
     (absolute str), ``orig_size`` (H, W) and ``index``.
