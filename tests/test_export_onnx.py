@@ -37,10 +37,7 @@ def ckpt(tmp_path_factory):
 def exported(ckpt, tmp_path_factory):
     # the decision wmoe eval writes beside the checkpoint is picked up by the export
     threshold_path(ckpt).write_text(Decision(threshold=0.42, calibration={"n_images": 7}).to_json())
-    try:
-        return export_onnx(ckpt, tmp_path_factory.mktemp("onnx") / "m.onnx")
-    finally:
-        threshold_path(ckpt).unlink()
+    return export_onnx(ckpt, tmp_path_factory.mktemp("onnx") / "m.onnx")
 
 
 def _torch(ckpt, x):
