@@ -175,3 +175,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(data, tmp_
                                              r"the last good checkpoint .* \(step 1\) is kept"):
         _run(data, out, epochs=4, lr=1e9)
     assert checkpoint_set.verify(out).step == 1
+
+
+def test_train_config_refuses_bad_values_like_the_cli():
+    from wmoe.errors import UsageError
+
+    for kw in ({"epochs": -3}, {"epochs": 0}, {"batch_size": 0}, {"lr": float("nan")}, {"lr": 0.0},
+               {"num_workers": -1}, {"max_steps": 0}):
+        with pytest.raises(UsageError, match=f"TrainConfig: {next(iter(kw))}="):
+            TrainConfig("data", **kw)

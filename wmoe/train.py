@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError, checkpoint_meta, read_checkpoint, write
 from .config import ModelConfig
 from .data import AnomalyDataset, DataError, SkippedFiles, collate
 from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .errors import NonFiniteError
+from .errors import NonFiniteError, UsageError
 from .expert_health import USAGE_FILE, TrainingHealth, usage_line
 from .losses import total_loss
 from .model import WMoECLIP
@@ -52,6 +52,18 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the same rules as the CLI's parse-time checks, for callers of the Python API
+        bad = [f"{k}={v!r} ({why})" for k, v, ok, why in (
+            ("epochs", self.epochs, self.epochs > 0, "> 0"),
+            ("batch_size", self.batch_size, self.batch_size > 0, "> 0"),
+            ("lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "finite, > 0"),
+            ("num_workers", self.num_workers, self.num_workers >= 0, ">= 0"),
+            ("max_steps", self.max_steps, self.max_steps is None or self.max_steps > 0, "None or > 0"),
+        ) if not ok]
+        if bad:
+            raise UsageError(f"TrainConfig: {', '.join(bad)}")
 
 
 def _seed_all(seed: int) -> None:
