@@ -3,6 +3,10 @@
     python -m wmoe.bench.bench_kernels --out bench/results/kernels_<gpu>   # on a CUDA machine
     python -m wmoe.bench.bench_kernels --dry-run                          # floors only (any machine)
 
+One entry per fused stage, named like the stage's spec, kernel file and test (``wcma_frequency``,
+``wcma_attention``, ``moe_experts``: ``kernels/<stage>_triton.py``, ``tests/test_kernels_<stage>.py``);
+``--stages`` picks some. Rows are ``<stage>/<impl>``.
+
 WCMA frequency stage: eager = pytorch_wavelets' DWT + the nn ops of Eq. 5-6 (``wcma_frequency_ref`` on the
 sub-bands), compiled = ``torch.compile`` of the reference, fused = the Triton kernels. Whole WCMA (Eq. 5-7):
 eager = the above + Eq. 7 as written (K/V projections of every position), compiled = ``torch.compile`` of that,
@@ -22,9 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 C, D, NE, TOPK, T = 768, 192, 8, 2, 2
+STAGES = ("wcma_frequency", "wcma_attention", "moe_experts")
 
 
 def wcma_floor(B: int, grid: int, itemsize: int = 2) -> Dict[str, float]:
@@ -86,15 +91,15 @@ def syncs_with_host(fn: Callable[[], object]) -> bool:
         torch.cuda.set_sync_debug_mode(0)
 
 
-def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
+def run(batches: List[int], grids: List[int], out: Path, stages: Sequence[str] = STAGES) -> List[dict]:
     import torch
     import triton.testing as tt
     from pytorch_wavelets import DWTForward
 
-    from wmoe.kernels.moe_ops import moe_experts_triton
+    from wmoe.kernels.moe_experts_triton import moe_experts_triton
     from wmoe.kernels.moe_ref import moe_experts_dense_ref, moe_experts_ref
-    from wmoe.kernels.wcma_attn_ops import wcma_attention_triton
-    from wmoe.kernels.wcma_ops import wcma_frequency_triton
+    from wmoe.kernels.wcma_attention_triton import wcma_attention_triton
+    from wmoe.kernels.wcma_frequency_triton import wcma_frequency_triton
     from wmoe.kernels.wcma_ref import wcma_cross_attention_ref
 
     dev, dt = "cuda", torch.float16
@@ -142,25 +147,29 @@ def run(batches: List[int], grids: List[int], out: Path) -> List[dict]:
     for grid in grids:
         for B in batches:
             x = torch.randn(B, grid, grid, C, device=dev, dtype=dt)
-            fl = wcma_floor(B, grid)
-            bench("wcma-eager", lambda: eager_wcma(x), fl, stage="wcma", batch=B, grid=grid)
-            bench("wcma-compile", lambda: compiled_wcma(x), fl, stage="wcma", batch=B, grid=grid)
-            bench("wcma-triton", lambda: wcma_frequency_triton(x, *w), fl, stage="wcma", batch=B, grid=grid)
-            f_t = torch.randn(B, T, C, device=dev, dtype=dt)
-            fa = wcma_attn_floor(B, grid)
-            key = dict(stage="wcma+attn", batch=B, grid=grid)
-            bench("wcma-attn-eager", lambda: eager_attn(f_t, x), fa, **key)
-            bench("wcma-attn-compile", lambda: compiled_attn(f_t, x), fa, **key)
-            bench("wcma-attn-unfused", lambda: wcma_cross_attention_ref(f_t, wcma_frequency_triton(x, *w), *aw), fa,
-                  **key)
-            bench("wcma-attn-fused", lambda: wcma_attention_triton(f_t, x, *w, *aw), fa, **key)
-    for B in batches:
+            if "wcma_frequency" in stages:
+                fl = wcma_floor(B, grid)
+                key = dict(stage="wcma_frequency", batch=B, grid=grid)
+                bench("wcma_frequency/eager", lambda: eager_wcma(x), fl, **key)
+                bench("wcma_frequency/compile", lambda: compiled_wcma(x), fl, **key)
+                bench("wcma_frequency/triton", lambda: wcma_frequency_triton(x, *w), fl, **key)
+            if "wcma_attention" in stages:
+                f_t = torch.randn(B, T, C, device=dev, dtype=dt)
+                fa = wcma_attn_floor(B, grid)
+                key = dict(stage="wcma_attention", batch=B, grid=grid)
+                bench("wcma_attention/eager", lambda: eager_attn(f_t, x), fa, **key)
+                bench("wcma_attention/compile", lambda: compiled_attn(f_t, x), fa, **key)
+                bench("wcma_attention/unfused",
+                      lambda: wcma_cross_attention_ref(f_t, wcma_frequency_triton(x, *w), *aw), fa, **key)
+                bench("wcma_attention/triton", lambda: wcma_attention_triton(f_t, x, *w, *aw), fa, **key)
+    for B in batches if "moe_experts" in stages else []:
         x = torch.randn(B, C, device=dev, dtype=dt)
         fl = moe_floor(B)
-        bench("moe-eager-loop", lambda: moe_experts_ref(x, *mw, TOPK), fl, stage="moe", batch=B)
-        bench("moe-dense", lambda: moe_experts_dense_ref(x, *mw, TOPK), fl, stage="moe", batch=B)
-        bench("moe-dense-compile", lambda: compiled_dense(x), fl, stage="moe", batch=B)
-        bench("moe-triton", lambda: moe_experts_triton(x, *mw, TOPK), fl, stage="moe", batch=B)
+        key = dict(stage="moe_experts", batch=B)
+        bench("moe_experts/eager-loop", lambda: moe_experts_ref(x, *mw, TOPK), fl, **key)
+        bench("moe_experts/dense", lambda: moe_experts_dense_ref(x, *mw, TOPK), fl, **key)
+        bench("moe_experts/dense-compile", lambda: compiled_dense(x), fl, **key)
+        bench("moe_experts/triton", lambda: moe_experts_triton(x, *mw, TOPK), fl, **key)
     return rec.records
 
 
@@ -169,31 +178,36 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,8,32,64,128,256")
     ap.add_argument("--grids", default="24,37")
     ap.add_argument("--out", default="bench_out/kernels")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated entries (default: all)")
     ap.add_argument("--dry-run", action="store_true", help="print the bytes/FLOPs floors only")
     a = ap.parse_args(argv)
+    stages = a.stages.split(",")
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        ap.error(f"unknown stages {sorted(unknown)} (known: {', '.join(STAGES)})")
     batches = [int(v) for v in a.batches.split(",")]
     grids = [int(v) for v in a.grids.split(",")]
     if a.dry_run:
+        print("Floors only: computed from bytes and FLOPs, not measured -- no GPU has run this bench yet.\n")
         print("| stage | batch | grid | MB floor | GFLOP | H100 floor µs (3.35 TB/s, 990 TFLOP/s fp16) |")
         print("|---|---:|---:|---:|---:|---:|")
         for g in grids:
             for B in batches:
-                f = wcma_floor(B, g)
-                us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
-                print(f"| wcma | {B} | {g} | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
-                f = wcma_attn_floor(B, g)
-                us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
-                print(f"| wcma+attn | {B} | {g} | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
-        for B in batches:
+                for name, floor in (("wcma_frequency", wcma_floor), ("wcma_attention", wcma_attn_floor)):
+                    if name in stages:
+                        f = floor(B, g)
+                        us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
+                        print(f"| {name} | {B} | {g} | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
+        for B in batches if "moe_experts" in stages else []:
             f = moe_floor(B)
             us = max(f["bytes"] / 3.35e12, f["flops"] / 990e12) * 1e6
-            print(f"| moe | {B} | – | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
+            print(f"| moe_experts | {B} | – | {f['bytes'] / 1e6:.1f} | {f['flops'] / 1e9:.2f} | {us:.1f} |")
         return 0
     import torch
     if not torch.cuda.is_available():
         print("bench_kernels needs a CUDA GPU (use --dry-run for the floors)")
         return 2
-    run(batches, grids, Path(a.out))
+    run(batches, grids, Path(a.out), stages)
     return 0
 
 

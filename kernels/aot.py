@@ -1,10 +1,15 @@
 """Ahead-of-time compilation of the Triton kernels for the TensorRT plugin path, on any machine (no GPU needed).
 
-``compile_all(out_dir)`` compiles every kernel × dtype × target (sm_80 A100, sm_87 Jetson Orin, sm_90 H100) to PTX
-and cubin with ``triton.compile(ASTSource, target=GPUTarget(...))``, runs ``ptxas -v`` for registers / shared
-memory / stack, and writes ``manifest.json``. Each artifact is checked against what a TensorRT plugin can launch:
-arguments ordered inputs, int32 scalars, outputs; no global/profile scratch (TensorRT passes null for Triton's
-hidden scratch arguments); registers ≤ 255 per thread; shared memory within the target's per-block limit.
+``compile_all(out_dir)`` compiles every kernel of every stage spec (:func:`wmoe.kernels.dispatch.stage_specs`)
+× dtype × target (sm_80 A100, sm_87 Jetson Orin, sm_90 H100) × variant to PTX and cubin with
+``triton.compile(ASTSource, target=GPUTarget(...))``, with each target's configuration from the spec, runs
+``ptxas -v`` for registers / spills / shared memory, reads the PTX for the instruction mix (MMA kind, vector loads,
+``cp.async``) and writes ``manifest.json``. Variants: ``general`` (any pointer alignment and sizes) and ``a16``
+(artifact name suffix ``_a16``: every pointer 16-byte aligned and the spec's ``aligned`` dims divisible by 16,
+which is what turns the scalar loads into vectorized ones and ``cp.async``). Each artifact is checked against what
+a TensorRT plugin can launch: arguments ordered inputs, int32 scalars, outputs; no global/profile scratch
+(TensorRT passes null for Triton's hidden scratch arguments); registers ≤ 255 per thread; shared memory within
+the target's per-block limit.
 
     python -m wmoe.kernels.aot --out build/kernels
 """
@@ -12,109 +17,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-TARGETS = {"sm_80": 80, "sm_87": 87, "sm_90": 90}
+from .spec import TARGETS, KernelSpec
+
 SMEM_LIMIT = {80: 163 * 1024, 87: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block (bytes)
 MAX_REGS = 255
-
-# name -> (kernel, ordered args as (name, role, type template), constexprs); roles: in / scalar / out.
-# "T" is replaced by the kernel dtype's pointer type.
-WCMA_MAIN_ARGS = [("x_ptr", "in", "*T"), ("g_ptr", "in", "*fp32"), ("wpw_ptr", "in", "*T"), ("bpw_ptr", "in", "*fp32"),
-                  ("wl_ptr", "in", "*T"), ("bl_ptr", "in", "*fp32"), ("B", "scalar", "i32"), ("H", "scalar", "i32"),
-                  ("W", "scalar", "i32"), ("h", "scalar", "i32"), ("w", "scalar", "i32"), ("C", "scalar", "i32"),
-                  ("D", "scalar", "i32"), ("out_ptr", "out", "*T")]
-WCMA_POOL_ARGS = [("x_ptr", "in", "*T"), ("B", "scalar", "i32"), ("H", "scalar", "i32"), ("W", "scalar", "i32"),
-                  ("h", "scalar", "i32"), ("w", "scalar", "i32"), ("C", "scalar", "i32"), ("p_ptr", "out", "*fp32")]
-WCMA_GEMV_ARGS = [("p_ptr", "in", "*fp32"), ("w_ptr", "in", "*fp32"), ("bias_ptr", "in", "*fp32"),
-                  ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("g_ptr", "out", "*fp32")]
-
-_WCMA_SCALARS = [(n, "scalar", "i32") for n in ("B", "H", "W", "h", "w", "C", "D", "T", "NT")]
-WCMA_ATTN_ARGS = (WCMA_MAIN_ARGS[:6] + [("q_ptr", "in", "*fp32")] + _WCMA_SCALARS
-                  + [("acc_ptr", "out", "*fp32"), ("m_ptr", "out", "*fp32"), ("l_ptr", "out", "*fp32")])
-WCMA_COMBINE_ARGS = [("acc_ptr", "in", "*fp32"), ("m_ptr", "in", "*fp32"), ("l_ptr", "in", "*fp32"),
-                     ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("T", "scalar", "i32"), ("NT", "scalar", "i32"),
-                     ("z_ptr", "out", "*fp32")]
-
-MOE_ROUTER_ARGS = [("x_ptr", "in", "*T"), ("wr_ptr", "in", "*fp32"), ("br_ptr", "in", "*fp32"),
-                   ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("NE", "scalar", "i32"), ("TOPK", "scalar", "i32"),
-                   ("w_out_ptr", "out", "*fp32"), ("e_out_ptr", "out", "*i32")]
-MOE_UP_ARGS = [("x_ptr", "in", "*T"), ("w1_ptr", "in", "*T"), ("b1_ptr", "in", "*fp32"), ("order_ptr", "in", "*i32"),
-               ("offsets_ptr", "in", "*i32"), ("counts_ptr", "in", "*i32"), ("C", "scalar", "i32"),
-               ("DH", "scalar", "i32"), ("TOPK", "scalar", "i32"), ("h_ptr", "out", "*T")]
-MOE_DOWN_ARGS = [("h_ptr", "in", "*T"), ("w2_ptr", "in", "*T"), ("b2_ptr", "in", "*fp32"), ("order_ptr", "in", "*i32"),
-                 ("offsets_ptr", "in", "*i32"), ("counts_ptr", "in", "*i32"), ("wts_ptr", "in", "*fp32"),
-                 ("C", "scalar", "i32"), ("DH", "scalar", "i32"), ("y_ptr", "out", "*fp32")]
-MOE_COMBINE_ARGS = [("y_ptr", "in", "*fp32"), ("B", "scalar", "i32"), ("C", "scalar", "i32"), ("TOPK", "scalar", "i32"),
-                    ("out_ptr", "out", "*T")]
+VARIANTS = ("general", "a16")
 
 
-def kernel_specs() -> Dict[str, tuple]:
-    from .moe_triton import _combine_kernel, _expert_down_kernel, _expert_up_kernel, _router_kernel
-    from .wcma_attn_triton import _attn_combine_kernel, _wcma_attn_kernel
-    from .wcma_triton import _gemv_kernel, _pool_kernel, _wcma_main_kernel
-    return {
-        "moe_router": (_router_kernel, MOE_ROUTER_ARGS, {"BLOCK_B": 16, "BLOCK_E": 8, "BLOCK_K": 32}, 4, 2),
-        "moe_up": (_expert_up_kernel, MOE_UP_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "FP32": "ieee"}, 4, 2),
-        "moe_down": (_expert_down_kernel, MOE_DOWN_ARGS, {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32, "FP32": "ieee"}, 4, 2),
-        "moe_combine": (_combine_kernel, MOE_COMBINE_ARGS, {"BLOCK_C": 128}, 4, 2),
-        "wcma_pool": (_pool_kernel, WCMA_POOL_ARGS, {"BLOCK_P": 32, "BLOCK_C": 64}, 4, 2),
-        "wcma_gemv": (_gemv_kernel, WCMA_GEMV_ARGS, {"BLOCK_N": 64, "BLOCK_K": 32}, 4, 2),
-        # D = 192 (the default freq_hidden) -> BLOCK_D 256
-        "wcma_main": (_wcma_main_kernel, WCMA_MAIN_ARGS, {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 256,
-                                                          "BLOCK_N": 32, "FP32": "ieee"}, 8, 2),
-        # the fused Eq. 5-7 pass and its partial merge (T = 2 text queries -> BLOCK_T 2)
-        "wcma_attn": (_wcma_attn_kernel, WCMA_ATTN_ARGS, {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 256,
-                                                          "BLOCK_N": 32, "BLOCK_T": 2, "FP32": "ieee"}, 8, 2),
-        "wcma_attn_combine": (_attn_combine_kernel, WCMA_COMBINE_ARGS, {"BLOCK_C": 64, "BLOCK_T": 2}, 4, 2),
-    }
-
-
-# Per-dtype constexpr overrides. The fp32 main WCMA kernel at BLOCK_M = BLOCK_N = 32 takes 69,632 B of shared
-# memory; above 48 KB a kernel needs an opt-in (cudaFuncSetAttribute) that Triton's launcher does and a TensorRT
-# AOT plugin launch is not documented to do. 16 x 16 tiles take 34,816 B (the plugin limit is checked in
-# wmoe.export.trt_plugins.check_plugin_artifact).
-DTYPE_CONSTEXPRS = {("wcma_main", "fp32"): {"BLOCK_M": 16, "BLOCK_N": 16}}
+def kernel_specs() -> Dict[str, KernelSpec]:
+    """Every kernel of every stage, by AOT name (a kernel shared by two stages appears once)."""
+    from .dispatch import stage_specs
+    out: Dict[str, KernelSpec] = {}
+    for stage in stage_specs().values():
+        for k in stage.kernels:
+            out.setdefault(k.name, k)
+    return out
 
 
 @dataclass
 class KernelArtifact:
     name: str
     kernel: str
+    spec: str  # the KernelSpec name (``wcma_main``)
+    variant: str  # general / a16
     target: str
     dtype: str
     ptx: str
     cubin: str
     signature: List[List[str]]  # [name, role, type] in launch order
-    constexprs: Dict[str, int]
+    constexprs: Dict[str, Any]
+    aligned: List[str]  # dims the variant assumes divisible by 16 (a16: with 16-byte aligned pointers)
     num_warps: int
     num_stages: int
     shared_bytes: int
     registers: int
     stack_bytes: int
+    spill_bytes: int  # ptxas spill stores + loads
     global_scratch_bytes: int
     ptx_version: str
+    mma: str  # wgmma / mma (mma.sync) / none
+    vector_loads: int  # ld.global.v2/v4 in the PTX
+    cp_async: int  # cp.async (Ampere-style asynchronous copies) in the PTX
+    cp_async_16: int  # of which 16-byte copies (vectorized)
     problems: List[str] = field(default_factory=list)  # plugin constraints violated: the artifact is unusable
     warnings: List[str] = field(default_factory=list)  # usable but slow (register spills)
 
 
-def ast_source(fn, signature: Dict[str, str], constexprs: Dict[str, int]):
-    """``triton.compiler.ASTSource`` across Triton 3.x: recent releases take the constexpr values as ``constexprs=``
-    (3.6, the GPU machines', and 3.8 checked), older ones as ``constants=`` (3.2 checked): pass whichever this
-    Triton's ASTSource declares."""
-    import inspect
-
-    from triton.compiler import ASTSource
-    params = inspect.signature(ASTSource.__init__).parameters
-    key = "constexprs" if "constexprs" in params else "constants"
-    if key not in params:
-        raise RuntimeError(f"this Triton's ASTSource takes neither constexprs= nor constants= ({list(params)})")
-    return ASTSource(fn=fn, signature=signature, **{key: constexprs})
+def artifact_name(spec: str, dtype: str, target: str, variant: str = "general") -> str:
+    return f"{spec}_{dtype}_{target}" + ("" if variant == "general" else f"_{variant}")
 
 
 def _ptxas() -> Path:
@@ -126,7 +84,7 @@ def _ptxas() -> Path:
 
 
 def ptxas_usage(ptx_path: Path, arch: str) -> Dict[str, int]:
-    """Registers, shared memory and stack per thread from ``ptxas -v``."""
+    """Registers, shared memory, stack and spills per thread from ``ptxas -v``."""
     r = subprocess.run([str(_ptxas()), "-v", f"--gpu-name={arch}", str(ptx_path), "-o", "/dev/null"],
                        capture_output=True, text=True)
     if r.returncode != 0:
@@ -135,8 +93,18 @@ def ptxas_usage(ptx_path: Path, arch: str) -> Dict[str, int]:
     regs = re.findall(r"Used (\d+) registers", text)
     stack = re.findall(r"(\d+) bytes stack frame", text)
     smem = re.findall(r"(\d+) bytes smem", text)
+    spill = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
     return {"registers": int(regs[-1]) if regs else -1, "stack": int(stack[-1]) if stack else 0,
-            "static_smem": int(smem[-1]) if smem else 0}
+            "static_smem": int(smem[-1]) if smem else 0,
+            "spill": sum(int(a) + int(b) for a, b in spill[-1:])}
+
+
+def instruction_mix(ptx: str) -> Dict[str, Any]:
+    """What the PTX does with the tensor cores and memory: the MMA kind, vectorized global loads, ``cp.async``."""
+    mma = "wgmma" if re.search(r"\bwgmma\.mma_async", ptx) else "mma" if re.search(r"\bmma\.sync", ptx) else "none"
+    cp = re.findall(r"\bcp\.async\.c[ag]\.shared\.global[^;]*", ptx)
+    return {"mma": mma, "vector_loads": len(re.findall(r"\bld\.global(?:\.\w+)*\.v[248]\.", ptx)),
+            "cp_async": len(cp), "cp_async_16": sum(1 for c in cp if re.search(r",\s*(?:0x10|16)\s*(?:,|$)", c))}
 
 
 def check_artifact(a: KernelArtifact, cc: int) -> List[str]:
@@ -156,56 +124,99 @@ def check_artifact(a: KernelArtifact, cc: int) -> List[str]:
     return problems
 
 
-def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS), dtypes: Sequence[str] = ("fp16", "fp32"),
-                progress: bool = True, kernels: Optional[Sequence[str]] = None) -> List[KernelArtifact]:
+def ast_source(fn, signature: Dict[str, str], constexprs: Dict[str, Any], attrs: Optional[Dict] = None):
+    """``triton.compiler.ASTSource`` across Triton 3.x: the constexpr values as ``constexprs=`` (3.6 and 3.8) or
+    ``constants=`` (older); ``attrs`` in the ``{(index,): [["tt.divisibility", 16]]}`` form (Triton >= 3.3)."""
+    import inspect
+
+    from triton.compiler import ASTSource
+    params = inspect.signature(ASTSource.__init__).parameters
+    key = "constexprs" if "constexprs" in params else "constants"
+    if key not in params:
+        raise RuntimeError(f"this Triton's ASTSource takes neither constexprs= nor constants= ({list(params)})")
+    return ASTSource(fn=fn, signature=signature, **{key: constexprs}, attrs=attrs or {})
+
+
+def divisibility_attrs(k: KernelSpec) -> Dict:
+    """The ``a16`` variant's hints: every pointer 16-byte aligned, the spec's ``aligned`` dims divisible by 16."""
+    names = list(k.fn.arg_names)
+    return {(names.index(a.name),): [["tt.divisibility", 16]] for a in k.args
+            if a.type.startswith("*") or a.name in k.aligned}
+
+
+def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Path,
+                   **options: Any) -> KernelArtifact:
+    """One artifact: ``k`` with ``target``'s configuration for ``dtype``, the shape constexprs of its ``aot_dims``
+    and the run-time constexprs ``options`` (default: the spec's, e.g. ``FP32="ieee"``)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    import os
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} ({VARIANTS})")
+    cc = TARGETS[target]
+    cfg = k.config(target, dtype)
+    consts = k.constexprs(target, dtype, dict(k.aot_dims), **options)
+    sig = {a.name: a.type.replace("T", dtype) for a in k.args}
+    sig.update({c: "constexpr" for c in consts})
+    attrs = divisibility_attrs(k) if variant == "a16" else {}
+    c = triton.compile(ast_source(k.fn, sig, consts, attrs), target=GPUTarget("cuda", cc, 32),
+                       options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    stem = artifact_name(k.name, dtype, target, variant)
+    ptx = c.asm["ptx"]
+    ptx_path, cubin_path = out / f"{stem}.ptx", out / f"{stem}.cubin"
+    ptx_path.write_text(ptx)
+    cubin_path.write_bytes(c.asm["cubin"])
+    tgt = re.search(r"^\.target\s+(\w+)", ptx, re.M)  # sm_90 -> Triton emits sm_90a
+    usage = ptxas_usage(ptx_path, tgt.group(1) if tgt else target)
+    md = c.metadata
+    ver = re.search(r"^\.version\s+(\S+)", ptx, re.M)
+    art = KernelArtifact(
+        name=stem, kernel=md.name, spec=k.name, variant=variant, target=target, dtype=dtype, ptx=ptx_path.name,
+        cubin=cubin_path.name, signature=[[a.name, a.role, sig[a.name]] for a in k.args], constexprs=dict(consts),
+        aligned=list(k.aligned) if variant == "a16" else [], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        shared_bytes=int(md.shared), registers=usage["registers"], stack_bytes=usage["stack"],
+        spill_bytes=usage["spill"],
+        global_scratch_bytes=int(getattr(md, "global_scratch_size", 0) or 0)
+        + int(getattr(md, "profile_scratch_size", 0) or 0),
+        ptx_version=ver.group(1) if ver else "?", **instruction_mix(ptx))
+    art.problems = check_artifact(art, cc)
+    if art.stack_bytes or art.spill_bytes:
+        art.warnings.append(f"{art.stack_bytes} B stack frame, {art.spill_bytes} B spilled (register spills)")
+    return art
+
+
+def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS), dtypes: Sequence[str] = ("fp16", "fp32"),
+                progress: bool = True, kernels: Optional[Sequence[str]] = None,
+                variants: Sequence[str] = VARIANTS) -> List[KernelArtifact]:
+    """Compile ``kernels`` (default: all, see :func:`kernel_specs`) and write ``manifest.json`` beside them."""
+    import triton
+
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("AOT compilation needs the Triton compiler: unset TRITON_INTERPRET (the interpreter "
                            "replaces @triton.jit functions when it is set at import time)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    arts: List[KernelArtifact] = []
     specs = kernel_specs()
     unknown = set(kernels or ()) - set(specs)
     if unknown:
         raise ValueError(f"unknown kernels {sorted(unknown)} (known: {sorted(specs)})")
-    for name, (fn, args, base_consts, warps, stages) in specs.items():
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arts: List[KernelArtifact] = []
+    for name, k in specs.items():
         if kernels and name not in kernels:
             continue
         for dtype in dtypes:
-            consts = {**base_consts, **DTYPE_CONSTEXPRS.get((name, dtype), {})}
-            sig = {n: t.replace("T", dtype) for n, _, t in args}
-            sig.update({k: "constexpr" for k in consts})
             for tname in targets:
-                cc = TARGETS[tname]
-                k = triton.compile(ast_source(fn, sig, consts),
-                                   target=GPUTarget("cuda", cc, 32), options={"num_warps": warps, "num_stages": stages})
-                stem = f"{name}_{dtype}_{tname}"
-                ptx_path, cubin_path = out / f"{stem}.ptx", out / f"{stem}.cubin"
-                ptx_path.write_text(k.asm["ptx"])
-                cubin_path.write_bytes(k.asm["cubin"])
-                tgt = re.search(r"^\.target\s+(\w+)", k.asm["ptx"], re.M)  # sm_90 -> Triton emits sm_90a
-                usage = ptxas_usage(ptx_path, tgt.group(1) if tgt else tname)
-                md = k.metadata
-                ver = re.search(r"^\.version\s+(\S+)", k.asm["ptx"], re.M)
-                art = KernelArtifact(
-                    name=stem, kernel=md.name, target=tname, dtype=dtype, ptx=ptx_path.name, cubin=cubin_path.name,
-                    signature=[[n, r, sig[n]] for n, r, _ in args], constexprs=dict(consts), num_warps=warps, num_stages=stages,
-                    shared_bytes=int(md.shared), registers=usage["registers"], stack_bytes=usage["stack"],
-                    global_scratch_bytes=int(getattr(md, "global_scratch_size", 0) or 0)
-                    + int(getattr(md, "profile_scratch_size", 0) or 0),
-                    ptx_version=ver.group(1) if ver else "?")
-                art.problems = check_artifact(art, cc)
-                if art.stack_bytes:
-                    art.warnings.append(f"{art.stack_bytes} B stack frame (register spills)")
-                arts.append(art)
-                if progress:
-                    print(f"{stem}: {art.registers} regs, {art.shared_bytes} B smem, PTX {art.ptx_version}"
-                          + (f"  PROBLEMS: {art.problems}" if art.problems else "")
-                          + (f"  warnings: {art.warnings}" if art.warnings else ""), flush=True)
+                for variant in variants:
+                    if variant == "a16" and not k.aligned:
+                        continue
+                    art = compile_kernel(k, dtype, tname, variant, out)
+                    arts.append(art)
+                    if progress:
+                        print(f"{art.name}: {art.registers} regs, {art.shared_bytes} B smem, {art.mma}, "
+                              f"{art.vector_loads} vector loads, {art.cp_async} cp.async ({art.cp_async_16} of 16 B), "
+                              f"{art.spill_bytes} B spilled, PTX {art.ptx_version}"
+                              + (f"  PROBLEMS: {art.problems}" if art.problems else "")
+                              + (f"  warnings: {art.warnings}" if art.warnings else ""), flush=True)
     manifest = {"triton": triton.__version__, "artifacts": [asdict(a) for a in arts]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return arts
@@ -217,10 +228,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--dtypes", default="fp16,fp32")
-    ap.add_argument("--kernels", default="", help="comma-separated subset of the kernels (default: all)")
+    ap.add_argument("--kernels", default=None, help="comma-separated subset (default: all)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     a = ap.parse_args(argv)
     arts = compile_all(a.out, a.targets.split(","), a.dtypes.split(","),
-                       kernels=[k for k in a.kernels.split(",") if k] or None)
+                       kernels=a.kernels.split(",") if a.kernels else None, variants=a.variants.split(","))
     bad = [x for x in arts if x.problems]
     return 1 if bad else 0
 

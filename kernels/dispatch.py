@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Dict, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -74,6 +74,15 @@ def as_choice(choice: ChoiceLike) -> KernelChoice:
     return KernelChoice(kernels=choice)
 
 
+def stage_specs() -> Dict[str, "StageSpec"]:  # noqa: F821 - wmoe.kernels.spec.StageSpec
+    """Every fused stage's spec by name, in the order a new stage is added here: the AOT compiler, the
+    TensorRT plugins and the kernel bench iterate these (imports Triton)."""
+    from .moe_experts_triton import SPEC as moe_experts_spec
+    from .wcma_attention_triton import SPEC as wcma_attention_spec
+    from .wcma_frequency_triton import SPEC as wcma_frequency_spec
+    return {s.name: s for s in (wcma_frequency_spec, wcma_attention_spec, moe_experts_spec)}
+
+
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -116,7 +125,7 @@ def wcma_frequency(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, 
         from . import ops  # noqa: F401 - registers torch.ops.wmoe.*
         return torch.ops.wmoe.wcma_frequency(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
     if use_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local, kernels=c):
-        from .wcma_ops import wcma_frequency_triton
+        from .wcma_frequency_triton import wcma_frequency_triton
         return wcma_frequency_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local, fp32=c.fp32.value)
     return wcma_frequency_ref(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
 
@@ -127,13 +136,13 @@ def wcma_attention(f_t: Tensor, x: Tensor, w_global: Tensor, b_global: Tensor, w
     """The whole WCMA stage, ``F'_T`` of Eq. 7 over ``F_p`` of Eq. 5-6, in ``x.dtype``.
 
     Triton (same rules as :func:`use_triton`): one fused pass that never writes ``F_p``
-    (:func:`wmoe.kernels.wcma_attn_ops.wcma_attention_triton`). Otherwise :func:`wcma_frequency` (reference, or the
+    (:func:`wmoe.kernels.wcma_attention_triton.wcma_attention_triton`). Otherwise :func:`wcma_frequency` (reference, or the
     ``wmoe::wcma_frequency`` custom op when tracing for the plugin export) followed by Eq. 7 as written.
     """
     c = as_choice(kernels)
     weights = (f_t, w_global, b_global, w_pw, b_pw, w_local, b_local, w_q, w_k, w_v)
     if use_triton(x, *weights, kernels=c):
-        from .wcma_attn_ops import wcma_attention_triton
+        from .wcma_attention_triton import wcma_attention_triton
         return wcma_attention_triton(f_t, x, w_global, b_global, w_pw, b_pw, w_local, b_local, w_q, w_k, w_v,
                                      fp32=c.fp32.value)
     f_p = wcma_frequency(x, w_global, b_global, w_pw, b_pw, w_local, b_local,
@@ -146,7 +155,7 @@ def moe_router(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int,
     """The gate of Eq. 8: ``(weights (B, k) float32, experts (B, k) int64)``; see
     :func:`wmoe.kernels.moe_ref.moe_router_ref`."""
     if use_triton(x, w_router, b_router, kernels=kernels):
-        from .moe_ops import moe_router_triton
+        from .moe_experts_triton import moe_router_triton
         w, e = moe_router_triton(x, w_router, b_router, top_k)
         return w, e.long()
     return moe_router_ref(x, w_router, b_router, top_k)
@@ -160,7 +169,7 @@ def moe_experts(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: T
         from . import ops  # noqa: F401
         return torch.ops.wmoe.moe_experts(x, w_router, b_router, w1, b1, w2, b2, top_k)
     if use_triton(x, w_router, b_router, w1, b1, w2, b2, kernels=c):  # same rules as the WCMA kernel
-        from .moe_ops import moe_experts_triton
+        from .moe_experts_triton import moe_experts_triton
         return moe_experts_triton(x, w_router, b_router, w1, b1, w2, b2, top_k, fp32=c.fp32.value)
     if _tracing():
         # No data-dependent shapes while tracing: the dense masked form gives the same numbers.

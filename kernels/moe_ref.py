@@ -1,6 +1,6 @@
 """PyTorch reference for the SA-MoE router and experts (Eq. 8).
 
-The oracle for the Triton grouped top-k expert GEMM in ``moe_triton.py``, and what the model runs on the CPU.
+The oracle for the Triton grouped top-k expert GEMM in ``moe_experts_triton.py``, and what the model runs on the CPU.
 
 Expert ``n`` is a two-layer MLP ``E_n(x) = GELU_tanh(x W1[n] + b1[n]) W2[n] + b2[n]`` with weights stacked
 over experts (``W1: (N, C, D)``, ``W2: (N, D, C)``), so the whole layer is a grouped GEMM. The router is

@@ -25,7 +25,7 @@ def wcma_frequency_op(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tenso
                       b_local: Tensor) -> Tensor:
     """``F_p`` of Eq. 5-6 (BHWC in, (B, ceil(H/2), ceil(W/2), C) out)."""
     if _use_kernel(x):
-        from .wcma_ops import wcma_frequency_triton
+        from .wcma_frequency_triton import wcma_frequency_triton
         return wcma_frequency_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
     return wcma_frequency_ref(x, w_global, b_global, w_pw, b_pw, w_local, b_local).contiguous()
 
@@ -41,7 +41,7 @@ def moe_experts_op(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1
                    top_k: int) -> Tensor:
     """``x_p`` of Eq. 8 for ``x (B, C)``."""
     if _use_kernel(x):
-        from .moe_ops import moe_experts_triton
+        from .moe_experts_triton import moe_experts_triton
         return moe_experts_triton(x, w_router, b_router, w1, b1, w2, b2, top_k)
     return moe_experts_ref(x, w_router, b_router, w1, b1, w2, b2, top_k)
 

@@ -12,3 +12,8 @@ def _mma(a, b, FP32: tl.constexpr):
     if a.dtype == tl.float32:
         return tl.dot(a, b.to(tl.float32), input_precision=FP32)
     return tl.dot(a, b.to(a.dtype))
+
+
+def dtype_name(dtype) -> str:
+    """``torch.float16`` -> ``"fp16"``: the dtype names of the specs, the AOT artifacts and the plugins."""
+    return {"torch.float16": "fp16", "torch.float32": "fp32", "torch.bfloat16": "bf16"}[str(dtype)]

@@ -1,6 +1,6 @@
 """PyTorch reference for the WCMA frequency stage (Eq. 5-6) and its cross-attention (Eq. 7).
 
-These functions are the test oracle for the Triton kernels in ``wcma_triton.py`` and the code the model runs
+These functions are the test oracle for the Triton kernels in ``wcma_frequency_triton.py`` and ``wcma_attention_triton.py`` and the code the model runs
 when the kernels are not used (CPU tensors, training, ONNX's portable flavor). Layout is channels-last:
 a patch grid is ``(B, H, W, C)``.
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from wmoe.kernels import dispatch
-from wmoe.kernels.wcma_attn_ops import attn_partials_shape, wcma_attention_triton
+from wmoe.kernels.spec import TARGETS, device_target
+from wmoe.kernels.wcma_attention_triton import attn_partials_shape, wcma_attention_triton
 from wmoe.kernels.wcma_ref import wcma_cross_attention_folded_ref, wcma_cross_attention_ref, wcma_frequency_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,13 +28,13 @@ def _reference(f_t, x, freq, attn):
     return f_p, wcma_cross_attention_ref(f_t.double(), f_p, *[t.double() for t in attn])
 
 
-def _check(B, H, W, C, D, dtype, T=2):
+def _check(B, H, W, C, D, dtype, T=2, target=None):
     f_t, x, freq, attn = _inputs(B, H, W, C, D, dtype, T)
-    NT, _ = attn_partials_shape(B, H, W, C, T)
+    NT, _ = attn_partials_shape(B, H, W, C, T, dtype, target or device_target(x.device))
     nan = float("nan")  # poison: every partial the combine reads must have been written
     parts = (torch.full((B, NT, T, C), nan, device=DEVICE), torch.full((B, NT, T), nan, device=DEVICE),
              torch.full((B, NT, T), nan, device=DEVICE))
-    got = wcma_attention_triton(f_t, x, *freq, *attn, partials=parts)
+    got = wcma_attention_triton(f_t, x, *freq, *attn, partials=parts, target=target)
     f_p, ref = _reference(f_t, x, freq, attn)
     assert got.shape == (B, T, C) and got.dtype == dtype and torch.isfinite(got).all()
     rel = ((got.double() - ref).abs().max() / ref.abs().max()).item()
@@ -76,6 +77,13 @@ def test_folded_reference_equals_eq7_as_written():
     f_p, ref = _reference(f_t, x, freq, attn)
     folded = wcma_cross_attention_folded_ref(f_t, f_p, *attn)
     assert torch.allclose(folded, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_every_target_configuration(target, dtype):
+    # the tiles shipped for each GPU, run under the interpreter: odd grid, more positions than one tile
+    _check(2, 19, 17, 48, 24, dtype, target=target)
 
 
 def test_deterministic():

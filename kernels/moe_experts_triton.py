@@ -1,5 +1,5 @@
-"""Triton kernels of the SA-MoE experts (Eq. 8): router, grouped expert GEMMs over the tokens routed to each
-expert, and a deterministic combine.
+"""The SA-MoE experts (Eq. 8): router, grouped expert GEMMs over the tokens routed to each expert, and a
+deterministic combine -- the Triton kernels, their spec and the launchers.
 
 Launches (no host synchronization anywhere: the whole path can be captured in a CUDA graph):
 
@@ -15,10 +15,15 @@ Launches (no host synchronization anywhere: the whole path can be captured in a 
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from .triton_common import _mma
+from .spec import Config, KernelSpec, StageSpec, cdiv, ins, launch, next_pow2, outs, scalars
+from .triton_common import _mma, dtype_name
 
 
 @triton.jit
@@ -146,3 +151,79 @@ def _combine_kernel(y_ptr, B, C, TOPK, out_ptr, BLOCK_C: tl.constexpr):
     for k in range(0, TOPK):  # fixed slot order: bit-reproducible
         acc += tl.load(y_ptr + (b * TOPK + k) * C + offs, mask=cmask, other=0.0)
     tl.store(out_ptr + b * C + offs, acc.to(out_ptr.dtype.element_ty), mask=cmask)
+
+
+# --- the spec ---
+
+ROUTER = KernelSpec(
+    "moe_router", _router_kernel,
+    ins("x_ptr", t="*T") + ins("wr_ptr", "br_ptr") + scalars("B", "C", "NE", "TOPK") + outs("w_out_ptr")
+    + outs("e_out_ptr", t="*i32"),
+    configs={"default": Config({"BLOCK_B": 16, "BLOCK_K": 32}, num_warps=4)},
+    grid=lambda d, c: (cdiv(d["B"], c["BLOCK_B"]),),
+    shape_constexprs=lambda d: {"BLOCK_E": next_pow2(d["NE"], 2)}, aot_dims={"NE": 8}, aligned=("C",))
+_ROWS = ins("order_ptr", "offsets_ptr", "counts_ptr", t="*i32")
+# rows of the sorted (token, slot) list per program; the grid is the worst case (one expert gets every row):
+# programs past their expert's count exit at once
+UP = KernelSpec(
+    "moe_up", _expert_up_kernel,
+    ins("x_ptr", "w1_ptr", t="*T") + ins("b1_ptr") + _ROWS + scalars("C", "DH", "TOPK") + outs("h_ptr", t="*T"),
+    configs={"default": Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4)},
+    grid=lambda d, c: (d["NE"], cdiv(d["B"] * d["TOPK"], c["BLOCK_M"]), cdiv(d["DH"], c["BLOCK_N"])),
+    options={"FP32": "ieee"}, aligned=("C", "DH"))
+DOWN = KernelSpec(
+    "moe_down", _expert_down_kernel,
+    ins("h_ptr", "w2_ptr", t="*T") + ins("b2_ptr") + _ROWS + ins("wts_ptr") + scalars("C", "DH") + outs("y_ptr"),
+    configs=UP.configs,
+    grid=lambda d, c: (d["NE"], cdiv(d["B"] * d["TOPK"], c["BLOCK_M"]), cdiv(d["C"], c["BLOCK_N"])),
+    options={"FP32": "ieee"}, aligned=("C", "DH"))
+COMBINE = KernelSpec(
+    "moe_combine", _combine_kernel, ins("y_ptr") + scalars("B", "C", "TOPK") + outs("out_ptr", t="*T"),
+    configs={"default": Config({"BLOCK_C": 128}, num_warps=4)},
+    grid=lambda d, c: (d["B"], cdiv(d["C"], c["BLOCK_C"])), aligned=("C",))
+SPEC = StageSpec("moe_experts", (ROUTER, UP, DOWN, COMBINE))
+
+
+def moe_router_triton(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int,
+                      target: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """``(weights (B, k) float32, experts (B, k) int32)``, as :func:`wmoe.kernels.moe_ref.moe_router_ref`."""
+    B, C = x.shape
+    ne = w_router.shape[0]
+    if not 1 <= top_k <= ne:
+        raise ValueError(f"top_k must be in [1, {ne}], got {top_k}")
+    w = torch.empty(B, top_k, device=x.device, dtype=torch.float32)
+    e = torch.empty(B, top_k, device=x.device, dtype=torch.int32)
+    launch(ROUTER, {"x_ptr": x.contiguous(), "wr_ptr": w_router.contiguous(), "br_ptr": b_router.contiguous(),
+                    "w_out_ptr": w, "e_out_ptr": e}, dict(B=B, C=C, NE=ne, TOPK=top_k), dtype_name(x.dtype), target)
+    return w, e
+
+
+def moe_experts_triton(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+                       b2: Tensor, top_k: int, out: Optional[Tensor] = None, fp32: str = "ieee",
+                       target: Optional[str] = None) -> Tensor:
+    """``x_p = sum_k w_k E_k(x)`` (Eq. 8) for ``x (B, C)``; w1 ``(N, C, Dh)``, w2 ``(N, Dh, C)``. ``fp32``/``target``
+    as :func:`wmoe.kernels.wcma_frequency_triton.wcma_frequency_triton`. Inference only."""
+    x = x.contiguous()
+    B, C = x.shape
+    ne, _, dh = w1.shape
+    dims = SPEC.dims(B=B, C=C, NE=ne, DH=dh, TOPK=top_k)
+    name = dtype_name(x.dtype)
+    weights, experts = moe_router_triton(x, w_router, b_router, top_k, target)
+    flat = experts.reshape(-1).to(torch.int64)
+    # tokens sorted to experts on the device (stable: deterministic order within an expert), no host sync
+    order = torch.sort(flat, stable=True).indices.to(torch.int32)
+    counts = torch.zeros(ne, device=x.device, dtype=torch.int32).scatter_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.int32))
+    offsets = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+    n_rows = B * top_k
+    h = torch.empty(n_rows, dh, device=x.device, dtype=x.dtype)
+    y = torch.empty(n_rows, C, device=x.device, dtype=torch.float32)
+    rows = {"order_ptr": order, "offsets_ptr": offsets, "counts_ptr": counts}
+    launch(UP, {"x_ptr": x, "w1_ptr": w1.to(x.dtype).contiguous(), "b1_ptr": b1.contiguous(), **rows, "h_ptr": h},
+           dims, name, target, FP32=fp32)
+    launch(DOWN, {"h_ptr": h, "w2_ptr": w2.to(x.dtype).contiguous(), "b2_ptr": b2.contiguous(), **rows,
+                  "wts_ptr": weights.reshape(-1), "y_ptr": y}, dims, name, target, FP32=fp32)
+    if out is None:
+        out = torch.empty(B, C, device=x.device, dtype=x.dtype)
+    launch(COMBINE, {"y_ptr": y, "out_ptr": out}, dims, name, target)
+    return out

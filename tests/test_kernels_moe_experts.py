@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from wmoe.kernels import dispatch
-from wmoe.kernels.moe_ops import moe_experts_triton, moe_router_triton
+from wmoe.kernels.moe_experts_triton import moe_experts_triton, moe_router_triton
+from wmoe.kernels.spec import TARGETS
 from wmoe.kernels.moe_ref import moe_experts_dense_ref, moe_experts_ref, moe_router_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -17,11 +18,11 @@ def _params(C, N, Dh, dtype):
     return [ps[0], ps[1]] + [p.to(dtype) for p in ps[2:]]
 
 
-def _check(B, C, N, Dh, k, dtype, params=None, x=None):
+def _check(B, C, N, Dh, k, dtype, params=None, x=None, target=None):
     x = torch.randn(B, C, device=DEVICE).to(dtype) if x is None else x
     params = params or _params(C, N, Dh, dtype)
     out = torch.full((B, C), float("nan"), device=DEVICE, dtype=dtype)  # poison
-    got = moe_experts_triton(x, *params, top_k=k, out=out)
+    got = moe_experts_triton(x, *params, top_k=k, out=out, target=target)
     ref = moe_experts_ref(x.double(), *[p.double() for p in params], k)
     assert torch.isfinite(got).all()
     rel = ((got.double() - ref).abs().max() / ref.abs().max()).item()
@@ -33,6 +34,11 @@ def _check(B, C, N, Dh, k, dtype, params=None, x=None):
 @pytest.mark.parametrize("batch", [1, 5, 37])
 def test_parity(batch, dtype):
     _check(batch, 64, 8, 48, 2, dtype)
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_every_target_configuration(target):
+    _check(37, 48, 8, 40, 2, torch.float16, target=target)
 
 
 def test_full_width():

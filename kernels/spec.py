@@ -1,0 +1,197 @@
+"""The spec of a fused stage's kernels: the one place a launch is described.
+
+Each stage file (``wcma_frequency_triton.py``, ``wcma_attention_triton.py``, ``moe_experts.py``) holds its ``@triton.jit``
+kernels and one :class:`StageSpec` listing a :class:`KernelSpec` per kernel: the arguments in launch order with
+their roles (inputs, int32 scalars, outputs -- what a TensorRT AOT plugin can launch), the constexprs, warps and
+stages per target, the grid as a function of the shapes, and the constexprs that follow from the shapes. From it:
+
+* the launcher (:func:`launch`, called by the stage's ``*_triton`` function) on a CUDA device or the interpreter;
+* the AOT compiler (:mod:`wmoe.kernels.aot`: signature, constexprs, warps/stages, a 16-byte-aligned variant);
+* the TensorRT plugin's launch parameters (:func:`launch_plan`: grid, threads, int32 scalars), where the dims are
+  TensorRT shape expressions -- the same formulas, since they only use ``+ - * //``.
+
+Targets: ``sm_80`` (A100), ``sm_87`` (Jetson Orin), ``sm_90`` (H100), and ``default`` (any other device and the
+CPU interpreter). Configurations were chosen from the compiler's resource report (no GPU was available to
+measure; see docs/kernels.md) and are pinned by tests (registers, spills, MMA kind, vector loads).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+TARGETS: Dict[str, int] = {"sm_80": 80, "sm_87": 87, "sm_90": 90}
+DEFAULT = "default"
+ROLES = ("in", "scalar", "out")
+
+
+def cdiv(a: Any, b: int) -> Any:
+    """Ceiling division for ints and TensorRT symbolic shape expressions alike."""
+    return (a + (b - 1)) // b
+
+
+def next_pow2(n: int, lo: int = 1) -> int:
+    p = lo
+    while p < n:
+        p *= 2
+    return p
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One kernel argument. ``type``: ``*T`` (a pointer in the stage's dtype), ``*fp32``, ``*i32`` or ``i32``."""
+    name: str
+    role: str
+    type: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"argument {self.name}: role {self.role!r} not in {ROLES}")
+        if (self.role == "scalar") != (self.type == "i32"):
+            raise ValueError(f"argument {self.name}: scalars are int32 and only scalars are int32 ({self.type})")
+
+
+def ins(*names: str, t: str = "*fp32") -> List[Arg]:
+    return [Arg(n, "in", t) for n in names]
+
+
+def scalars(*names: str) -> List[Arg]:
+    return [Arg(n, "scalar", "i32") for n in names]
+
+
+def outs(*names: str, t: str = "*fp32") -> List[Arg]:
+    return [Arg(n, "out", t) for n in names]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tile sizes and launch options of one kernel on one target."""
+    constexprs: Mapping[str, Any]
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """How one ``@triton.jit`` kernel is launched. Scalar arguments take the value of the dim of the same name.
+
+    ``configs``: per target (``sm_80``/``sm_87``/``sm_90``/``default``) and optionally per dtype (key
+    ``"sm_90/fp32"`` overrides ``"sm_90"`` for fp32). ``shape_constexprs``: constexprs that follow from the dims
+    (``BLOCK_D = next_pow2(D)``); ``aot_dims`` the dims the AOT artifacts are compiled for (the model defaults).
+    ``options``: run-time constexprs with their defaults (``FP32``: the fp32 GEMMs' input precision).
+    ``derived``: dims that follow from the dims and the chosen tiles (``NT = ⌈h·w/BLOCK_M⌉``).
+    ``aligned``: the scalar dims that, with every pointer 16-byte aligned, the AOT ``a16`` variant assumes
+    divisible by 16 (vectorized loads and ``cp.async``); empty = no aligned variant.
+    """
+    name: str
+    fn: Any
+    args: Tuple[Arg, ...]
+    configs: Mapping[str, Config]
+    grid: Callable[[Mapping[str, Any], Mapping[str, Any]], Tuple[Any, ...]]
+    shape_constexprs: Callable[[Mapping[str, int]], Dict[str, int]] = lambda d: {}
+    options: Mapping[str, Any] = field(default_factory=dict)
+    derived: Callable[[Mapping[str, Any], Mapping[str, Any]], Dict[str, Any]] = lambda d, c: {}
+    aot_dims: Mapping[str, int] = field(default_factory=dict)
+    aligned: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(self.args))
+        roles = [ROLES.index(a.role) for a in self.args]
+        if roles != sorted(roles):
+            raise ValueError(f"{self.name}: arguments must be ordered inputs, int32 scalars, outputs")
+        names = [a.name for a in self.args]
+        consts = (set(self.config(DEFAULT, "fp16").constexprs) | set(self.shape_constexprs(dict(self.aot_dims)))
+                  | set(self.options))
+        arg_names = list(getattr(self.fn, "arg_names", names + sorted(consts)))
+        if arg_names[:len(names)] != names or set(arg_names[len(names):]) != consts:
+            raise ValueError(f"{self.name}: spec arguments {names} + constexprs {sorted(consts)} do not match the "
+                             f"kernel's parameters {arg_names}")
+        if set(self.aligned) - {a.name for a in self.args if a.role == "scalar"}:
+            raise ValueError(f"{self.name}: aligned dims {self.aligned} must be scalar arguments")
+
+    def config(self, target: str, dtype: str) -> Config:
+        for key in (f"{target}/{dtype}", target, f"{DEFAULT}/{dtype}", DEFAULT):
+            if key in self.configs:
+                return self.configs[key]
+        raise KeyError(f"{self.name}: no configuration for {target}")
+
+    def constexprs(self, target: str, dtype: str, dims: Mapping[str, Any], **extra: Any) -> Dict[str, Any]:
+        unknown = set(extra) - set(self.options)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown run-time constexprs {sorted(unknown)} (has {sorted(self.options)})")
+        return {**self.config(target, dtype).constexprs, **self.shape_constexprs(dims), **self.options, **extra}
+
+    def all_dims(self, dims: Mapping[str, Any], constexprs: Mapping[str, Any]) -> Dict[str, Any]:
+        return {**dims, **self.derived(dims, constexprs)}
+
+    def scalar_values(self, dims: Mapping[str, Any]) -> List[Any]:
+        try:
+            return [dims[a.name] for a in self.args if a.role == "scalar"]
+        except KeyError as e:
+            raise KeyError(f"{self.name}: dim {e} missing (have {sorted(dims)})") from None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A fused stage: its kernels in launch order and how the full set of dims follows from the given ones
+    (``derive``: e.g. ``h = ⌈H/2⌉``; it must use only ``+ - * //`` so shape expressions work too)."""
+    name: str
+    kernels: Tuple[KernelSpec, ...]
+    derive: Callable[[Dict[str, Any]], Dict[str, Any]] = lambda d: d
+
+    def kernel(self, name: str) -> KernelSpec:
+        for k in self.kernels:
+            if k.name == name:
+                return k
+        raise KeyError(f"stage {self.name} has no kernel {name!r} (has {[k.name for k in self.kernels]})")
+
+    def dims(self, **given: Any) -> Dict[str, Any]:
+        return self.derive(dict(given))
+
+
+def device_target(device: Any) -> str:
+    """The config key for a tensor's device: ``sm_80``/``sm_87``/``sm_90`` or ``default`` (other GPUs, the CPU
+    interpreter). sm_86/sm_89 take the sm_80 configuration (same MMA kinds, less shared memory: checked below)."""
+    import torch
+    if getattr(device, "type", device) != "cuda":
+        return DEFAULT
+    major, minor = torch.cuda.get_device_capability(device)
+    if major == 9:
+        return "sm_90"
+    if (major, minor) == (8, 7):
+        return "sm_87"
+    if major == 8 and minor == 0:
+        return "sm_80"
+    return DEFAULT
+
+
+def launch(k: KernelSpec, tensors: Mapping[str, Any], dims: Mapping[str, Any], dtype: str,
+           target: Optional[str] = None, **extra: Any) -> None:
+    """Launch ``k`` with its arguments from ``tensors`` (pointers, by argument name) and ``dims`` (scalars), the
+    config of ``target`` (default: the device's), the grid of the spec. ``extra``: run-time constexprs (``FP32``)."""
+    first = next(tensors[a.name] for a in k.args if a.role == "in")
+    target = target or device_target(first.device)
+    cfg = k.config(target, dtype)
+    consts = k.constexprs(target, dtype, dims, **extra)
+    dims = k.all_dims(dims, consts)
+    grid = tuple(int(g) for g in k.grid(dims, consts))
+    args = [int(dims[a.name]) if a.role == "scalar" else tensors[a.name] for a in k.args]
+    k.fn[grid](*args, **consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def launch_plan(k: KernelSpec, dims: Mapping[str, Any], constexprs: Mapping[str, Any], num_warps: int
+                ) -> Tuple[Tuple[Any, Any, Any], int, List[Any]]:
+    """``(grid (x, y, z), threads per block, int32 scalars in kernel order)`` for the compiled ``constexprs``
+    (a manifest entry's); ``dims`` are ints or TensorRT shape expressions. A dim whose shape-dependent constexpr
+    differs from the compiled one (``D = 300`` against ``BLOCK_D = 256``) is an error: recompile."""
+    known = {n: v for n, v in dims.items() if isinstance(v, int)}
+    try:
+        need = k.shape_constexprs(known)
+    except KeyError:  # a dim is symbolic: the shape-dependent constexprs follow from attributes only
+        need = {}
+    for name, v in need.items():
+        if constexprs.get(name) != v:
+            raise ValueError(f"{k.name}: dims {known} need {name}={v}, the compiled kernel has "
+                             f"{name}={constexprs.get(name)}: recompile it (python -m wmoe.kernels.aot)")
+    dims = k.all_dims(dims, constexprs)
+    grid = tuple(k.grid(dims, constexprs)) + (1, 1)
+    return grid[:3], 32 * num_warps, k.scalar_values(dims)
