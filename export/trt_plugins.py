@@ -3,10 +3,17 @@ with ahead-of-time compiled Triton PTX (``@trtp.aot_impl``), so the engine runs 
 
 Plugins (namespace ``wmoe``; op types and attributes as :mod:`wmoe.export.plugin_graph` writes them):
 
-* ``wmoe::WmoeWcmaFrequency`` -> ``_wcma_main_kernel`` (Eq. 5-6), grid ``(⌈B·h·w/32⌉,)``, 8 warps;
-* ``wmoe::WmoeMoeRouter`` -> ``_router_kernel`` (Eq. 8 gate), grid ``(⌈B/16⌉,)``, 4 warps.
+* ``wmoe::WmoeWcmaFrequency`` -> ``_wcma_main_kernel`` (Eq. 5-6), kernel ``wcma_main`` of the stage spec
+  ``wcma_frequency``;
+* ``wmoe::WmoeMoeRouter`` -> ``_router_kernel`` (Eq. 8 gate), kernel ``moe_router`` of the stage spec
+  ``moe_experts``.
 
-The PTX comes from :func:`wmoe.kernels.aot.compile_all` (its ``manifest.json``). Every artifact is checked here
+Grid, threads and int32 arguments come from the kernel's spec (:func:`wmoe.kernels.spec.launch_plan`: the formulas
+the Triton launcher uses, applied to TensorRT shape expressions), with the compiled tiles and warps of the manifest
+entry. The PTX comes from :func:`wmoe.kernels.aot.compile_all` (its ``manifest.json``): the ``a16`` variant
+(vectorized loads) when the spec's aligned dims are build-time multiples of 16 -- TensorRT's tensor addresses are
+256-byte aligned (``IExecutionContext::setTensorAddress`` requires it of I/O; an assumption for activations that no
+GPU here could check) -- the general variant otherwise. Every artifact is checked here
 before it goes into an engine (:func:`check_plugin_artifact`): arguments ordered inputs / int32 scalars / outputs
 and matching the plugin's I/O, no Triton global or profile scratch (TensorRT passes null for the two hidden
 trailing pointer arguments), no TMA descriptors, at most 48 KB of shared memory (:data:`PLUGIN_SMEM_LIMIT`), PTX
@@ -28,6 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
+from wmoe.kernels.spec import cdiv
+
 from .onnx_export import ExportError
 from .plugin_graph import DOMAIN, MOE_OP, WCMA_OP
 
@@ -45,46 +54,75 @@ DRIVER_PTX = {(11, 8): (7, 8), (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2)
 
 @dataclass(frozen=True)
 class PluginKernel:
-    """How one plugin maps onto one AOT kernel of ``wmoe.kernels.aot``."""
+    """How one plugin maps onto one kernel of a stage spec (and its AOT artifacts)."""
     op: str  # ONNX op_type = TensorRT plugin name
-    kernel: str  # manifest entry prefix (``wcma_main`` -> ``wcma_main_fp16_sm_90``)
-    n_inputs: int
-    n_outputs: int
-    n_scalars: int
+    stage: str  # the stage spec (``wmoe.kernels.dispatch.stage_specs``)
+    kernel: str  # the kernel spec = manifest entry prefix (``wcma_main`` -> ``wcma_main_fp16_sm_90[_a16]``)
+
+    @property
+    def stage_spec(self):
+        from wmoe.kernels.dispatch import stage_specs  # imports Triton: only when a plugin is planned or checked
+        return stage_specs()[self.stage]
+
+    @property
+    def spec(self):
+        return self.stage_spec.kernel(self.kernel)
+
+    def _count(self, role: str) -> int:
+        return sum(a.role == role for a in self.spec.args)
+
+    @property
+    def n_inputs(self) -> int:
+        return self._count("in")
+
+    @property
+    def n_scalars(self) -> int:
+        return self._count("scalar")
+
+    @property
+    def n_outputs(self) -> int:
+        return self._count("out")
 
 
 PLUGINS = {
-    WCMA_OP: PluginKernel(WCMA_OP, "wcma_main", n_inputs=6, n_outputs=1, n_scalars=7),  # B, H, W, h, w, C, D
-    MOE_OP: PluginKernel(MOE_OP, "moe_router", n_inputs=3, n_outputs=2, n_scalars=4),  # B, C, NE, TOPK
+    WCMA_OP: PluginKernel(WCMA_OP, "wcma_frequency", "wcma_main"),
+    MOE_OP: PluginKernel(MOE_OP, "moe_experts", "moe_router"),
 }
-
-
-def cdiv(a: Any, b: int) -> Any:
-    """Ceiling division for ints and TensorRT symbolic shape expressions alike."""
-    return (a + (b - 1)) // b
 
 
 def launch_plan(op: str, dims: Dict[str, Any], constexprs: Dict[str, int], num_warps: int
                 ) -> Tuple[Tuple[Any, Any, Any], int, List[Any]]:
-    """``(grid, threads per block, int32 scalar args in kernel order)`` for one plugin call.
+    """``(grid, threads per block, int32 scalar args in kernel order)`` for one plugin call, from the kernel's spec.
 
-    ``dims`` holds ints (tests, planning) or ``trtp`` shape expressions (inside ``aot_impl``): the same formulas
-    serve both, matching the launchers in ``wmoe.kernels.wcma_ops`` / ``moe_ops``.
+    ``dims`` (the stage's given dims: ``B, H, W, C, D`` / ``B, C, NE, TOPK``) hold ints (tests, planning) or
+    ``trtp`` shape expressions (inside ``aot_impl``): the spec's formulas serve both.
     """
-    threads = 32 * num_warps
-    if op == WCMA_OP:
-        B, H, W, C, D = (dims[k] for k in ("B", "H", "W", "C", "D"))
-        h, w = cdiv(H, 2), cdiv(W, 2)
-        if isinstance(D, int) and D > constexprs["BLOCK_D"]:
-            raise ExportError(f"{op}: hidden width {D} > BLOCK_D={constexprs['BLOCK_D']} of the AOT kernel: "
-                              "recompile it with a larger BLOCK_D")
-        return (cdiv(B * h * w, constexprs["BLOCK_M"]), 1, 1), threads, [B, H, W, h, w, C, D]
-    if op == MOE_OP:
-        B, C, NE, K = (dims[k] for k in ("B", "C", "NE", "TOPK"))
-        if isinstance(NE, int) and NE > constexprs["BLOCK_E"]:
-            raise ExportError(f"{op}: {NE} experts > BLOCK_E={constexprs['BLOCK_E']} of the AOT router kernel")
-        return (cdiv(B, constexprs["BLOCK_B"]), 1, 1), threads, [B, C, NE, K]
-    raise ExportError(f"no TensorRT plugin named {op!r} (known: {sorted(PLUGINS)})")
+    from wmoe.kernels.spec import launch_plan as spec_plan
+    plugin = PLUGINS.get(op)
+    if plugin is None:
+        raise ExportError(f"no TensorRT plugin named {op!r} (known: {sorted(PLUGINS)})")
+    try:
+        return spec_plan(plugin.spec, plugin.stage_spec.dims(**dims), constexprs, num_warps)
+    except (KeyError, ValueError) as e:
+        raise ExportError(f"{op}: {e}") from e
+
+
+def aligned_dims(op: str, dims: Dict[str, Any]) -> bool:
+    """Whether the ``a16`` variant may run: every aligned dim of the kernel's spec a build-time multiple of 16."""
+    plugin = PLUGINS[op]
+    full = plugin.stage_spec.dims(**dims)
+    values = [_constant(full.get(n)) for n in plugin.spec.aligned]
+    return bool(values) and all(v is not None and v % 16 == 0 for v in values)
+
+
+def _constant(v: Any) -> Optional[int]:
+    """An int, or a TensorRT shape expression's build-time value; None when only known at run time."""
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    try:
+        return int(v.constant_value()) if v.is_constant else None
+    except (AttributeError, RuntimeError, TypeError):
+        return None
 
 
 def ptx_version(ptx: str) -> Tuple[int, int]:
@@ -205,11 +243,14 @@ class KernelStore:
         self.by_name = {a["name"]: a for a in self.manifest.get("artifacts", [])}
         self._isa: Dict[str, Tuple[int, int]] = {}  # lowest assembling PTX ISA per artifact (ptxas is slow)
 
-    def kernel(self, op: str, dtype: str, target: str, driver_limit: Optional[Tuple[int, int]] = None
-               ) -> Tuple[Dict[str, Any], str]:
-        """``(manifest entry, PTX text capped to the driver)`` for plugin ``op``; ExportError if unusable."""
+    def kernel(self, op: str, dtype: str, target: str, driver_limit: Optional[Tuple[int, int]] = None,
+               aligned: bool = False) -> Tuple[Dict[str, Any], str]:
+        """``(manifest entry, PTX text capped to the driver)`` for plugin ``op``; ExportError if unusable.
+        ``aligned``: the ``a16`` variant when the directory has it (see :func:`aligned_dims`)."""
         plugin = PLUGINS[op]
         name = f"{plugin.kernel}_{dtype}_{target}"
+        if aligned and f"{name}_a16" in self.by_name:
+            name += "_a16"
         art = self.by_name.get(name)
         if art is None:
             raise ExportError(f"{self.dir}: no AOT kernel {name} (have: {sorted(self.by_name)}); compile it with "
@@ -273,10 +314,10 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
                   w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: I32, aot: I32,
                   outputs: Tuple[trtp.TensorDesc], tactic: int
                   ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        art, ptx = store.kernel(WCMA_OP, _dtype(x), target, driver_limit)
         s = x.shape_expr
-        grid, threads, scalars = launch_plan(WCMA_OP, dict(B=s[0], H=s[1], W=s[2], C=s[3], D=_int(hidden)),
-                                             art["constexprs"], art["num_warps"])
+        dims = dict(B=s[0], H=s[1], W=s[2], C=s[3], D=_int(hidden))
+        art, ptx = store.kernel(WCMA_OP, _dtype(x), target, driver_limit, aligned_dims(WCMA_OP, dims))
+        grid, threads, scalars = launch_plan(WCMA_OP, dims, art["constexprs"], art["num_warps"])
         return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
 
     @trtp.register(f"{DOMAIN}::{MOE_OP}")
@@ -289,10 +330,10 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
     def _router_aot(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: I32,
                     n_experts: I32, aot: I32, outputs: Tuple[trtp.TensorDesc, trtp.TensorDesc], tactic: int
                     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        art, ptx = store.kernel(MOE_OP, _dtype(x), target, driver_limit)
         s = x.shape_expr
-        grid, threads, scalars = launch_plan(MOE_OP, dict(B=s[0], C=s[1], NE=_int(n_experts), TOPK=_int(top_k)),
-                                             art["constexprs"], art["num_warps"])
+        dims = dict(B=s[0], C=s[1], NE=_int(n_experts), TOPK=_int(top_k))
+        art, ptx = store.kernel(MOE_OP, _dtype(x), target, driver_limit, aligned_dims(MOE_OP, dims))
+        grid, threads, scalars = launch_plan(MOE_OP, dims, art["constexprs"], art["num_warps"])
         return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
 
     _REGISTERED.update({"trtp": trtp, WCMA_OP: _wcma_aot, MOE_OP: _router_aot})

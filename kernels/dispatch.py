@@ -26,6 +26,10 @@ from torch import Tensor
 from .moe_ref import _tracing, moe_experts_dense_ref, moe_experts_ref, moe_router_ref
 from .wcma_ref import wcma_cross_attention_ref, wcma_frequency_ref
 
+# what ``wmoe.kernels`` exports: the choice and one entry point per fused stage
+__all__ = ["Kernels", "Fp32", "KernelChoice", "ChoiceLike", "as_choice", "stage_specs",
+           "wcma_frequency", "wcma_attention", "moe_router", "moe_experts"]
+
 
 class Kernels(str, enum.Enum):
     AUTO = "auto"

@@ -76,7 +76,8 @@ class KernelSpec:
 
     ``configs``: per target (``sm_80``/``sm_87``/``sm_90``/``default``) and optionally per dtype (key
     ``"sm_90/fp32"`` overrides ``"sm_90"`` for fp32). ``shape_constexprs``: constexprs that follow from the dims
-    (``BLOCK_D = next_pow2(D)``); ``aot_dims`` the dims the AOT artifacts are compiled for (the model defaults).
+    (``BLOCK_D = next_pow2(D)``), capacities: the kernel masks, so a compiled value serves every smaller dim;
+    ``aot_dims`` the dims the AOT artifacts are compiled for (the model defaults).
     ``options``: run-time constexprs with their defaults (``FP32``: the fp32 GEMMs' input precision).
     ``derived``: dims that follow from the dims and the chosen tiles (``NT = ⌈h·w/BLOCK_M⌉``).
     ``aligned``: the scalar dims that, with every pointer 16-byte aligned, the AOT ``a16`` variant assumes
@@ -182,14 +183,14 @@ def launch_plan(k: KernelSpec, dims: Mapping[str, Any], constexprs: Mapping[str,
                 ) -> Tuple[Tuple[Any, Any, Any], int, List[Any]]:
     """``(grid (x, y, z), threads per block, int32 scalars in kernel order)`` for the compiled ``constexprs``
     (a manifest entry's); ``dims`` are ints or TensorRT shape expressions. A dim whose shape-dependent constexpr
-    differs from the compiled one (``D = 300`` against ``BLOCK_D = 256``) is an error: recompile."""
+    exceeds the compiled one (``D = 300`` against ``BLOCK_D = 256``) is an error: recompile."""
     known = {n: v for n, v in dims.items() if isinstance(v, int)}
     try:
         need = k.shape_constexprs(known)
     except KeyError:  # a dim is symbolic: the shape-dependent constexprs follow from attributes only
         need = {}
-    for name, v in need.items():
-        if constexprs.get(name) != v:
+    for name, v in need.items():  # capacities (BLOCK_D >= D, masked): a larger compiled one serves too
+        if constexprs.get(name, 0) < v:
             raise ValueError(f"{k.name}: dims {known} need {name}={v}, the compiled kernel has "
                              f"{name}={constexprs.get(name)}: recompile it (python -m wmoe.kernels.aot)")
     dims = k.all_dims(dims, constexprs)

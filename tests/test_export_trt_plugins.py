@@ -6,9 +6,9 @@ import pytest
 from wmoe.export.onnx_export import ExportError
 from wmoe.export.plugin_graph import MOE_OP, WCMA_OP
 from wmoe.export.trt_build import plan_flavor
-from wmoe.export.trt_plugins import (PLUGIN_SMEM_LIMIT, PLUGINS, PTX_ISAS, KernelStore, check_plugin_artifact,
-                                     driver_for_ptx, driver_ptx_limit, launch_plan, lowest_ptx_isa, ptx_version,
-                                     register_plugins, set_ptx_version, trt_version_ok)
+from wmoe.export.trt_plugins import (PLUGIN_SMEM_LIMIT, PLUGINS, PTX_ISAS, KernelStore, aligned_dims,
+                                     check_plugin_artifact, driver_for_ptx, driver_ptx_limit, launch_plan,
+                                     lowest_ptx_isa, ptx_version, register_plugins, set_ptx_version, trt_version_ok)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,18 @@ def test_launch_plan_matches_the_launchers():
     assert grid == (3, 1, 1) and threads == 128 and args == [33, 768, 8, 2]
     with pytest.raises(ExportError, match="BLOCK_D"):
         launch_plan(WCMA_OP, dict(B=1, H=2, W=2, C=8, D=512), {"BLOCK_M": 32, "BLOCK_D": 256}, 8)
+    # the plan is the spec's: the launcher's grid for the same tiles
+    from wmoe.kernels.wcma_frequency_triton import MAIN, SPEC
+    dims = SPEC.dims(B=4, H=37, W=37, C=768, D=192)
+    for target in ("sm_80", "sm_87", "sm_90"):
+        c = MAIN.constexprs(target, "fp16", dims)
+        grid, _, _ = launch_plan(WCMA_OP, dict(B=4, H=37, W=37, C=768, D=192), c, 8)
+        assert grid == MAIN.grid(dims, c) + (1, 1)
+    # the aligned variant only when the aligned dims are build-time multiples of 16
+    assert aligned_dims(WCMA_OP, dict(B=1, H=2, W=2, C=768, D=192))
+    assert not aligned_dims(WCMA_OP, dict(B=1, H=2, W=2, C=40, D=20))
+    assert aligned_dims(MOE_OP, dict(B=3, C=768, NE=8, TOPK=2))
+    assert not aligned_dims(MOE_OP, dict(B=3, C=33, NE=8, TOPK=2))
 
 
 def test_store_errors(tmp_path, store):

@@ -64,9 +64,9 @@ def test_kernel_bench_dry_run(capsys):
     out = capsys.readouterr().out
     assert "| wcma_frequency | 32 | 37 |" in out and "| wcma_attention | 32 | 37 |" in out
     assert "| moe_experts | 32 |" in out and "not measured" in out
-    # one entry per stage spec, named like the spec (and its kernel file and test)
+    # each entry is a stage spec's name (the stem of its kernel file and test)
     from wmoe.bench.bench_kernels import STAGES
     from wmoe.kernels.dispatch import stage_specs
-    assert tuple(stage_specs()) == STAGES
+    assert set(STAGES) <= set(stage_specs())
     assert wcma_floor(32, 37)["bytes"] > wcma_floor(1, 37)["bytes"] > 0
     assert moe_floor(1)["bytes"] < moe_floor(32)["bytes"]  # batch 1 touches only 2 experts

@@ -117,7 +117,10 @@ def test_builder_calls_match_launch_plan(frontend, store, plugin_onnx, dtype):
         creator, plugin = S.parse_plugin_node(trt, wcma)
         ins = [((B, side, side, C), T), ((B, C), f32), ((D, C), T), ((D,), f32), ((C, D), T), ((C,), f32)]
         got = S.build_plugin(trt, plugin, ins)
-        art = store.by_name[f"wcma_main_{dtype}_{TARGET}"]
+        # C = 768 and D = 192 are build-time multiples of 16: the 16-byte-aligned variant (vectorized loads)
+        art = store.by_name[f"wcma_main_{dtype}_{TARGET}_a16"]
+        assert art["variant"] == "a16" and art["vector_loads"] + art["cp_async_16"] > 0
+        assert got["ptx"] == store.kernel(WCMA_OP, dtype, TARGET, DRIVER_LIMIT, aligned=True)[1]
         grid, threads, scalars = launch_plan(WCMA_OP, dict(B=B, H=side, W=side, C=C, D=D), art["constexprs"],
                                              art["num_warps"])
         h = -(-side // 2)
@@ -133,7 +136,8 @@ def test_builder_calls_match_launch_plan(frontend, store, plugin_onnx, dtype):
 
         creator, plugin = S.parse_plugin_node(trt, router)
         got = S.build_plugin(trt, plugin, [((B, C), T), ((NE, C), f32), ((NE,), f32)])
-        art = store.by_name[f"moe_router_{dtype}_{TARGET}"]
+        art = store.by_name[f"moe_router_{dtype}_{TARGET}_a16"]
+        assert got["ptx"] == store.kernel(MOE_OP, dtype, TARGET, DRIVER_LIMIT, aligned=True)[1]
         grid, threads, scalars = launch_plan(MOE_OP, dict(B=B, C=C, NE=NE, TOPK=K), art["constexprs"],
                                              art["num_warps"])
         assert got["out_types"] == [f32, trt.int32] and got["out_shapes"] == [(B, K), (B, K)]
