@@ -137,8 +137,9 @@ class Check:
         return ("ok" if p.returncode == 0 else "failed"), "", _tail(p), []
 
     def gpu_tests(self, t: int):
-        tests = ["tests/test_kernels_ops.py", "tests/test_kernels_wcma.py", "tests/test_kernels_wcma_attn.py",
-                 "tests/test_kernels_moe.py", "tests/test_kernels_aot.py", "tests/test_runtime_trt.py"]
+        tests = ["tests/test_kernels_ops.py", "tests/test_kernels_wcma_frequency.py",
+                 "tests/test_kernels_wcma_attention.py", "tests/test_kernels_moe_experts.py", "tests/test_kernels_aot.py",
+                 "tests/test_runtime_trt.py"]
         p = _run([self.py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-rs", *tests], t)
         return ("ok" if p.returncode == 0 else "failed"), "", _tail(p), []
 

@@ -171,7 +171,7 @@ def _register_plugins(out: Path, kernels: Optional[Union[str, Path]]) -> None:
     """Compile (if needed) the AOT kernels for this GPU and register the plugins before parsing."""
     from wmoe.runtime.cuda_api import open_cuda
 
-    from .trt_plugins import KernelStore, driver_ptx_limit, register_plugins
+    from .trt_plugins import PLUGINS, KernelStore, driver_ptx_limit, register_plugins
     cuda = open_cuda()
     try:
         (cc_major, cc_minor), drv = cuda.compute_capability(), cuda.driver_version()
@@ -185,5 +185,5 @@ def _register_plugins(out: Path, kernels: Optional[Union[str, Path]]) -> None:
     if not (kdir / "manifest.json").is_file():
         from wmoe.kernels.aot import compile_all
         print(f"compiling the Triton kernels for {target} into {kdir}", flush=True)
-        compile_all(kdir, targets=(target,), dtypes=("fp16", "fp32"))
+        compile_all(kdir, targets=(target,), dtypes=("fp16", "fp32"), kernels=[p.kernel for p in PLUGINS.values()])
     register_plugins(KernelStore(kdir), target, driver_ptx_limit(int(drv)))

@@ -43,8 +43,8 @@ from .plugin_graph import DOMAIN, MOE_OP, WCMA_OP
 MIN_TRT_AOT = (10, 9)  # tensorrt.plugin.aot_impl
 # Dynamic shared memory a plugin kernel may use: above 48 KB a kernel needs cudaFuncSetAttribute(
 # MaxDynamicSharedMemorySize), which Triton's own launcher calls and TensorRT's AOT plugin launch is not documented
-# to call. Every plugin kernel and dtype stays within it (kernels/aot.py DTYPE_CONSTEXPRS), so fp32 and fp16
-# engines both work.
+# to call. Every plugin kernel, dtype and target stays within it (the per-target tiles of the stage specs,
+# kernels/<stage>_triton.py), so fp32 and fp16 engines both work.
 PLUGIN_SMEM_LIMIT = 48 * 1024
 
 # CUDA driver version (major, minor) -> the newest PTX ISA its JIT compiles (CUDA release notes / PTX ISA docs).
@@ -223,8 +223,8 @@ def check_plugin_artifact(art: Dict[str, Any], ptx: str, plugin: PluginKernel,
                         f"({driver_limit[0]}.{driver_limit[1]}): lower it with set_ptx_version(lowest_ptx_isa)")
     if int(art.get("shared_bytes", 0)) > PLUGIN_SMEM_LIMIT:
         problems.append(f"needs {art['shared_bytes']} B of shared memory > {PLUGIN_SMEM_LIMIT} (48 KB): a TensorRT "
-                        "AOT launch does not opt in to more; compile it with smaller tiles (kernels/aot.py "
-                        "DTYPE_CONSTEXPRS)")
+                        "AOT launch does not opt in to more; compile it with smaller tiles (the kernel's "
+                        "per-target configuration in kernels/<stage>_triton.py)")
     return problems
 
 

