@@ -185,7 +185,8 @@ def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Pa
     return art
 
 
-def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS), dtypes: Sequence[str] = ("fp16", "fp32"),
+def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS),
+                dtypes: Sequence[str] = ("fp16", "fp32"),
                 progress: bool = True, kernels: Optional[Sequence[str]] = None,
                 variants: Sequence[str] = VARIANTS) -> List[KernelArtifact]:
     """Compile ``kernels`` (default: all, see :func:`kernel_specs`) and write ``manifest.json`` beside them."""

@@ -140,8 +140,9 @@ def wcma_attention(f_t: Tensor, x: Tensor, w_global: Tensor, b_global: Tensor, w
     """The whole WCMA stage, ``F'_T`` of Eq. 7 over ``F_p`` of Eq. 5-6, in ``x.dtype``.
 
     Triton (same rules as :func:`use_triton`): one fused pass that never writes ``F_p``
-    (:func:`wmoe.kernels.wcma_attention_triton.wcma_attention_triton`). Otherwise :func:`wcma_frequency` (reference, or the
-    ``wmoe::wcma_frequency`` custom op when tracing for the plugin export) followed by Eq. 7 as written.
+    (:func:`wmoe.kernels.wcma_attention_triton.wcma_attention_triton`). Otherwise :func:`wcma_frequency`
+    (reference, or the ``wmoe::wcma_frequency`` custom op when tracing for the plugin export) followed by Eq. 7 as
+    written.
     """
     c = as_choice(kernels)
     weights = (f_t, w_global, b_global, w_pw, b_pw, w_local, b_local, w_q, w_k, w_v)

@@ -1,8 +1,8 @@
 """The spec of a fused stage's kernels: the one place a launch is described.
 
-Each stage file (``wcma_frequency_triton.py``, ``wcma_attention_triton.py``, ``moe_experts.py``) holds its ``@triton.jit``
-kernels and one :class:`StageSpec` listing a :class:`KernelSpec` per kernel: the arguments in launch order with
-their roles (inputs, int32 scalars, outputs -- what a TensorRT AOT plugin can launch), the constexprs, warps and
+Each stage file (``wcma_frequency_triton.py``, ``wcma_attention_triton.py``, ``moe_experts_triton.py``) holds its
+``@triton.jit`` kernels and one :class:`StageSpec` listing a :class:`KernelSpec` per kernel: the arguments in
+launch order with their roles (inputs, int32 scalars, outputs -- what a TensorRT AOT plugin can launch), the constexprs, warps and
 stages per target, the grid as a function of the shapes, and the constexprs that follow from the shapes. From it:
 
 * the launcher (:func:`launch`, called by the stage's ``*_triton`` function) on a CUDA device or the interpreter;

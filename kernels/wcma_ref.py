@@ -1,7 +1,7 @@
 """PyTorch reference for the WCMA frequency stage (Eq. 5-6) and its cross-attention (Eq. 7).
 
-These functions are the test oracle for the Triton kernels in ``wcma_frequency_triton.py`` and ``wcma_attention_triton.py`` and the code the model runs
-when the kernels are not used (CPU tensors, training, ONNX's portable flavor). Layout is channels-last:
+These functions are the test oracle for the Triton kernels in ``wcma_frequency_triton.py`` and
+``wcma_attention_triton.py``, and the code the model runs when the kernels are not used (CPU tensors, training, ONNX's portable flavor). Layout is channels-last:
 a patch grid is ``(B, H, W, C)``.
 
 Haar convention (pinned to ``pytorch_wavelets.DWTForward(J=1, wave="haar", mode="zero")``): odd sides are

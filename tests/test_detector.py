@@ -66,3 +66,18 @@ def test_reduced_precision_needs_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="CUDA"):
         Detector(WMoECLIP(ModelConfig.tiny()), device="cpu", dtype="fp16")
+
+
+def test_kernel_choice_is_per_detector():
+    from wmoe.config import ModelConfig
+    from wmoe.kernels import Fp32, KernelChoice, Kernels
+    from wmoe.model import WMoECLIP
+
+    torch.manual_seed(0)
+    m = WMoECLIP(ModelConfig.tiny())
+    other = WMoECLIP(ModelConfig.tiny())
+    Detector(m, device="cpu", kernels=KernelChoice("reference", fp32="tf32"))
+    assert all(s.kernels == KernelChoice(Kernels.REFERENCE, Fp32.TF32) for s in m.kernel_stages())
+    assert all(s.kernels == KernelChoice() for s in other.kernel_stages())  # another model is untouched
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        Detector(m, device="cpu", kernels="gpu")

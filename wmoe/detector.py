@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wmoe.kernels import ChoiceLike
+
 from .checkpoint import load_model
 from .errors import NonFiniteError
 from .model import WMoECLIP
@@ -63,10 +65,12 @@ class Detector:
         dtype: "fp32" (default), or "fp16"/"bf16" on CUDA.
         batch_size: images per forward pass.
         threshold: decision threshold on ``scores`` (e.g. the F1-max threshold stored at evaluation).
+        kernels: the fused stages' implementation for this model (a :class:`wmoe.kernels.KernelChoice`, a
+            ``Kernels`` member or its name, e.g. ``KernelChoice(fp32="tf32")``); default: the model's own (AUTO).
     """
 
     def __init__(self, model: WMoECLIP, device: Optional[str] = None, dtype: Union[str, torch.dtype] = "fp32",
-                 batch_size: int = 16, threshold: Optional[float] = None) -> None:
+                 batch_size: int = 16, threshold: Optional[float] = None, kernels: ChoiceLike = None) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -78,6 +82,8 @@ class Detector:
             raise ValueError(f"{dtype} inference needs a CUDA device; use fp32 on {self.device}")
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval()
+        if kernels is not None:
+            self.model.set_kernels(kernels)
         self.batch_size = int(batch_size)
         self.threshold = threshold
 
