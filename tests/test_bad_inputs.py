@@ -115,10 +115,15 @@ def test_overlay_is_bounded_uint8_and_matches_matplotlib_jet():
 
 
 def test_predict_needs_no_matplotlib_and_handles_latin1_names(corpus, tmp_path):
+    mask = np.zeros((60, 90), np.uint8)
+    mask[20:40, 30:60] = 255
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    masks = {str(corpus["imgs"] / "a.png"): str(tmp_path / "a_mask.png")}
     script = (
         "import sys; sys.modules['matplotlib'] = None  # as on a plain install\n"
         "from wmoe.predict import predict\n"
-        f"doc = predict({str(corpus['good'])!r}, [{str(corpus['imgs'])!r}], {str(tmp_path / 'p')!r}, progress=False)\n"
+        f"doc = predict({str(corpus['good'])!r}, [{str(corpus['imgs'])!r}], {str(tmp_path / 'p')!r}, progress=False,"
+        f" masks={masks!r})\n"
         "print(doc['n_scored'])\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "2", r.stderr[-2000:]
@@ -126,8 +131,13 @@ def test_predict_needs_no_matplotlib_and_handles_latin1_names(corpus, tmp_path):
     assert "caf\\xe9.png" in csv_text  # the undecodable byte is shown escaped, the file is valid UTF-8
     doc = json.loads((tmp_path / "p" / "scores.json").read_text())
     assert all((tmp_path / "p" / r["overlay"]).is_file() for r in doc["results"])
-    with Image.open(tmp_path / "p" / doc["results"][0]["overlay"]) as im:
-        assert max(im.size) <= 2 * 512 + 4
+    for r in doc["results"]:
+        with Image.open(tmp_path / "p" / r["overlay"]) as im:
+            panel = np.asarray(im.convert("RGB"))
+        assert max(panel.shape[:2]) <= 2 * 512 + 4
+        heat = panel[22:, panel.shape[1] // 2 + 2:]
+        white = int((heat == 255).all(axis=2).sum())  # 'jet' blends are never white: only the contour is
+        assert (white > 50) == r["path"].endswith("a.png"), (r["path"], white)
 
 
 def test_latin1_file_names_and_csv_in_data_meta(tmp_path):

@@ -73,7 +73,11 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
         defects = sorted(p for d in sorted(test.iterdir()) if d.name != "good" for p in sorted(d.glob("*.png")))
         goods = sorted((test / "good").glob("*.png"))
         picks += defects[: max(1, cfg.n_predict // (2 * len(DEMO_TEST_CLASSES)))] + goods[:1]
-    pred = predict(ckpt, picks, out / "predictions", pretrained=cfg.pretrained, device=cfg.device, progress=False)
+    # MVTec layout: the ground truth of test/<defect>/<name>.png is ground_truth/<defect>/<name>_mask.png
+    gt = {str(p): p.parents[2] / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
+          for p in picks if p.parent.name != "good"}
+    pred = predict(ckpt, picks, out / "predictions", pretrained=cfg.pretrained, device=cfg.device, progress=False,
+                   masks=gt)
     times["predict"] = time.time() - t
     from .expert_health import USAGE_FILE
     usage_log = out / "run" / USAGE_FILE

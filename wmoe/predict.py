@@ -11,12 +11,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 from PIL import Image
 
 from .atomic import atomic_path, atomic_write_text, ensure_output_dir
-from .data import DataError, IMAGE_EXTENSIONS, load_image
+from .data import DataError, IMAGE_EXTENSIONS, load_image, load_mask
 from .errors import NonFiniteError, printable
 from .overlay import overlay_panel
 
@@ -58,11 +58,13 @@ def expand_inputs(inputs: Sequence[Union[str, Path]],
 def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
             threshold: Optional[float] = None, pretrained: Optional[str] = None, device: Optional[str] = None,
             batch_size: int = 8, overlays: bool = True, progress: bool = True,
-            overlay_size: int = 512) -> Dict[str, object]:
+            overlay_size: int = 512, masks: Optional[Mapping[Union[str, Path], Union[str, Path]]] = None
+            ) -> Dict[str, object]:
     """Score ``inputs`` (files or folders); return the JSON document also written to ``OUT/scores.json``.
 
     An image the model scores NaN/inf gets no verdict: it is listed under ``errors`` ("undecided"), never judged
-    normal. Overlays (image | heatmap with the decision) are at most ``overlay_size`` px per panel.
+    normal. Overlays (image | heatmap with the decision) are at most ``overlay_size`` px per panel; ``masks`` maps
+    an input path to its ground-truth mask file, whose contour is then drawn on the heatmap.
     """
     from .detector import Detector
 
@@ -108,8 +110,15 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
                 rec["anomalous"] = bool(s >= thr)
             if overlays:
                 name = f"{len(results):04d}_{printable(p.stem)}_overlay.png"
+                gt = None
+                if masks and masks.get(str(p), masks.get(p)):
+                    try:
+                        gt = load_mask(masks.get(str(p), masks.get(p)))
+                    except DataError as e:  # the score stands; only the contour is missing, and said so
+                        rec["mask_error"] = printable(e)
                 with atomic_path(out / name) as tmp:
-                    Image.fromarray(overlay_panel(img, m, float(s), thr, max_side=overlay_size)).save(tmp, "PNG")
+                    Image.fromarray(overlay_panel(img, m, float(s), thr, mask=gt, max_side=overlay_size)
+                                    ).save(tmp, "PNG")
                 rec["overlay"] = name
             results.append(rec)
         del imgs, res
