@@ -16,6 +16,7 @@ import torch
 
 from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
+from wmoe.contract import OUTPUT_NAMES
 
 from .backends import Backend, Skip, make_backend
 
@@ -191,7 +192,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                 continue
             mem.device = be.device
             got = be.run(x_par)
-            parity = {f"max_abs_{k}": float(np.abs(got[k] - ref[k]).max()) for k in ("scores", "maps", "text_scores")}
+            parity = {f"max_abs_{k}": float(np.abs(got[k] - ref[k]).max()) for k in OUTPUT_NAMES}
             for b in cfg.batches:
                 x = x_par[:b] if b <= len(x_par) else rng.standard_normal((b, 3, size, size)).astype(np.float32)
                 mem.reset()

@@ -115,10 +115,13 @@ def frames_to_size(frames: Sequence[np.ndarray], spec: "PreprocessSpec") -> List
 
 
 def resize_map(amap: np.ndarray, hw: "tuple[int, int]") -> np.ndarray:
-    """An SxS map back to a frame's HxW (bilinear)."""
-    from PIL import Image
-
+    """An SxS map back to a frame's HxW: bilinear, half-pixel centres, no antialias — what the Detector does with
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``, so runtime and Detector maps agree."""
     h, w = hw
-    if amap.shape == (h, w):
-        return amap
-    return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
+    a = np.asarray(amap, np.float32)
+    if a.shape == (h, w):
+        return a
+    ri, rw = _axis_taps(a.shape[0], h, 1)
+    ci, cw = _axis_taps(a.shape[1], w, 1)
+    rows = (a[ri] * rw[:, :, None]).sum(1)           # (h, S)
+    return (rows[:, ci] * cw[None, :, :]).sum(2)      # (h, w)
