@@ -23,7 +23,7 @@ from wmoe.checkpoint import CheckpointError, load_model
 from wmoe.errors import WMoEError
 from wmoe.kernels import KernelChoice, Kernels
 from wmoe.contract import (FLAVORS, INPUT_FRAMES, INPUT_IMAGES, OUTPUT_NAMES, ContractError, Decision, ModelMeta,
-                           read_decision_file, sha256_file, threshold_path)
+                           parse_precision, read_decision_file, sha256_file, threshold_path)
 from wmoe.model import WMoECLIP
 
 from .wrapper import ExportWrapper
@@ -72,6 +72,10 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
 
     if flavor not in FLAVORS:
         raise ExportError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
+    try:
+        precision = parse_precision(precision)  # "float16" -> "fp16"
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
     if batch < 2:

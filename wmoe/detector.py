@@ -52,8 +52,8 @@ def check_finite_outputs(scores: np.ndarray, maps: Any, where: str = "the model"
                              f"(broken or diverged weights, or an input the model overflows on)")
 
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+#: torch dtypes of the contract's precision names (wmoe.contract.PRECISIONS; aliases via parse_precision)
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Detector:
@@ -75,9 +75,11 @@ class Detector:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-            dtype = _DTYPES[dtype]
+            from .contract import parse_precision
+            name = parse_precision(dtype)  # "float16" -> "fp16"; unknown names list the vocabulary
+            if name not in _DTYPES:
+                raise ValueError(f"Detector dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+            dtype = _DTYPES[name]
         if dtype != torch.float32 and self.device.type != "cuda":
             raise ValueError(f"{dtype} inference needs a CUDA device; use fp32 on {self.device}")
         self.dtype = dtype
