@@ -163,19 +163,19 @@ ROUTER = KernelSpec(
     grid=lambda d, c: (cdiv(d["B"], c["BLOCK_B"]),),
     shape_constexprs=lambda d: {"BLOCK_E": next_pow2(d["NE"], 2)}, aot_dims={"NE": 8}, aligned=("C",))
 _ROWS = ins("order_ptr", "offsets_ptr", "counts_ptr", t="*i32")
-# rows of the sorted (token, slot) list per program; the grid is the worst case (one expert gets every row):
-# programs past their expert's count exit at once
+# rows of the sorted (token, slot) list per program; the grid is the worst case for one expert: B rows (a token
+# picks k distinct experts, so no expert gets more than B of the B·k rows); programs past their count exit at once
 UP = KernelSpec(
     "moe_up", _expert_up_kernel,
     ins("x_ptr", "w1_ptr", t="*T") + ins("b1_ptr") + _ROWS + scalars("C", "DH", "TOPK") + outs("h_ptr", t="*T"),
     configs={"default": Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4)},
-    grid=lambda d, c: (d["NE"], cdiv(d["B"] * d["TOPK"], c["BLOCK_M"]), cdiv(d["DH"], c["BLOCK_N"])),
+    grid=lambda d, c: (d["NE"], cdiv(d["B"], c["BLOCK_M"]), cdiv(d["DH"], c["BLOCK_N"])),
     options={"FP32": "ieee"}, aligned=("C", "DH"))
 DOWN = KernelSpec(
     "moe_down", _expert_down_kernel,
     ins("h_ptr", "w2_ptr", t="*T") + ins("b2_ptr") + _ROWS + ins("wts_ptr") + scalars("C", "DH") + outs("y_ptr"),
     configs=UP.configs,
-    grid=lambda d, c: (d["NE"], cdiv(d["B"] * d["TOPK"], c["BLOCK_M"]), cdiv(d["C"], c["BLOCK_N"])),
+    grid=lambda d, c: (d["NE"], cdiv(d["B"], c["BLOCK_M"]), cdiv(d["C"], c["BLOCK_N"])),
     options={"FP32": "ieee"}, aligned=("C", "DH"))
 COMBINE = KernelSpec(
     "moe_combine", _combine_kernel, ins("y_ptr") + scalars("B", "C", "TOPK") + outs("out_ptr", t="*T"),

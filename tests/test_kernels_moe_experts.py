@@ -61,6 +61,8 @@ def test_all_tokens_one_expert_and_idle_experts():
     params[1] = torch.tensor([9.0, 8.0] + [-9.0] * 6, device=DEVICE)  # experts 0, 1 take every token
     params[0] = params[0] * 0.0
     _check(9, C, N, Dh, 2, torch.float32, params=params)
+    # B = 37 rows for one expert: the grid's worst case (B rows per expert, three 16-row blocks), every row written
+    _check(37, C, N, Dh, 2, torch.float32, params=params)
     _, e = moe_router_triton(torch.randn(9, C, device=DEVICE), params[0], params[1], 2)
     assert set(e.flatten().tolist()) == {0, 1}
 
