@@ -150,8 +150,8 @@ class StageSpec:
 
 
 def device_target(device: Any) -> str:
-    """The config key for a tensor's device: ``sm_80``/``sm_87``/``sm_90`` or ``default`` (other GPUs, the CPU
-    interpreter). sm_86/sm_89 take the sm_80 configuration (same MMA kinds, less shared memory: checked below)."""
+    """The config key for a tensor's device: ``sm_80``/``sm_87``/``sm_90``, or ``default`` for every other GPU
+    (sm_75, sm_86, sm_89, ...; its tiles fit 48 KB of shared memory) and the CPU interpreter."""
     import torch
     if getattr(device, "type", device) != "cuda":
         return DEFAULT
