@@ -149,7 +149,8 @@ def test_session_factory_runs_and_refuses_plugin_flavor(tmp_path):
     x = np.arange(3, dtype=np.float32)
     sess = make_session(p)
     assert sess.get_providers() == [PROVIDERS["cpu"]]
-    assert np.array_equal(sess.run(None, {"x": x})[0], x + numpy_helper.to_array(onnx.load(str(p)).graph.initializer[0]))
+    w = numpy_helper.to_array(onnx.load(str(p)).graph.initializer[0])
+    assert np.array_equal(sess.run(None, {"x": x})[0], x + w)
     plug = _tiny_onnx(tmp_path / "plugin.onnx", ModelMeta(image_size=3, flavor="plugin").to_metadata(), domain="wmoe")
     with pytest.raises(ContractError, match="plugin.onnx is the plugin flavor.*wmoe export trt"):
         make_session(plug)

@@ -355,7 +355,8 @@ def check_engine_compat(sidecar: EngineSidecar, gpu_name: str, tensorrt_version:
                                 f"{gpu_name!r}: rebuild it here (wmoe export trt)")
     if major_minor(sidecar.tensorrt_version) != major_minor(tensorrt_version):
         raise EngineCompatError(f"engine {sidecar.engine} was built with TensorRT {sidecar.tensorrt_version}, "
-                                f"this is TensorRT {tensorrt_version}: rebuild it (engines do not move across versions)")
+                                f"this is TensorRT {tensorrt_version}: rebuild it (engines do not move across "
+                                f"versions)")
     if input_shape is not None:
         if not sidecar.inputs:
             raise EngineCompatError(f"engine {sidecar.engine}: its sidecar lists no inputs (damaged?)")

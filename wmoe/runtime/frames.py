@@ -74,7 +74,8 @@ def _axis_taps(n_in: int, size: int, k: int) -> "tuple[np.ndarray, np.ndarray]":
 
 def resize_frame(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8/float HxWx3 -> float32 SxSx3 in the frame's value range: the numpy twin of
-    :func:`wmoe.preprocess.resize_batch` (tested against it and the definition: max |diff| <= 1e-4 in [0, 1] pixel units)."""
+    :func:`wmoe.preprocess.resize_batch` (tested against it and the definition: max |diff| <= 1e-4 in [0, 1]
+    pixel units)."""
     h, w = frame.shape[:2]
     s, c = spec.size, frame.shape[2]
     kh, kw = spec.box_factors(h, w)
