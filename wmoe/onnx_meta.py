@@ -29,28 +29,27 @@ def _varint(f: BinaryIO) -> int:
             raise ValueError("varint too long")
 
 
+def _varint_at(buf: bytes, i: int) -> "tuple[int, int]":
+    """(value, next index) of the varint at ``buf[i]``."""
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
 def _entry(buf: bytes) -> "tuple[str, str]":
+    """Key and value of a serialized ``StringStringEntryProto``."""
     key = value = ""
     i = 0
     while i < len(buf):
-        tag, shift = 0, 0
-        while True:
-            b = buf[i]
-            i += 1
-            tag |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        tag, i = _varint_at(buf, i)
         if tag & 7 != 2:
             raise ValueError("metadata entry with a non-string field")
-        n, shift = 0, 0
-        while True:
-            b = buf[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        n, i = _varint_at(buf, i)
         s = buf[i:i + n].decode("utf-8")
         i += n
         if tag >> 3 == 1:
