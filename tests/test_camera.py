@@ -136,3 +136,17 @@ def test_one_loader_for_every_path(tiny_onnx, tmp_path):
 def test_source_errors():
     with pytest.raises(SourceError, match="no such file"):
         open_source("/nonexistent/frames", print)
+
+
+def test_video_source_through_opencv(tiny_onnx, tmp_path, capsys):
+    cv2 = pytest.importorskip("cv2")
+    path = str(tmp_path / "clip.avi")
+    vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (80, 60))
+    assert vw.isOpened()
+    for i in range(5):
+        vw.write(np.full((60, 80, 3), 40 * i, np.uint8))
+    vw.release()
+    frames = list(open_source(path, print))
+    assert [f.name for f in frames] == [f"frame_{i:06d}" for i in range(5)] and frames[0].rgb.shape == (60, 80, 3)
+    assert main(["--source", path, "--model", str(tiny_onnx[1]), "--batch", "2"]) == 0
+    assert "final: frames 5:" in capsys.readouterr().out

@@ -99,3 +99,28 @@ def test_in_graph_frames_model_ports_to_onnxruntime_and_openvino(tmp_path):
     ov_scores, ov_maps = out[cm.outputs[0]], out[cm.outputs[1]]
     # measured 6.6e-7 on maps (the antialiased-cubic graph this replaced differed by 0.56)
     assert np.abs(ov_maps - got[1]).max() <= 1e-5 and np.abs(ov_scores - got[0]).max() <= 1e-5
+
+
+def test_model_sized_frames_model_takes_any_frame_size(tmp_path):
+    """The CLI's default export (uint8 frames of the model's SxS): the runtime resizes other frames with the numpy
+    twin and rounds to uint8 — within half a grey level of the Detector's float path."""
+    from wmoe.config import ModelConfig
+    from wmoe.detector import Detector
+    from wmoe.export.onnx_export import export_onnx
+    from wmoe.model import WMoECLIP
+    from wmoe.runtime import FrameError, Runtime
+
+    torch.manual_seed(0)
+    model = WMoECLIP(ModelConfig.tiny(image_size=112)).eval()
+    p = export_onnx(model, tmp_path / "sq.onnx", preprocess=True)  # frame_size defaults to (112, 112)
+    rng = np.random.default_rng()
+    frames = [rng.integers(0, 256, (300, 420, 3), dtype=np.uint8), rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)]
+    with Runtime.open(p) as rt:
+        assert rt.meta.input == "frames" and rt.meta.frame_size == (112, 112)
+        res = rt.score(frames)
+    ref = Detector(model)(frames)
+    assert np.abs(res.scores - ref.scores).max() <= 5e-3  # uint8 rounding of the resized frame only
+    assert abs(float(res.scores[1]) - float(ref.scores[1])) <= 1e-4  # model-sized: only stacked
+    with Runtime.open(tmp_path / "sq.onnx") as rt:
+        with pytest.raises(FrameError, match="frame 0: expected an HxWx3"):
+            rt.score([np.zeros((5, 5, 7), np.uint8)])
