@@ -1,8 +1,11 @@
-"""A small runtime to embed in a camera loop: exported model in, numpy frames in, numpy scores/maps out.
+"""A small runtime to embed in a camera loop: exported model in, numpy frames in, scores, maps and verdicts out.
 
-Imports neither torch nor the model code (``import wmoe.runtime`` stays light).
+Imports neither torch nor the model code (``import wmoe.runtime`` stays light). The model file's contract
+(:mod:`wmoe.contract`) says how to preprocess and where to draw the line; ``wmoe-camera``
+(:mod:`wmoe.runtime.camera`) is the ready-made loop, :mod:`wmoe.runtime.session` the ONNX Runtime session factory.
 """
+from ..contract import Decision
 from .frames import FrameError, check_frames, preprocess_frames
 from .runtime import Result, Runtime
 
-__all__ = ["Runtime", "Result", "FrameError", "check_frames", "preprocess_frames"]
+__all__ = ["Runtime", "Result", "Decision", "FrameError", "check_frames", "preprocess_frames"]
