@@ -17,7 +17,7 @@ import trt_standin as S
 from wmoe.config import ModelConfig
 from wmoe.export.onnx_export import ExportError, export_onnx
 from wmoe.export.plugin_graph import DOMAIN, MOE_OP, WCMA_OP
-from wmoe.export.trt_plugins import (PLUGINS, KernelStore, check_plugin_nodes, launch_plan, ptx_version,
+from wmoe.export.trt_plugins import (PLUGINS, check_plugin_nodes, launch_plan, ptx_version,
                                      register_plugins, unregister_plugins)
 from wmoe.model import WMoECLIP
 

@@ -49,6 +49,7 @@ class TrtBackend:
         self.trt, self.path = trt, Path(path)
         self.sidecar = EngineSidecar.read(EngineSidecar.path_for(path))
         self.meta = self.sidecar.model_meta  # the exported model's contract: input, preprocessing, decision
+        self.cuda_graph = cuda_graph
         self.cuda: CudaApi = open_cuda(device, prefer=cuda)
         self.stream = None
         self._contexts: Dict[int, Any] = {}  # profile -> execution context (runs without a graph)
@@ -72,14 +73,16 @@ class TrtBackend:
         except BaseException:
             self.close()
             raise
-        self.cuda_graph = cuda_graph
 
     # -- contexts and buffers ---------------------------------------------------------------------------------
     def _new_context(self, profile: int) -> Any:
         ctx = self.engine.create_execution_context()
         _ok(ctx, "create_execution_context")
-        _ok(ctx.set_optimization_profile_async(profile, self.cuda.stream_handle(self.stream)),
-            f"set_optimization_profile_async({profile})")
+        if not ctx.set_optimization_profile_async(profile, self.cuda.stream_handle(self.stream)):
+            hint = (" (with cuda_graph=True each captured batch size has a context of its own: if this TensorRT "
+                    "will not bind two contexts to one profile, build one profile per batch size, e.g. --batch "
+                    "1:1:1,8:8:8,32:32:32)" if self.cuda_graph else "")
+            raise RuntimeError(f"TensorRT set_optimization_profile_async({profile}) failed{hint}")
         self.cuda.stream_sync(self.stream)
         return ctx
 
