@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 ALL_BACKENDS = ("torch-fp32", "torch-fp16", "torch-bf16", "torch-compile", "torch-triton", "ort-cpu", "ort-cuda",
-                "ort-trt", "trt-engine", "aoti")
+                "ort-trt", "ort-qdq", "trt-engine", "aoti")
 
 
 class Skip(Exception):
@@ -47,7 +47,7 @@ def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: 
 
 def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onnx_path: Optional[Path] = None,
                  engine_path: Optional[Path] = None, aoti_path: Optional[Path] = None, allow_compile: bool = False,
-                 workdir: Optional[Path] = None) -> Backend:
+                 workdir: Optional[Path] = None, qdq_path: Optional[Path] = None) -> Backend:
     cuda = torch.cuda.is_available()
     if name == "torch-fp32":
         return _torch_backend(model_factory(), name, "cuda" if cuda else "cpu", torch.float32)
@@ -64,11 +64,15 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
             raise Skip("compiled Triton kernels need a CUDA device")
         # both fused stages: the whole WCMA (Eq. 5-7) and the MoE path
         return _torch_backend(model_factory(), name, "cuda", torch.float16, kernels="triton")
+    if name == "ort-qdq":  # ONNX Runtime's CPU provider executes the Q/DQ graph (int8 and fp8)
+        if qdq_path is None:
+            raise Skip("no --qdq model given (make one with wmoe export quantize)")
+        onnx_path = qdq_path
     if name.startswith("ort-"):
         import onnxruntime as ort
 
         from wmoe.runtime.session import PROVIDERS, make_session
-        key = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[name]
+        key = {"ort-cpu": "cpu", "ort-qdq": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[name]
         provider = PROVIDERS[key]
         if provider not in ort.get_available_providers():
             raise Skip(f"{provider} not available (installed: {ort.get_available_providers()}; "
@@ -83,7 +87,7 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
 
         def run(x: np.ndarray) -> Dict[str, np.ndarray]:
             return dict(zip(names, sess.run(None, {in_name: x})))
-        return Backend(name, run, "cpu" if name == "ort-cpu" else "cuda")
+        return Backend(name, run, "cpu" if key == "cpu" else "cuda")
     if name == "trt-engine":
         if engine_path is None:
             raise Skip("no --engine given (build one with wmoe export trt on the target GPU)")

@@ -6,12 +6,14 @@ import sys
 from typing import List, Optional
 
 from wmoe.cli_run import run, standalone
-from wmoe.cli_types import existing_file, int_list, list_of, non_negative_int, output_dir, positive_int
+from wmoe.cli_types import existing_file, finite_float, int_list, list_of, non_negative_int, output_dir, positive_int
 
 from .backends import ALL_BACKENDS
 
 
 def _run(a: argparse.Namespace) -> int:
+    from wmoe.export.gate import GateThresholds
+
     from .harness import BenchConfig, run_bench
     auto = a.backends == ["auto"]
     backends = list(ALL_BACKENDS) if auto else a.backends
@@ -19,11 +21,16 @@ def _run(a: argparse.Namespace) -> int:
     doc = run_bench(BenchConfig(a.checkpoint, out=a.out, backends=backends, batches=a.batch,
                                 sizes=a.sizes, warmup=a.warmup, repeats=a.repeats,
                                 onnx=a.onnx, engine=a.engine, aoti=a.aoti, parity_data=a.parity_data,
-                                pretrained=a.pretrained, allow_compile=not auto))
+                                pretrained=a.pretrained, allow_compile=not auto, qdq=a.qdq,
+                                parity_images=a.parity_images or None,
+                                gate=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman)))
     for k, v in doc["skipped"].items():
         print(f"skipped {k}: {v}")
+    for k, v in doc.get("auroc_parity", {}).items():
+        print(f"accuracy gate {k}: " + ("pass" if v["gate_passed"] else "FAIL: " + "; ".join(v["gate_failures"])))
     print(f"wrote {a.out}/bench.json, bench.md, bench.png")
-    return 0
+    # a failed accuracy gate fails the command, so a CI job can run it as the gate
+    return 1 if any(not v["gate_passed"] for v in doc.get("auroc_parity", {}).values()) else 0
 
 
 def register(subparsers) -> None:
@@ -39,7 +46,14 @@ def register(subparsers) -> None:
     p.add_argument("--onnx", default=None, type=existing_file, help="an exported model (else exported on the fly)")
     p.add_argument("--engine", default=None, type=existing_file, help="a TensorRT engine built on this GPU")
     p.add_argument("--aoti", default=None, type=existing_file, help="an AOTInductor package (wmoe export aoti)")
-    p.add_argument("--parity-data", default=None, help="data root (e.g. the demo set) for the AUROC change")
+    p.add_argument("--parity-data", default=None, help="data root (e.g. the demo set): the accuracy gate of every "
+                   "backend vs torch-fp32 (AUROC change, score Spearman, map differences)")
+    p.add_argument("--parity-images", type=non_negative_int, default=0,
+                   help="a seeded subset of its test images (0: all)")
+    p.add_argument("--qdq", default=None, type=existing_file,
+                   help="a Q/DQ ONNX (wmoe export quantize) for the ort-qdq backend")
+    p.add_argument("--max-auroc-drop", type=finite_float, default=0.5, help="gate: image AUROC drop in points (0.5)")
+    p.add_argument("--min-spearman", type=finite_float, default=0.99, help="gate: image score Spearman (0.99)")
     p.add_argument("--pretrained", default=None, type=existing_file)
     p.set_defaults(func=_run)
 

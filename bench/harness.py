@@ -18,6 +18,8 @@ from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
 from wmoe.contract import OUTPUT_NAMES
 
+from wmoe.export.gate import GateThresholds
+
 from .backends import Backend, Skip, make_backend
 
 
@@ -34,6 +36,9 @@ class BenchConfig:
     engine: Optional[str] = None
     aoti: Optional[str] = None
     parity_data: Optional[str] = None
+    parity_images: Optional[int] = None  # a seeded subset of the parity data's test images (None: all)
+    qdq: Optional[str] = None  # a quantized Q/DQ ONNX (wmoe export quantize) for the ort-qdq backend
+    gate: GateThresholds = field(default_factory=GateThresholds)
     pretrained: Optional[str] = None
     seed: int = 0
     allow_compile: bool = False  # torch.compile on the CPU (minutes for a ViT-L); always allowed on CUDA
@@ -155,6 +160,7 @@ def _make(cfg: BenchConfig, name: str, factory, base_size: bool) -> Backend:
     return make_backend(name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx and base_size else None,
                         engine_path=Path(cfg.engine) if cfg.engine else None,
                         aoti_path=Path(cfg.aoti) if cfg.aoti and base_size else None,
+                        qdq_path=Path(cfg.qdq) if cfg.qdq and base_size else None,
                         allow_compile=cfg.allow_compile, workdir=Path(cfg.out) / "work")
 
 
@@ -228,6 +234,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
            "checkpoint": cfg.checkpoint}
     if cfg.parity_data:
         doc["auroc_parity"] = auroc_parity(cfg, skipped)
+        doc["gate"] = cfg.gate.to_dict()
     atomic_write_text(out / "bench.json", json.dumps(doc, indent=2) + "\n")
     atomic_write_text(out / "bench.md", to_markdown(doc))
     plot(doc, out / "bench.png")
@@ -243,24 +250,17 @@ def engine_image_size(engine: str) -> int:
 
 
 def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
-    """Image and pixel AUROC per backend on a data set (e.g. the demo set), and their change vs torch-fp32."""
-    from torch.utils.data import DataLoader
-
+    """The accuracy gate of every backend against torch-fp32 on a labeled data set (e.g. the demo set): image and
+    pixel AUROC and their change, score Spearman, map differences, and whether the gate
+    (:mod:`wmoe.export.gate`: AUROC drop <= ``cfg.gate.max_image_auroc_drop``, Spearman >= ``min_spearman``)
+    passes."""
     from wmoe.checkpoint import read_checkpoint
-    from wmoe.data import AnomalyDataset, collate
-    from wmoe.metrics import image_metrics, pixel_metrics, smooth_maps
+    from wmoe.export.gate import compare, failures, labeled_images
     size = read_checkpoint(cfg.checkpoint)[0].config.image_size
-    ds = AnomalyDataset(cfg.parity_data, split="test", image_size=size)
-    images, labels, masks = [], [], []
-    for batch, _ in DataLoader(ds, batch_size=16, collate_fn=collate):
-        if batch is not None:
-            images.append(batch["image"].numpy())
-            labels.append(batch["label"].numpy())
-            masks.append(batch["mask"][:, 0].numpy() > 0.5)
-    x, y, m = np.concatenate(images), np.concatenate(labels), np.concatenate(masks)
-    res: Dict[str, dict] = {}
+    x, y, m = labeled_images(cfg.parity_data, size, cfg.parity_images, cfg.seed)
     factory = _model_factory(cfg, size)
-    for name in cfg.backends:
+    outs: Dict[str, dict] = {}
+    for name in dict.fromkeys(["torch-fp32", *cfg.backends]):  # the fp32 reference first, always
         if name in skipped:
             continue
         try:
@@ -268,16 +268,20 @@ def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
         except Skip as e:
             skipped[name] = str(e)
             continue
-        outs = [be.run(x[i:i + 8]) for i in range(0, len(x), 8)]
-        s = np.concatenate([o["scores"] for o in outs])
-        maps = smooth_maps(np.concatenate([o["maps"] for o in outs]))
-        res[name] = {"image_auroc": image_metrics(y, s)["auroc"],
-                     "pixel_auroc": pixel_metrics(m, maps, pro=False, pro_binned=False)["auroc"]}
-    ref = res.get("torch-fp32")
-    if ref:
-        for r in res.values():
-            r["delta_image_auroc"] = r["image_auroc"] - ref["image_auroc"]
-            r["delta_pixel_auroc"] = r["pixel_auroc"] - ref["pixel_auroc"]
+        parts = [be.run(x[i:i + 8]) for i in range(0, len(x), 8)]
+        outs[name] = {k: np.concatenate([o[k] for o in parts]) for k in parts[0]}
+    res: Dict[str, dict] = {}
+    for name, o in outs.items():
+        if name not in cfg.backends:
+            continue
+        fig = compare(outs["torch-fp32"], o, y, m)
+        why = failures(fig, cfg.gate)
+        res[name] = {"image_auroc": fig.get("image_auroc", float("nan")),
+                     "pixel_auroc": fig.get("pixel_auroc", float("nan")),
+                     "delta_image_auroc": fig.get("image_auroc_change", float("nan")),
+                     "delta_pixel_auroc": fig.get("pixel_auroc_change", float("nan")),
+                     **{k: fig[k] for k in ("n_images", "spearman_scores", "max_map_diff", "mean_map_diff")},
+                     "gate_passed": not why, "gate_failures": why}
     return res
 
 
@@ -295,10 +299,16 @@ def to_markdown(doc: Dict) -> str:
                      f"{r['flops_per_image'] / 1e9:.3f} | {100 * r['fraction_of_matmul_rate']:.1f} | "
                      f"{r['max_abs_maps']:.1e} | {r['max_abs_scores']:.1e} |")
     if doc.get("auroc_parity"):
-        lines += ["", "| backend | image AUROC | pixel AUROC | Δ image | Δ pixel |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "Accuracy gate vs torch-fp32 (image AUROC drop ≤ "
+                  f"{100 * doc.get('gate', {}).get('max_image_auroc_drop', 0.005):.1f} pt, score Spearman ≥ "
+                  f"{doc.get('gate', {}).get('min_spearman', 0.99)}):", "",
+                  "| backend | images | image AUROC | pixel AUROC | Δ image (pt) | Δ pixel (pt) | Spearman | "
+                  "max\\|Δ\\| map | mean\\|Δ\\| map | gate |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for k, v in doc["auroc_parity"].items():
-            lines.append(f"| {k} | {v['image_auroc']:.4f} | {v['pixel_auroc']:.4f} | "
-                         f"{v.get('delta_image_auroc', 0):+.1e} | {v.get('delta_pixel_auroc', 0):+.1e} |")
+            lines.append(f"| {k} | {v['n_images']} | {v['image_auroc']:.4f} | {v['pixel_auroc']:.4f} | "
+                         f"{100 * v['delta_image_auroc']:+.2f} | {100 * v['delta_pixel_auroc']:+.2f} | "
+                         f"{v['spearman_scores']:.4f} | {v['max_map_diff']:.1e} | {v['mean_map_diff']:.1e} | "
+                         f"{'pass' if v['gate_passed'] else 'FAIL: ' + '; '.join(v['gate_failures'])} |")
     sources = sorted({r.get("peak_mem_source", "") for r in doc["records"]} - {""})
     if sources:
         lines += ["", "Peak MB from: " + "; ".join(sources) + "."]

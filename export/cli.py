@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from wmoe.cli_run import run, standalone
@@ -63,6 +64,21 @@ def _triton(a: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(a: argparse.Namespace) -> int:
+    from .gate import GateThresholds
+    from .quantize import QuantizeConfig, quantize_onnx, report_path
+    keep = a.keep if a.keep in ("auto", "none") else [g.strip() for g in a.keep.split(",") if g.strip()]
+    cfg = QuantizeConfig(precision=a.precision, max_images=a.max_images, holdout=a.holdout, method=a.method,
+                         high_precision=a.high_precision, keep=keep, calibrate_per_node=a.calibrate_per_node,
+                         gate_images=a.gate_images or None, seed=a.seed, target=a.target)
+    r = quantize_onnx(a.onnx, a.calib, a.out, cfg, gate_data=a.gate_data, allow_gate_failure=a.allow_gate_failure,
+                      thresholds=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman))
+    print(f"wrote {a.out} ({r.precision}, {r.quantized_nodes} quantized layers; kept in {r.high_precision}: "
+          f"{', '.join(r.kept_groups) or 'none'}) and {report_path(a.out)}")
+    print(f"engine: wmoe export trt {a.out} --out {Path(a.out).with_suffix('.engine')} --precision {r.precision}")
+    return 0
+
+
 def _reference(a: argparse.Namespace) -> int:
     from .parity import save_reference
     ins, outs = save_reference(a.onnx, a.out_dir, batch=a.batch, seed=a.seed)
@@ -97,7 +113,9 @@ def register(subparsers) -> None:
     t = sub.add_parser("trt", help="ONNX -> TensorRT engine (+ JSON sidecar)")
     t.add_argument("onnx", type=existing_file)
     t.add_argument("--out", required=True, type=output_file)
-    t.add_argument("--precision", type=one_of(["fp32", "fp16", "bf16"], "precision"), default="fp16")
+    t.add_argument("--precision", type=one_of(["fp32", "fp16", "bf16", "int8", "fp8"], "precision"),
+                   default="fp16", help="int8/fp8: a Q/DQ ONNX from wmoe export quantize (fp8 needs compute "
+                   "capability >= 8.9)")
     t.add_argument("--batch", default="1:8:32", type=checked(_batch_ranges, "batch", keep_text=True),
                    help="MIN:OPT:MAX, several comma-separated")
     t.add_argument("--workspace-gb", type=positive_float, default=4.0)
@@ -137,6 +155,38 @@ def register(subparsers) -> None:
     tr.add_argument("--pixel-threshold", type=finite_float, help="checkpoint source: pixel threshold for defect masks")
     tr.add_argument("--container-tag", help="NGC tritonserver release named in the README (default 24.10)")
     tr.set_defaults(func=_triton)
+    q = sub.add_parser("quantize", help="fp32 ONNX -> Q/DQ ONNX (int8 / fp8) calibrated on your normal images, "
+                       "with an accuracy gate")
+    q.add_argument("onnx", type=existing_file, help="a portable fp32 export (wmoe export onnx)")
+    q.add_argument("--calib", required=True, help="a folder of normal images, or a meta.json (its good images)")
+    q.add_argument("--out", required=True, type=output_file, help="e.g. model.qdq.onnx (report: model.qdq.quant.json)")
+    q.add_argument("--precision", type=one_of(["int8", "fp8"], "precision"), default="int8",
+                   help="int8: Jetson Orin / Ampere and later; fp8: Hopper / Ada")
+    q.add_argument("--max-images", type=positive_int, default=256, help="normal images drawn from --calib (256)")
+    q.add_argument("--holdout", type=non_negative_int, default=16, help="of those, kept out of calibration to "
+                   "measure which layers stay in high precision (16)")
+    q.add_argument("--method", default=None, type=one_of(["entropy", "max", "minmax", "percentile", "distribution"],
+                                                         "calibration method"),
+                   help="calibration: entropy (int8 default), max (fp8 default), minmax, percentile, distribution")
+    q.add_argument("--high-precision", type=one_of(["fp16", "fp32"], "precision"), default="fp16",
+                   help="dtype of the layers left unquantized (fp16 for TensorRT; fp32 to run on a CPU)")
+    q.add_argument("--keep", default="auto", help="auto (measured), none, or comma-separated layer groups to keep "
+                   "in high precision (names as in the report)")
+    q.add_argument("--target", type=finite_float, default=None, help="held-out score Spearman, score Pearson and map "
+                   "Pearson the quantized model must keep (default: halfway between --min-spearman and 1, i.e. "
+                   "0.995); higher keeps more layers")
+    q.add_argument("--gate-data", default=None, help="labeled data root (meta.json) for the accuracy gate; "
+                   "without it the gate checks held-out normal images only (no AUROC)")
+    q.add_argument("--gate-images", type=non_negative_int, default=200,
+                   help="labeled images the gate runs on (0: all)")
+    q.add_argument("--max-auroc-drop", type=finite_float, default=0.5, help="gate: image AUROC drop in points (0.5)")
+    q.add_argument("--min-spearman", type=finite_float, default=0.99, help="gate: image score Spearman (0.99)")
+    q.add_argument("--allow-gate-failure", action="store_true", help="write the file even when the gate fails "
+                   "(with a loud warning; the report records the failure)")
+    q.add_argument("--calibrate-per-node", action="store_true", help="Model Optimizer's node-by-node calibration "
+                   "(less memory, much slower)")
+    q.add_argument("--seed", type=non_negative_int, default=0)
+    q.set_defaults(func=_quantize)
     r = sub.add_parser("reference", help="portable ONNX -> reference inputs/outputs (Polygraphy JSON) for "
                        "checking an engine on a device without ONNX Runtime GPU")
     r.add_argument("onnx")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from wmoe.atomic import atomic_path
-from wmoe.contract import EngineSidecar, ModelMeta, major_minor
+from wmoe.contract import QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor
 from wmoe.onnx_meta import read_onnx_metadata
 
 from .onnx_export import ExportError, sha256_file
@@ -61,6 +61,22 @@ def plan_flavor(meta: Dict[str, str], tensorrt_version: str, checkpoint: Optiona
                         f"flavor instead (re-exported from {checkpoint})")
 
 
+#: The oldest compute capability with tensor-core support for each Q/DQ precision (int8: Turing, Orin is 8.7;
+#: fp8 E4M3: Ada 8.9 and Hopper 9.0).
+QDQ_MIN_CC = {"int8": (7, 5), "fp8": (8, 9)}
+
+
+def check_qdq_gpu(precision: str, requested: str, cc: Tuple[int, int], gpu_name: str, onnx_path: Path) -> None:
+    """Refuse a Q/DQ build this GPU cannot run, or a ``--precision`` that contradicts the quantized file."""
+    if requested != precision:
+        raise ExportError(f"{onnx_path} is quantized to {precision} (Q/DQ): build it with --precision {precision}")
+    need = QDQ_MIN_CC[precision]
+    if tuple(cc) < need:
+        hint = " (use --precision int8: quantize with wmoe export quantize --precision int8)" if precision == "fp8" else ""
+        raise ExportError(f"{gpu_name} (compute capability {cc[0]}.{cc[1]}) has no {precision} tensor cores: "
+                          f"{precision} needs {need[0]}.{need[1]} or newer{hint}")
+
+
 def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: str = "fp16",
                  batch: str = "1:8:32", workspace_gb: float = 4.0, timing_cache: Optional[str] = None,
                  kernels: Optional[Union[str, Path]] = None, checkpoint: Optional[Union[str, Path]] = None) -> Path:
@@ -92,6 +108,8 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         gpu_name, (cc_major, cc_minor) = cuda.device_name(), cuda.compute_capability()
     finally:
         cuda.close()
+    if precision_in in QUANTIZED_PRECISIONS:  # before parsing: a GPU without fp8 is refused at once
+        check_qdq_gpu(precision_in, precision, (cc_major, cc_minor), gpu_name, onnx_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = _ok(trt.Builder(logger), "Builder")
     major = major_minor(trt.__version__)[0]
@@ -104,7 +122,11 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         raise ExportError(f"TensorRT could not parse {onnx_path} ({parser.num_errors} errors):\n{errors}")
     config = _ok(builder.create_builder_config(), "create_builder_config")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if major < 11:  # TensorRT 11: strongly typed networks, precision comes from the ONNX
+    if precision_in in QUANTIZED_PRECISIONS:  # explicit quantization: the Q/DQ nodes say what runs in int8/fp8
+        if major < 11:  # TensorRT 10: allow the Q/DQ precision and fp16 for the layers kept in high precision
+            config.set_flag(trt.BuilderFlag.INT8 if precision_in == "int8" else trt.BuilderFlag.FP8)
+            config.set_flag(trt.BuilderFlag.FP16)
+    elif major < 11:  # TensorRT 11: strongly typed networks, precision comes from the ONNX
         if precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
         elif precision == "bf16":

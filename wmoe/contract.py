@@ -44,8 +44,12 @@ OUTPUT_NAMES: Tuple[str, ...] = ("scores", "maps", "text_scores")
 #: Export flavors: ``portable`` (standard ONNX ops) or ``plugin`` (fused stages as TensorRT plugin nodes).
 FLAVORS: Tuple[str, ...] = ("portable", "plugin")
 
-#: The precision vocabulary. Which path supports which is checked where it is used (ONNX export: fp32/fp16).
-PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+#: The precision vocabulary. Which path supports which is checked where it is used (ONNX export: fp32/fp16;
+#: ``wmoe export quantize``: int8/fp8 Q/DQ graphs).
+PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
+#: Precisions of an explicitly quantized (Q/DQ) ONNX, and what its other layers run in.
+QUANTIZED_PRECISIONS: Tuple[str, ...] = ("int8", "fp8")
+HIGH_PRECISIONS: Tuple[str, ...] = ("fp16", "fp32")
 _PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
 #: What a score means (stored with the decision so a deployed model is self-describing).
@@ -237,6 +241,7 @@ class ModelMeta:
     checkpoint_sha256: str = ""
     version: str = ""
     exporter: str = ""
+    quantization: str = ""  # Q/DQ models: JSON summary (tool, method, images, high precision, kept layer groups)
 
     def __post_init__(self) -> None:
         if self.preprocess is None:
@@ -270,6 +275,8 @@ class ModelMeta:
             m["threshold"] = repr(self.decision.threshold)
         if self.frame_size:
             m["frame_size"] = json.dumps([int(v) for v in self.frame_size])
+        if self.quantization:
+            m["quantization"] = self.quantization
         return {META_PREFIX + k: v for k, v in m.items()}
 
     @classmethod
@@ -289,7 +296,8 @@ class ModelMeta:
             return cls(image_size=size, input=g.get("input", INPUT_IMAGES), frame_size=fs,
                        flavor=g.get("flavor", "portable"), precision=g.get("precision", "fp32"), preprocess=spec,
                        decision=decision, config=g.get("config", ""), checkpoint_sha256=g.get("checkpoint_sha256", ""),
-                       version=g.get("version", ""), exporter=g.get("exporter", ""))
+                       version=g.get("version", ""), exporter=g.get("exporter", ""),
+                       quantization=g.get("quantization", ""))
         except ContractError as e:
             raise ContractError(f"{source}: {e}") from None
         except (ValueError, TypeError, KeyError) as e:

@@ -1,0 +1,420 @@
+"""Post-training quantization of an exported (portable, fp32) ONNX into an explicitly quantized Q/DQ ONNX.
+
+What TensorRT builds int8 (Orin, Ampere) and fp8 (Hopper, Ada) engines from: QuantizeLinear/DequantizeLinear pairs
+around the inputs and weights of the quantized layers, the rest in ``high_precision`` (fp16 for TensorRT, fp32 to
+run on a CPU). The Q/DQ insertion and calibration is NVIDIA Model Optimizer's ONNX PTQ
+(``modelopt.onnx.quantization.quantize``) with ONNX Runtime's CPU execution provider; see ``docs/export.md``.
+
+Which layers stay in higher precision is measured, not guessed: the quantized graph's layers are grouped by the
+model's modules (transformer blocks of each tower, each WCMA layer, SA-MoE, CTDS, the map/score head), and on
+held-out normal images
+
+1. if everything quantized already reaches the target below, nothing is kept; otherwise
+2. every group's *sensitivity* is measured with only that group quantized (1 − Pearson of scores and of maps
+   against fp32), and
+3. the smallest number of the most sensitive groups is kept in high precision such that the rest, quantized,
+   reaches the gate's score Spearman and a map Pearson of the same value (binary search over that number).
+
+Keeping a group = removing the Q/DQ pairs in front of its layers in the calibrated graph (no re-calibration).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import io
+import json
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from wmoe.atomic import atomic_path, atomic_write_text
+
+from .calib import DEFAULT_MAX_IMAGES, CalibrationSet, load_calibration
+from .gate import GateThresholds, compare, failures, format_figures, labeled_images, run_session
+from wmoe.contract import HIGH_PRECISIONS, INPUT_FRAMES, ContractError, ModelMeta
+from wmoe.contract import QUANTIZED_PRECISIONS as PRECISIONS
+from wmoe.onnx_meta import read_onnx_metadata
+from wmoe.runtime.session import make_session
+
+from .onnx_export import ExportError, sha256_file
+
+DEFAULT_METHOD = {"int8": "entropy", "fp8": "max"}  # Model Optimizer's defaults for each mode
+METHODS = ("entropy", "max", "minmax", "percentile", "distribution")
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+class QuantizeError(ExportError):
+    """Quantization cannot proceed or its result fails the accuracy gate; the message says why."""
+
+
+@dataclass
+class QuantizeConfig:
+    precision: str = "int8"
+    max_images: int = DEFAULT_MAX_IMAGES  # calibration + held-out images drawn from the source
+    holdout: int = 16  # of those, kept out of calibration to choose the high-precision layers
+    method: Optional[str] = None  # calibration method; None: DEFAULT_METHOD[precision]
+    high_precision: str = "fp16"  # what the non-quantized layers run in (fp16: TensorRT; fp32: CPU)
+    keep: Union[str, Sequence[str]] = "auto"  # "auto" (measured), "none", or group names to keep
+    target: Optional[float] = None  # held-out score Spearman, score Pearson and map Pearson to reach
+    # (None: halfway between the gate's min_spearman and 1, a margin for the few held-out images)
+    max_groups_per_tower: int = 6  # sensitivity granularity: transformer blocks are grouped into at most this many
+    calibrate_per_node: bool = False  # Model Optimizer's low-memory calibration (slower; for big models)
+    gate_images: Optional[int] = 200  # labeled images the gate runs on (a seeded subset); None: all
+    seed: int = 0
+    batch: int = 8  # ONNX Runtime batch for the held-out and gate runs
+
+    def resolved_method(self) -> str:
+        return self.method or DEFAULT_METHOD[self.precision]
+
+
+@dataclass
+class QuantizeReport:
+    """What the sidecar records: how the file was made and what changed."""
+
+    precision: str
+    high_precision: str
+    tool: str
+    calibration: Dict[str, object]
+    quantized_nodes: int
+    kept_groups: List[str]
+    keep_reason: str
+    sensitivity: Dict[str, Dict[str, float]]
+    held_out: Dict[str, float]
+    gate: Dict[str, object]
+    source_onnx: str
+    source_sha256: str
+    seconds: float
+    groups: Dict[str, List[str]] = field(default_factory=dict)  # group -> quantized node names
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------- Q/DQ graph
+def _producers(graph) -> Dict[str, object]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def quantized_nodes(model) -> List[str]:
+    """Names of the compute nodes that read a DequantizeLinear output (the layers that run quantized)."""
+    prod = _producers(model.graph)
+    return [n.name for n in model.graph.node if n.op_type not in QDQ
+            and any(getattr(prod.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)]
+
+
+def keep_high_precision(model, node_names: Sequence[str]):
+    """A copy of the Q/DQ ``model`` in which ``node_names`` read their inputs before quantization (their Q/DQ pairs
+    bypassed); pairs and weights nothing reads any more are removed."""
+    m = copy.deepcopy(model)
+    g = m.graph
+    prod = _producers(g)
+    names = set(node_names)
+    for n in g.node:
+        if n.name not in names or n.op_type in QDQ:
+            continue
+        for k, inp in enumerate(n.input):
+            dq = prod.get(inp)
+            if getattr(dq, "op_type", "") != "DequantizeLinear":
+                continue
+            q = prod.get(dq.input[0])
+            if getattr(q, "op_type", "") != "QuantizeLinear":
+                raise QuantizeError(f"node {n.name}: input {inp} is dequantized from a stored quantized tensor "
+                                    f"({dq.input[0]}), which cannot be restored to high precision")
+            n.input[k] = q.input[0]
+    _prune(m)
+    return m
+
+
+def _prune(m) -> None:
+    """Drop nodes whose outputs nothing reads (repeatedly) and unused initializers."""
+    g = m.graph
+    outputs = {o.name for o in g.output}
+    while True:
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if n.output and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(init)
+
+
+def _scope(node) -> str:
+    """The deepest ``model...`` module scope the dynamo exporter recorded for ``node`` ("" if none)."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [s for s in ast.literal_eval(p.value) if isinstance(s, str) and s.startswith("model")]
+            except (ValueError, SyntaxError):
+                return ""
+            return scopes[-1] if scopes else ""
+    return ""
+
+
+_BLOCK = re.compile(r"^model\.backbone\.clip\.(visual\.)?transformer\.resblocks\.(\d+)")
+
+
+def group_name(scope: str, blocks_per_group: Dict[str, int]) -> str:
+    """The module group of a scope: transformer blocks of each tower in runs of ``blocks_per_group[tower]``,
+    every other module by its top-level name under the model (``wcma.2``, ``samoe``, ``ctds``)."""
+    m = _BLOCK.match(scope)
+    if m:
+        tower = "image" if m.group(1) else "text"
+        k = blocks_per_group.get(tower, 1)
+        a = int(m.group(2)) // k * k
+        return f"{tower} blocks {a}" if k == 1 else f"{tower} blocks {a}-{a + k - 1}"
+    parts = scope.split(".")[1:]
+    if not parts:
+        return "head (maps, scores)"
+    if parts[0] == "backbone":
+        if len(parts) > 2 and parts[2] == "visual":
+            return "image tower (embed, proj)"
+        if len(parts) > 1:
+            return "text tower (embed, proj)"
+        return "feature taps"
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else parts[0]
+
+
+def node_groups(source, qmodel, max_groups_per_tower: int = 6) -> Dict[str, List[str]]:
+    """Quantized node names of ``qmodel`` by module group (scopes read from the un-quantized ``source``, whose
+    node names Model Optimizer keeps)."""
+    scopes = {n.name: _scope(n) for n in source.graph.node}
+    layers: Dict[str, int] = {}
+    for s in scopes.values():
+        m = _BLOCK.match(s)
+        if m:
+            t = "image" if m.group(1) else "text"
+            layers[t] = max(layers.get(t, 0), int(m.group(2)) + 1)
+    per = {t: -(-n // max(1, max_groups_per_tower)) for t, n in layers.items()}
+    out: Dict[str, List[str]] = {}
+    for name in quantized_nodes(qmodel):
+        out.setdefault(group_name(scopes.get(name, ""), per), []).append(name)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- Model Optimizer
+def _modelopt_quantize(src: Path, calib: np.ndarray, input_name: str, cfg: QuantizeConfig, out: Path) -> str:
+    try:
+        import modelopt
+        from modelopt.onnx.quantization import quantize
+    except ImportError as e:
+        raise QuantizeError(f"NVIDIA Model Optimizer is not installed ({e}): pip install 'wmoe[quantize]' "
+                            f"(see docs/export.md)") from None
+    # Model Optimizer and ONNX Runtime's calibrator print a progress bar per tensor: captured, and shown only
+    # when quantization fails
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            quantize(onnx_path=str(src), quantize_mode=cfg.precision, calibration_data={input_name: calib},
+                     calibration_method=cfg.resolved_method(), calibration_eps=["cpu"],
+                     high_precision_dtype=cfg.high_precision, calibrate_per_node=cfg.calibrate_per_node,
+                     output_path=str(out), log_level="WARNING")
+    except Exception as e:  # noqa: BLE001 - any failure inside Model Optimizer, reported with its output
+        raise QuantizeError(f"Model Optimizer failed on {src}: {type(e).__name__}: {e}\n"
+                            f"{buf.getvalue()[-2000:]}") from e
+    if not out.is_file():
+        raise QuantizeError(f"Model Optimizer wrote no output for {src}")
+    return f"nvidia-modelopt {modelopt.__version__} (ONNX PTQ, ONNX Runtime CPU calibration)"
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+class _Evaluator:
+    """Runs candidate graphs with ONNX Runtime (the project's session factory) on fixed inputs."""
+
+    def __init__(self, workdir: Path, batch: int) -> None:
+        self.workdir, self.batch, self.calls = workdir, batch, 0
+
+    def run(self, model, x: np.ndarray) -> Dict[str, np.ndarray]:
+        import onnx
+        path = self.workdir / f"candidate{self.calls}.onnx"
+        self.calls += 1
+        onnx.save(model, str(path))
+        try:
+            return run_session(make_session(path), x, self.batch)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _heldout_error(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray]) -> Dict[str, float]:
+    f = compare(ref, got)
+    f["sensitivity"] = (1.0 - f["pearson_scores"]) + (1.0 - f["pearson_maps"])
+    return f
+
+
+def _heldout_ok(f: Dict[str, float], target: float) -> bool:
+    return min(f["spearman_scores"], f["pearson_scores"], f["pearson_maps"]) >= target
+
+
+def _select_keep(qmodel, groups: Dict[str, List[str]], ev: _Evaluator, held: np.ndarray,
+                 ref: Dict[str, np.ndarray], target: float,
+                 say: Callable[[str], None]) -> Tuple[List[str], Dict[str, Dict[str, float]], Dict[str, float], str]:
+    """The measured choice of groups kept in high precision (see the module docstring)."""
+    cache: Dict[int, Dict[str, float]] = {}
+    order: List[str] = list(groups)
+
+    def trial(k: int) -> Dict[str, float]:
+        if k not in cache:
+            keep_nodes = [n for g in order[:k] for n in groups[g]]
+            cache[k] = _heldout_error(ref, ev.run(keep_high_precision(qmodel, keep_nodes), held))
+            say(f"  keeping the {k} most sensitive group(s): score Spearman {cache[k]['spearman_scores']:.4f}, "
+                f"Pearson {cache[k]['pearson_scores']:.4f}, map Pearson {cache[k]['pearson_maps']:.4f}")
+        return cache[k]
+
+    sens: Dict[str, Dict[str, float]] = {}
+    if _heldout_ok(trial(0), target):  # nothing to keep: the per-group measurement is not needed
+        return [], sens, cache[0], "every layer quantized meets the held-out target (no group needs keeping)"
+    for i, gname in enumerate(order):
+        others = [n for g, ns in groups.items() if g != gname for n in ns]
+        f = _heldout_error(ref, ev.run(keep_high_precision(qmodel, others), held))
+        sens[gname] = {k: f[k] for k in ("sensitivity", "spearman_scores", "pearson_maps", "max_map_diff")}
+        say(f"  sensitivity {i + 1}/{len(order)} {gname}: {f['sensitivity']:.2e}")
+    order.sort(key=lambda g: -sens[g]["sensitivity"])
+    lo, hi = 0, len(order)  # trial(lo) fails; find the smallest passing k in (lo, hi]
+    if not _heldout_ok(trial(hi), target):
+        return order, sens, cache[hi], ("no partial quantization meets the held-out target: every quantized "
+                                        "layer kept (the high-precision dtype alone fails it)")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _heldout_ok(trial(mid), target):
+            hi = mid
+        else:
+            lo = mid
+    return order[:hi], sens, cache[hi], (f"the {hi} most sensitive of {len(order)} groups (measured one by one on "
+                                         f"held-out normal images) kept to reach the held-out target")
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, CalibrationSet], out: Union[str, Path],
+                  cfg: QuantizeConfig = QuantizeConfig(), *, gate_data: Optional[Union[str, Path]] = None,
+                  thresholds: GateThresholds = GateThresholds(), allow_gate_failure: bool = False,
+                  progress: bool = True) -> QuantizeReport:
+    """Quantize ``onnx_path`` (a portable fp32 export) on the normal images of ``calib`` and write ``out`` and its
+    report ``<out stem>.quant.json``; return the report.
+
+    The accuracy gate runs on the test split of ``gate_data`` (a data root with a meta.json; labeled) or, without
+    it, on the held-out normal images (score Spearman only: no AUROC without labels). A failed gate raises
+    :class:`QuantizeError` and writes nothing, unless ``allow_gate_failure`` (then it warns loudly and the report
+    says the gate failed).
+    """
+    import onnx
+    t0 = time.time()
+    say = print if progress else (lambda s: None)
+    src = Path(onnx_path)
+    out = Path(out)
+    if cfg.precision not in PRECISIONS:
+        raise QuantizeError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.high_precision not in HIGH_PRECISIONS:
+        raise QuantizeError(f"high_precision must be one of {HIGH_PRECISIONS}, got {cfg.high_precision!r}")
+    if cfg.resolved_method() not in METHODS:
+        raise QuantizeError(f"calibration method must be one of {METHODS}, got {cfg.method!r}")
+    try:
+        meta = ModelMeta.from_metadata(read_onnx_metadata(src), str(src))  # names the file when it is not one
+    except ContractError as e:
+        raise QuantizeError(str(e)) from None
+    if meta.flavor != "portable":
+        raise QuantizeError(f"{src}: the {meta.flavor} flavor has custom nodes ONNX Runtime cannot calibrate; "
+                            f"quantize the portable export")
+    if meta.precision != "fp32":
+        raise QuantizeError(f"{src}: is {meta.precision}; quantize the fp32 export (the layers kept in higher "
+                            f"precision are converted to --high-precision)")
+    size, input_name = meta.image_size, meta.input
+    frame = meta.frame_size if input_name == INPUT_FRAMES else None
+    cs = calib if isinstance(calib, CalibrationSet) else load_calibration(
+        calib, size, max_images=cfg.max_images, seed=cfg.seed, frame_size=frame,  # type: ignore[arg-type]
+        exclude=gate_test_paths(gate_data) if gate_data is not None else ())
+    cal_x, held_x = cs.split(cfg.holdout)
+    say(f"calibrating {cfg.precision} on {len(cal_x)} normal images of {cs.source} "
+        f"({len(held_x)} held out, {cs.available} available)")
+    with tempfile.TemporaryDirectory(prefix="wmoe-quant-") as tmp:
+        work = Path(tmp)
+        tool = _modelopt_quantize(src, cal_x, input_name, cfg, work / "all.onnx")
+        source = onnx.load(str(src))
+        qmodel = onnx.load(str(work / "all.onnx"))
+        groups = node_groups(source, qmodel, cfg.max_groups_per_tower)
+        props = {p.key: p.value for p in source.metadata_props}
+        del source  # a ViT-L graph is 1.8 GB
+        say(f"{sum(map(len, groups.values()))} layers quantized in {len(groups)} groups")
+        ev = _Evaluator(work, cfg.batch)
+        ref_sess = make_session(src)
+        sens: Dict[str, Dict[str, float]] = {}
+        if isinstance(cfg.keep, str) and cfg.keep == "auto":
+            if len(held_x) < 2:
+                raise QuantizeError("keep='auto' needs held-out images (holdout >= 2 and >= 4 calibration images)")
+            ref_held = run_session(ref_sess, held_x, cfg.batch)
+            kept, sens, held_fig, reason = _select_keep(qmodel, groups, ev, held_x, ref_held,
+                                                         (1 + thresholds.min_spearman) / 2 if cfg.target is None
+                                                         else cfg.target, say)
+        else:
+            kept = [] if cfg.keep in ("none", "", None) else list(cfg.keep)
+            unknown = [g for g in kept if g not in groups]
+            if unknown:
+                raise QuantizeError(f"unknown layer groups {unknown}; this model's groups: {sorted(groups)}")
+            reason = "chosen by the user" if kept else "nothing kept (keep='none')"
+            held_fig = {}
+        final = keep_high_precision(qmodel, [n for g in kept for n in groups[g]])
+        # the source's metadata (the contract's keys), with what this file now is
+        from dataclasses import replace
+        qmeta = replace(meta, precision=cfg.precision, quantization=json.dumps(
+            {"tool": tool, "method": cfg.resolved_method(), "calibration_images": len(cal_x),
+             "high_precision": cfg.high_precision, "kept_groups": kept}, sort_keys=True))
+        props.update(qmeta.to_metadata())
+        del final.metadata_props[:]
+        for k, v in sorted(props.items()):
+            final.metadata_props.add(key=k, value=v)
+        # the gate: labeled images when given, else the held-out normal images
+        if gate_data is not None:
+            gx, gy, gm = labeled_images(gate_data, size, cfg.gate_images, cfg.seed)
+            say(f"accuracy gate on {len(gx)} labeled test images of {gate_data}")
+            gate_fig = compare(run_session(ref_sess, gx, cfg.batch), ev.run(final, gx), gy, gm)
+            gate_on = f"{len(gx)} labeled test images of {gate_data}"
+        else:
+            if len(held_x) < 2:
+                raise QuantizeError("the accuracy gate needs labeled images (gate_data) or held-out normal images")
+            gate_fig = compare(run_session(ref_sess, held_x, cfg.batch), ev.run(final, held_x))
+            gate_on = f"{len(held_x)} held-out normal images (no labels: image AUROC not measured)"
+        why = failures(gate_fig, thresholds)
+        gate = {"passed": not why, "failures": why, "on": gate_on, "thresholds": thresholds.to_dict(), **gate_fig}
+        say(f"accuracy gate {'passed' if not why else 'FAILED'}: {format_figures(gate_fig)}")
+        report = QuantizeReport(
+            precision=cfg.precision, high_precision=cfg.high_precision, tool=tool,
+            calibration={"source": cs.source, "method": cfg.resolved_method(), "images": len(cal_x),
+                         "held_out": len(held_x), "available": cs.available, "skipped": len(cs.skipped),
+                         "seed": cfg.seed},
+            quantized_nodes=len(quantized_nodes(final)), kept_groups=kept, keep_reason=reason, sensitivity=sens,
+            held_out=held_fig, gate=gate, source_onnx=str(src), source_sha256=sha256_file(src),
+            seconds=round(time.time() - t0, 1), groups=groups)
+        if why and not allow_gate_failure:
+            raise QuantizeError(f"{out}: not written, the quantized model fails the accuracy gate ("
+                                + "; ".join(why) + f"; {format_figures(gate_fig)}). Keep more layers in high "
+                                "precision (--keep), calibrate on more images, or pass --allow-gate-failure")
+        if why:
+            import warnings
+            warnings.warn("\n" + "!" * 78 + f"\nQUANTIZED MODEL FAILS THE ACCURACY GATE ({'; '.join(why)}); "
+                          f"written anyway because of --allow-gate-failure: {out}\n" + "!" * 78,
+                          RuntimeWarning, stacklevel=2)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as t:
+            onnx.save(final, str(t))
+        atomic_write_text(report_path(out), report.to_json())
+    return report
+
+
+def gate_test_paths(root: Union[str, Path]) -> List[Path]:
+    """The test images of the gate's data set (excluded from calibration)."""
+    from wmoe.data import read_meta
+    root = Path(root)
+    return [(root / str(e["img_path"])).resolve() for entries in read_meta(root / "meta.json").get("test", {}).values()
+            for e in entries]
+
+
+def report_path(out: Union[str, Path]) -> Path:
+    """The quantization report beside a Q/DQ ONNX: ``model.qdq.onnx`` -> ``model.qdq.quant.json``."""
+    return Path(out).with_suffix(".quant.json")
