@@ -209,7 +209,7 @@ def test_bench_runs_the_gate_on_the_qdq_model(tiny):
     doc = run_bench(cfg, progress=False)
     fp32, q = doc["auroc_parity"]["ort-cpu"], doc["auroc_parity"]["ort-qdq"]
     assert fp32["gate_passed"] and fp32["spearman_scores"] > 0.9999 and fp32["max_map_diff"] < 1e-4
-    assert q["n_images"] == 12 and 0 < q["max_map_diff"] < 0.5 and q["spearman_scores"] < 1.0
+    assert q["n_images"] == 12 and 0 < q["max_map_diff"] < 0.5  # quantized: close to fp32, not equal
     assert q["gate_passed"] == (q["spearman_scores"] >= 0.99 and q["delta_image_auroc"] >= -0.005)
     assert {r["backend"] for r in doc["records"]} == {"ort-cpu", "ort-qdq"}
     md = (tiny["dir"] / "bench" / "bench.md").read_text()
