@@ -55,9 +55,10 @@ def compare(ref: Outputs, got: Outputs, labels: Optional[np.ndarray] = None,
         fig["image_auroc"] = image_metrics(labels, got["scores"])["auroc"]
         fig["image_auroc_change"] = fig["image_auroc"] - fig["image_auroc_ref"]
         if masks is not None and masks.any():
-            pm = lambda maps: pixel_metrics(masks, smooth_maps(maps), pro=False, pro_binned=False)["auroc"]  # noqa: E731
-            fig["pixel_auroc_ref"] = pm(ref["maps"])
-            fig["pixel_auroc"] = pm(got["maps"])
+            def pixel_auroc(maps: np.ndarray) -> float:
+                return pixel_metrics(masks, smooth_maps(maps), pro=False, pro_binned=False)["auroc"]
+            fig["pixel_auroc_ref"] = pixel_auroc(ref["maps"])
+            fig["pixel_auroc"] = pixel_auroc(got["maps"])
             fig["pixel_auroc_change"] = fig["pixel_auroc"] - fig["pixel_auroc_ref"]
     return fig
 

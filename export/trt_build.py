@@ -72,7 +72,8 @@ def check_qdq_gpu(precision: str, requested: str, cc: Tuple[int, int], gpu_name:
         raise ExportError(f"{onnx_path} is quantized to {precision} (Q/DQ): build it with --precision {precision}")
     need = QDQ_MIN_CC[precision]
     if tuple(cc) < need:
-        hint = " (use --precision int8: quantize with wmoe export quantize --precision int8)" if precision == "fp8" else ""
+        hint = (" (use --precision int8: quantize with wmoe export quantize --precision int8)"
+                if precision == "fp8" else "")
         raise ExportError(f"{gpu_name} (compute capability {cc[0]}.{cc[1]}) has no {precision} tensor cores: "
                           f"{precision} needs {need[0]}.{need[1]} or newer{hint}")
 
