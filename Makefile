@@ -56,11 +56,23 @@ bench-cpu: install
 ## GPU acceptance run on a machine with an NVIDIA GPU (no arguments, nothing downloaded): GPU tests, kernel bench,
 ## wmoe bench at 336/518 px, AOTInductor and TensorRT builds; writes bench/results/<gpu-name>/. Without a GPU the
 ## GPU steps are listed as skipped and it exits 2 (`python -m wmoe.bench.gpu_check --plan` lists the steps).
-## GPU_PYTHON=python3 uses an interpreter that already has wmoe and a CUDA torch (no .venv install).
+## Interpreter: GPU_PYTHON if given; else, when there is no .venv yet and python3 already has a CUDA torch (a lent
+## GPU machine without network), python3 with this checkout on its path through build/gpu-path (links, no install);
+## else the .venv (installed like `make test`). The env step lists any of wmoe's modules that interpreter lacks.
 GPU_PYTHON ?=
 gpu-check:
-	@if [ -n "$(GPU_PYTHON)" ]; then $(GPU_PYTHON) -m wmoe.bench.gpu_check; \
-	else $(MAKE) install && $(BIN)/python -m wmoe.bench.gpu_check; fi
+	@set -e; py="$(GPU_PYTHON)"; \
+	if [ -z "$$py" ] && [ ! -f $(STAMP) ] && python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then \
+	  py=python3; fi; \
+	if [ -z "$$py" ]; then $(MAKE) install; py=$(BIN)/python; fi; \
+	if ! $$py -c 'import wmoe.kernels, wmoe.export, wmoe.bench' 2>/dev/null; then \
+	  rm -rf build/gpu-path; mkdir -p build/gpu-path/wmoe; \
+	  for f in wmoe/*; do ln -s "$(CURDIR)/$$f" build/gpu-path/wmoe/; done; \
+	  ln -s "$(CURDIR)/kernels" build/gpu-path/wmoe/kernels; ln -s "$(CURDIR)/export" build/gpu-path/wmoe/export; \
+	  ln -s "$(CURDIR)/bench" build/gpu-path/wmoe/bench; \
+	  export PYTHONPATH="$(CURDIR)/build/gpu-path$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	  echo "gpu-check: $$py runs this checkout through build/gpu-path (PYTHONPATH)"; fi; \
+	$$py -m wmoe.bench.gpu_check
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info $(TRITON_VENV)

@@ -43,6 +43,9 @@ from typing import Callable, Dict, List, Optional
 from wmoe.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
+# what the model, the tests and the benches import beyond torch: reported by the env step when missing
+WMOE_MODULES = ("numpy", "PIL", "open_clip", "safetensors", "scipy", "sklearn", "skimage", "tqdm", "triton", "onnx",
+                "onnxruntime", "pytest", "pytorch_wavelets")
 
 
 @dataclass
@@ -117,6 +120,8 @@ class Check:
                 "        mod = __import__(m, fromlist=['x']); d[m] = getattr(mod, '__version__', 'installed')\n"
                 "    except Exception as e:\n"
                 "        d[m] = f'not available ({type(e).__name__})'\n"
+                "import importlib.util as u\n"
+                f"d['missing'] = [m for m in {WMOE_MODULES!r} if u.find_spec(m) is None]\n"
                 "try:\n"
                 "    import onnxruntime as ort; d['ort_providers'] = ort.get_available_providers()\n"
                 "except Exception:\n"
@@ -125,7 +130,12 @@ class Check:
         p = _run([self.py, "-c", code], t)
         if p.returncode:
             return "failed", "environment probe failed", _tail(p), []
-        atomic_write_text(self.out / "env.json", p.stdout.strip().splitlines()[-1] + "\n")
+        line = p.stdout.strip().splitlines()[-1]
+        atomic_write_text(self.out / "env.json", line + "\n")
+        missing = json.loads(line)["missing"]
+        if missing:  # every later step would fail on the import: say it once, here
+            return ("failed", f"{self.py} lacks {', '.join(missing)} (pip install -e '.[dev]', or carry wheels to an "
+                    "offline machine)", p.stdout[-2000:], ["env.json"])
         return "ok", "", p.stdout[-2000:], ["env.json"]
 
     def plugin_kernels(self, t: int):
