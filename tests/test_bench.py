@@ -156,3 +156,14 @@ def test_gpu_check_says_which_steps_need_a_gpu(tmp_path):
     assert "needs an NVIDIA GPU" in by["bench"]["reason"]
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| gpu-tests | yes | skipped |" in md and "| env | no | ok |" in md
+
+
+def test_gpu_check_env_names_missing_modules(tmp_path, monkeypatch):
+    """On an offline GPU box the interpreter may lack wmoe's dependencies: the env step fails and names them,
+    instead of every later step failing on an import."""
+    import wmoe.bench.gpu_check as gc
+    monkeypatch.setattr(gc, "WMOE_MODULES", ("numpy", "wmoe_no_such_module_xyz"))
+    code = gc.main(["--out", str(tmp_path), "--steps", "env"])
+    assert code == 1
+    env = next(r for r in json.loads((tmp_path / "gpu_check.json").read_text())["results"] if r["step"] == "env")
+    assert env["status"] == "failed" and "wmoe_no_such_module_xyz" in env["reason"] and "numpy" not in env["reason"]
