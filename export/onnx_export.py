@@ -23,7 +23,7 @@ from wmoe.checkpoint import CheckpointError, load_model
 from wmoe.errors import WMoEError
 from wmoe.kernels import KernelChoice, Kernels
 from wmoe.contract import (FLAVORS, INPUT_FRAMES, INPUT_IMAGES, OUTPUT_NAMES, ContractError, Decision, ModelMeta,
-                           parse_precision, read_decision_file, sha256_file, threshold_path)
+                           decision_for_checkpoint, parse_precision, sha256_file)
 from wmoe.model import WMoECLIP
 
 from .wrapper import ExportWrapper
@@ -95,8 +95,11 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         path = Path(ckpt_or_model)
         model = load_model(path, pretrained=pretrained)  # CheckpointError names the file
         ckpt_sha = sha256_file(path)
-        if decision is None and threshold_path(path).is_file():
-            decision = read_decision_file(threshold_path(path))
+        if decision is None and threshold is None:
+            try:
+                decision = decision_for_checkpoint(path, ckpt_sha)
+            except ContractError as e:
+                raise ExportError(str(e)) from None
     decision = decision or Decision()
     try:
         decision = Decision(threshold if threshold is not None else decision.threshold,

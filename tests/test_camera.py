@@ -58,6 +58,34 @@ def test_capture_failure_is_raised_not_hung(tiny_onnx):
         run_loop(_frames(1), rt.score, batch=0)
 
 
+def test_external_stop_ends_the_loop(tiny_onnx):
+    """A caller's stop event ends the loop even while it waits on a source that blocks forever (a camera that
+    stopped sending): the capture thread never queues its end marker then."""
+    rt = Runtime.open(tiny_onnx[1])
+    stop, forever, stalled_evt, all_scored = (threading.Event() for _ in range(4))
+    seen = []
+
+    def stalled():
+        yield from _frames(3)
+        stalled_evt.set()
+        forever.wait()  # never set: the capture thread stays inside the camera read
+
+    def on_result(f, r, i):
+        seen.append(f.name)
+        if len(seen) == 3:
+            all_scored.set()
+
+    done = []
+    th = threading.Thread(target=lambda: done.append(run_loop(stalled(), rt.score, batch=1, stop=stop,
+                                                              on_result=on_result)), daemon=True)
+    th.start()
+    assert stalled_evt.wait(30) and all_scored.wait(30)  # the loop now waits on an empty queue
+    stop.set()
+    th.join(30)
+    assert not th.is_alive(), "run_loop hung after the caller's stop"
+    assert done and done[0].scored == 3 and seen == ["f0", "f1", "f2"]
+
+
 def test_cli_bad_sources_and_options(tiny_onnx, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["--source", str(tmp_path / "nope"), "--model", str(tiny_onnx[1])]) == 2

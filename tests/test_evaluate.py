@@ -10,7 +10,7 @@ from PIL import Image
 
 from wmoe.checkpoint import save_checkpoint
 from wmoe.config import ModelConfig
-from wmoe.contract import Decision, sha256_file, threshold_path
+from wmoe.contract import ContractError, Decision, decision_for_checkpoint, sha256_file, threshold_path
 from wmoe.detector import Detector
 from wmoe.data import make_demo_dataset, write_meta
 from wmoe.evaluate import evaluate
@@ -50,6 +50,13 @@ def test_eval_writes_tables_and_stores_threshold(ckpt, data, tmp_path):
     assert dec.calibration["n_images"] == 12 and dec.calibration["n_anomalous"] == 6
     assert dec.calibration["classes"] == ["cell", "gravel"] and dec.calibration["checkpoint_sha256"] == sha256_file(ckpt)
     assert Detector.from_checkpoint(ckpt).threshold == dec.threshold
+    # a threshold calibrated on another checkpoint (this one retrained since) is refused, naming the file
+    stale = ckpt.with_name("retrained.safetensors")
+    stale.write_bytes(before + b" ")  # other bytes: another SHA-256
+    threshold_path(stale).write_text(threshold_path(ckpt).read_text())
+    with pytest.raises(ContractError, match="calibrated on another checkpoint"):
+        decision_for_checkpoint(stale)
+    assert decision_for_checkpoint(ckpt).threshold == dec.threshold
     # deterministic: a second run gives the same table
     again = evaluate(ckpt, data, progress=False, store_threshold=False)
     assert again.rows == table.rows

@@ -220,6 +220,24 @@ def read_decision_file(path: Union[str, Path]) -> Decision:
     return Decision.from_json(text, str(p))
 
 
+def decision_for_checkpoint(checkpoint: Union[str, Path], checkpoint_sha256: Optional[str] = None
+                            ) -> Optional[Decision]:
+    """The decision ``wmoe eval`` stored beside ``checkpoint`` (None when there is none). A file calibrated on another
+    checkpoint (its recorded SHA-256 differs: the checkpoint was retrained or replaced since) is refused, naming both
+    files, so a stale threshold never ships with a model."""
+    tp = threshold_path(checkpoint)
+    if not tp.is_file():
+        return None
+    decision = read_decision_file(tp)
+    recorded = decision.calibration.get("checkpoint_sha256")
+    if recorded:
+        actual = checkpoint_sha256 or sha256_file(checkpoint)
+        if recorded != actual:
+            raise ContractError(f"{tp}: calibrated on another checkpoint (SHA-256 {recorded[:12]}..., {checkpoint} "
+                                f"is {actual[:12]}...): re-run wmoe eval on it, or give the threshold explicitly")
+    return decision
+
+
 # --- ONNX metadata ------------------------------------------------------------------------------------------------
 
 @dataclass

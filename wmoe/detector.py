@@ -94,9 +94,9 @@ class Detector:
         model = load_model(path, pretrained=pretrained)
         thr = kwargs.pop("threshold", None)
         if thr is None:  # the decision wmoe eval wrote beside the checkpoint; older checkpoints kept it inside
-            from .contract import read_decision_file, threshold_path
-            tp = threshold_path(path)
-            thr = read_decision_file(tp).threshold if tp.is_file() else model.checkpoint_info.extra.get("threshold")
+            from .contract import decision_for_checkpoint
+            stored = decision_for_checkpoint(path)
+            thr = stored.threshold if stored is not None else model.checkpoint_info.extra.get("threshold")
         return cls(model, threshold=thr, **kwargs)
 
     @property

@@ -139,8 +139,10 @@ class ExpertUsage:
         if not (dist.is_available() and dist.is_initialized()):
             return
         flat = torch.tensor(np.concatenate([[self.n_images], self.counts, self.gate, self.prob, self.sim.ravel()]))
+        if dist.get_backend() == "nccl":  # NCCL reduces only CUDA tensors (gloo takes CPU ones)
+            flat = flat.cuda(torch.cuda.current_device())
         dist.all_reduce(flat)
-        v = flat.numpy()
+        v = flat.cpu().numpy()
         n = self.n_experts
         self.n_images = int(round(v[0]))
         self.counts, self.gate, self.prob = v[1:1 + n], v[1 + n:1 + 2 * n], v[1 + 2 * n:1 + 3 * n]

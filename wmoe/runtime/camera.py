@@ -190,7 +190,13 @@ def run_loop(frames: Iterator[Frame], score: Callable[[List[np.ndarray]], object
         while not ended:
             chunk: List[Frame] = []
             while len(chunk) < batch:
-                item = q.get()
+                try:  # poll: a stop set by the caller ends capture without an end marker
+                    item = q.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():  # the capture thread may be stuck in a camera read: do not wait on it
+                        ended = True
+                        break
+                    continue
                 if isinstance(item, _Failure):
                     raise item.exc
                 if item is _END:
