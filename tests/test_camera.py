@@ -99,6 +99,22 @@ def test_cli_bad_sources_and_options(tiny_onnx, tmp_path, capsys):
         assert opt[0] in capsys.readouterr().err
 
 
+def test_display_without_gui_opencv_is_a_message(tiny_onnx, tmp_path, capsys):
+    """The camera extra installs headless OpenCV: --display says what to install instead of a cv2 traceback."""
+    cv2 = pytest.importorskip("cv2")
+    try:
+        cv2.imshow("probe", np.zeros((2, 2, 3), np.uint8))
+        cv2.destroyAllWindows()
+        pytest.skip("this OpenCV has a GUI")
+    except cv2.error:
+        pass
+    src = tmp_path / "frames"
+    src.mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(src / "a.png")
+    assert main(["--source", str(src), "--model", str(tiny_onnx[1]), "--display"]) == 2
+    assert "--display needs OpenCV with a GUI" in capsys.readouterr().err
+
+
 def test_cli_folder_run_final_report_and_overlays(tiny_onnx, tmp_path, capsys):
     src = tmp_path / "frames"
     src.mkdir()

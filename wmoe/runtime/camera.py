@@ -304,7 +304,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 Image.fromarray(over).save(tmp, format="PNG")
         if a.display:
             cv2 = _cv2()
-            cv2.imshow("wmoe", np.ascontiguousarray(over[:, :, ::-1]))
+            try:
+                cv2.imshow("wmoe", np.ascontiguousarray(over[:, :, ::-1]))
+            except cv2.error:  # opencv-python-headless (the camera extra) has no GUI
+                raise SourceError("--display needs OpenCV with a GUI: pip install opencv-python (the headless build "
+                                  "that wmoe[camera] installs cannot open windows); or write overlays with --out")
             if cv2.waitKey(1) & 0xFF == ord("q"):
                 stop.set()
 
