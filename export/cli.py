@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from wmoe.cli_run import run, standalone
+from wmoe.errors import UsageError
 from wmoe.cli_types import (checked, device, existing_file, finite_float, frame_size, int_list, non_negative_int,
                             one_of, output_dir, output_file, positive_float, positive_int)
 
@@ -20,7 +21,7 @@ def _onnx(a: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
     frame = a.frame_size
     if frame and a.input == "images":
-        raise ValueError("--frame-size needs --input frames (the default)")
+        raise UsageError("--frame-size needs --input frames (the default)")
     path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=a.input == "frames", frame_size=frame,
                        opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor,
                        threshold=a.threshold, pixel_threshold=a.pixel_threshold)

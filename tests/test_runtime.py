@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from wmoe.detector import Detector
+from wmoe.contract import ContractError
 from wmoe.runtime import FrameError, Runtime
 
 SIZE = 112
@@ -57,8 +58,10 @@ def test_bad_frames(model_files):
     gray = rt.score(np.full((30, 40), 128, np.uint8))  # gray frames are expanded to RGB
     rgb = rt.score(np.full((30, 40, 3), 128, np.uint8))
     np.testing.assert_array_equal(gray.scores, rgb.scores)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ContractError, match="missing.onnx: no such model file"):
         Runtime.open(model_files[1].with_name("missing.onnx"))
+    with pytest.raises(ContractError, match="unknown model type"):
+        Runtime.open(model_files[0])  # a checkpoint is not a deployable model
 
 
 def test_runtime_does_not_import_torch(model_files):

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..contract import INPUT_FRAMES, Decision, ModelMeta
+from ..contract import INPUT_FRAMES, ContractError, Decision, ModelMeta
 from .frames import FrameError, check_frames, frames_to_size, preprocess_frames, resize_map
 
 
@@ -54,14 +54,14 @@ class Runtime:
              threshold: Optional[float] = None, pixel_threshold: Optional[float] = None, **kw) -> "Runtime":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such model file")
+            raise ContractError(f"{path}: no such model file")
         if path.suffix == ".onnx":
             from .onnx_backend import OnnxBackend
             return cls(OnnxBackend(path, provider=provider, threads=threads, **kw), threshold, pixel_threshold)
         if path.suffix in (".engine", ".plan"):
             from .trt_backend import TrtBackend
             return cls(TrtBackend(path, **kw), threshold, pixel_threshold)
-        raise ValueError(f"{path}: unknown model type (expected .onnx, .engine or .plan)")
+        raise ContractError(f"{path}: unknown model type (expected .onnx, .engine or .plan)")
 
     @property
     def meta(self) -> ModelMeta:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..contract import INPUT_FRAMES, ContractError, ModelMeta
+from ..errors import MissingDependencyError
 from ..onnx_meta import read_onnx_metadata
 
 PROVIDERS: Dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -93,8 +94,8 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ImportError("the ONNX runtime path needs onnxruntime: pip install \"wmoe[runtime]\" "
-                          "(or onnxruntime-gpu for CUDA/TensorRT)") from None
+        raise MissingDependencyError("onnxruntime", "runtime",
+                                     "the ONNX runtime path (onnxruntime-gpu for CUDA/TensorRT)") from None
     raw = read_onnx_metadata(path)
     meta = ModelMeta.from_metadata(raw, str(path)) if any(k.startswith("wmoe.") for k in raw) else None
     if meta is not None and meta.flavor == "plugin":
