@@ -76,6 +76,16 @@ def _pick(paths: Sequence[Path], n: int, seed: int) -> List[Path]:
     return [paths[i] for i in idx]
 
 
+def as_model_input(rgb: np.ndarray, image_size: int, frame_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """One decoded RGB image as the exported model's input: a (3,S,S) float32 normalized image, or, for a model
+    with in-graph preprocessing (``frame_size`` (H, W)), a uint8 (H,W,3) frame as a camera would deliver it."""
+    if frame_size is None:
+        return preprocess(rgb, image_size).numpy()
+    from PIL import Image
+    h, w = frame_size
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
 def load_calibration(source: Union[str, os.PathLike], image_size: int, *, max_images: int = DEFAULT_MAX_IMAGES,
                      seed: int = 0, frame_size: Optional[Tuple[int, int]] = None,
                      min_images: int = 8, exclude: Sequence[Union[str, os.PathLike]] = ()) -> CalibrationSet:
@@ -106,12 +116,7 @@ def load_calibration(source: Union[str, os.PathLike], image_size: int, *, max_im
         except DataError as e:
             skipped.append((str(p), str(e)))
             continue
-        if frame_size is not None:  # in-graph preprocessing: the model takes camera-size uint8 frames
-            from PIL import Image
-            h, w = frame_size
-            arrays.append(np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC), dtype=np.uint8))
-        else:
-            arrays.append(preprocess(rgb, image_size).numpy())
+        arrays.append(as_model_input(rgb, image_size, frame_size))
         used.append(str(p))
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable calibration image(s): "

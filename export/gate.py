@@ -92,8 +92,10 @@ def run_session(session, x: np.ndarray, batch: int = 8,
 
 
 def labeled_images(root: Union[str, Path], image_size: int, max_images: Optional[int] = None,
-                   seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The test split of the data set at ``root`` (a meta.json there): images (N,3,S,S) float32 normalized,
+                   seed: int = 0, frame_size: Optional[Tuple[int, int]] = None
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test split of the data set at ``root`` (a meta.json there): images (N,3,S,S) float32 normalized — or
+    uint8 (N,H,W,3) frames for a model with in-graph preprocessing (``frame_size``, as in calibration) —,
     labels (N,) int and masks (N,S,S) bool, read by :class:`wmoe.data.AnomalyDataset`. ``max_images`` draws a
     seeded subset (both labels kept in proportion) to bound the cost on a CPU."""
     from torch.utils.data import DataLoader, Subset
@@ -106,7 +108,12 @@ def labeled_images(root: Union[str, Path], image_size: int, max_images: Optional
     images, labels, masks = [], [], []
     for batch, _ in DataLoader(ds, batch_size=16, collate_fn=collate):
         if batch is not None:
-            images.append(batch["image"].numpy())
+            if frame_size is None:
+                images.append(batch["image"].numpy())
+            else:
+                from .calib import as_model_input, load_image
+                images.append(np.stack([as_model_input(load_image(p), image_size, frame_size)
+                                        for p in batch["img_path"]]))
             labels.append(batch["label"].numpy())
             masks.append(batch["mask"][:, 0].numpy() > 0.5)
     if not images:

@@ -371,7 +371,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
             final.metadata_props.add(key=k, value=v)
         # the gate: labeled images when given, else the held-out normal images
         if gate_data is not None:
-            gx, gy, gm = labeled_images(gate_data, size, cfg.gate_images, cfg.seed)
+            gx, gy, gm = labeled_images(gate_data, size, cfg.gate_images, cfg.seed, frame_size=frame)
             say(f"accuracy gate on {len(gx)} labeled test images of {gate_data}")
             gate_fig = compare(run_session(ref_sess, gx, cfg.batch), ev.run(final, gx), gy, gm)
             gate_on = f"{len(gx)} labeled test images of {gate_data}"

@@ -172,6 +172,21 @@ def test_quantize_keep_auto_gate_and_report(tiny):
     assert out2.is_file() and json.loads(report_path(out2).read_text())["gate"]["passed"] is False
 
 
+def test_quantize_frames_input_model_with_labeled_gate(tiny):
+    """The CLI's default export takes uint8 camera frames (in-graph preprocessing): calibration and the labeled
+    gate feed it frames, not normalized images."""
+    src = export_onnx(tiny["ckpt"], tiny["dir"] / "frames.onnx", preprocess=True, frame_size=(48, 40))
+    out = tiny["dir"] / "frames.qdq.onnx"
+    r = quantize_onnx(src, tiny["data"], out, QuantizeConfig(high_precision="fp32", keep="none"),
+                      gate_data=tiny["data"], thresholds=GateThresholds(max_image_auroc_drop=1.0, min_spearman=-1.0),
+                      progress=False)
+    gate = json.loads(report_path(out).read_text())["gate"]
+    assert gate["n_images"] == 12 and "image_auroc_change" in gate and np.isfinite(gate["spearman_scores"])
+    assert r.quantized_nodes > 0
+    ins = make_session(out).get_inputs()[0]
+    assert ins.type == "tensor(uint8)" and list(ins.shape[1:]) == [48, 40, 3]
+
+
 def test_keep_high_precision_restores_the_fp32_graph(tiny):
     """Keeping every quantized layer gives back fp32 outputs; keeping none does not."""
     out = tiny["dir"] / "none.qdq.onnx"
