@@ -106,9 +106,9 @@ def test_overlay_is_bounded_uint8_and_matches_matplotlib_jet():
     mask = np.zeros((3000, 2000), bool)
     mask[1000:2000, 500:1500] = True
     panel = overlay_panel(image, np.full((112, 112), 0.9, np.float32), 2.0, 1.0, mask=mask, max_side=300)
-    assert panel.dtype == np.uint8 and panel.shape == (22 + 300, 2 * 200 + 4, 3)
-    heat = panel[22:, 204:]
-    assert (heat == 255).all(axis=2).sum() > 100  # the white ground-truth contour is drawn
+    assert panel.dtype == np.uint8 and panel.shape == (40 + 300, 2 * 200 + 8 + 64, 3)
+    heat = panel[40:, 204:404]
+    assert (heat == (255, 0, 255)).all(axis=2).sum() > 100  # the magenta ground-truth contour is drawn
     assert tuple(panel[2, 2]) == (215, 30, 30)  # red banner: anomalous
     assert decision_text(float("nan"), 1.0)[0].startswith("UNDECIDED")
     assert decision_text(0.5, 1.0)[0].startswith("ok")
@@ -135,9 +135,10 @@ def test_predict_needs_no_matplotlib_and_handles_latin1_names(corpus, tmp_path):
         with Image.open(tmp_path / "p" / r["overlay"]) as im:
             panel = np.asarray(im.convert("RGB"))
         assert max(panel.shape[:2]) <= 2 * 512 + 4
-        heat = panel[22:, panel.shape[1] // 2 + 2:]
-        white = int((heat == 255).all(axis=2).sum())  # 'jet' blends are never white: only the contour is
-        assert (white > 50) == r["path"].endswith("a.png"), (r["path"], white)
+        w = (panel.shape[1] - 8 - 64) // 2
+        heat = panel[40:, w + 4:2 * w + 4]
+        gt = int((heat == (255, 0, 255)).all(axis=2).sum())  # 'jet' blends are never magenta: only the contour is
+        assert (gt > 50) == r["path"].endswith("a.png"), (r["path"], gt)
 
 
 def test_latin1_file_names_and_csv_in_data_meta(tmp_path):

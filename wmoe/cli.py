@@ -86,7 +86,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict import predict
     doc = predict(a.checkpoint, a.images, a.out, threshold=a.threshold, pretrained=a.pretrained, device=a.device,
-                  batch_size=a.batch_size, overlays=not a.no_overlays)
+                  batch_size=a.batch_size, overlays=not a.no_overlays, pixel_threshold=a.pixel_threshold)
     for r in doc["results"]:
         verdict = "" if "anomalous" not in r else ("  ANOMALOUS" if r["anomalous"] else "  ok")
         print(f"{r['score']:.4f}{verdict}  {r['path']}")
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions", type=output_dir)
     pr.add_argument("--threshold", type=finite_float, default=None,
                     help="decision threshold on the score (default: the one stored by wmoe eval)")
+    pr.add_argument("--pixel-threshold", type=finite_float, default=None,
+                    help="draw the predicted defect contour where the map >= this (default: the stored one)")
     pr.add_argument("--batch-size", type=positive_int, default=8)
     pr.add_argument("--no-overlays", action="store_true")
     model_args(pr)

@@ -1,4 +1,7 @@
-"""Overlays for predictions and reports: image | heatmap (+ ground-truth contour) with the decision, in numpy.
+"""The one overlay picture (predict, camera loop, app): image | fixed-scale heatmap + colour bar, the defect
+contour at the pixel threshold (+ ground-truth contour), under a banner with verdict, score and threshold.
+
+:func:`overlay_panel` is the entry point; numpy + Pillow only (the torch-free runtime and the app use it).
 
 No matplotlib: the 'jet' colour map is its piecewise-linear definition evaluated once into a 256-entry table.
 Everything is uint8 or float32 and the panel is at most ``max_side`` pixels on its longest side, so a 12000x12000
@@ -9,7 +12,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+from .contract import VERDICT_ANOMALOUS, VERDICT_UNDECIDED, Decision
 
 # matplotlib's 'jet' segment data (x, value) per channel (matplotlib/_cm.py, _jet_data)
 _JET = {
@@ -30,7 +35,10 @@ JET_LUT: np.ndarray = _lut()  # 256x3 uint8
 GOOD = (40, 170, 60)
 BAD = (215, 30, 30)
 NEUTRAL = (110, 110, 110)
-CONTOUR = (255, 255, 255)
+CONTOUR = (255, 255, 255)     # the predicted defect (map >= pixel threshold)
+GT_CONTOUR = (255, 0, 255)    # the ground-truth mask, when known
+MAP_RANGE = (0.0, 1.0)        # anomaly maps are probabilities (mean of per-layer sigmoids): the fixed colour scale
+COLOUR_BAR_WIDTH = 64
 
 
 def colorize(amap: np.ndarray, vmin: Optional[float] = None, vmax: Optional[float] = None) -> np.ndarray:
@@ -72,8 +80,13 @@ def _resize_map(amap: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
 
 def _contour(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
     """Bool HxW outline (2 px) of a ground-truth mask resized to ``hw``."""
-    m = np.asarray(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((hw[1], hw[0]),
-                                                                                   Image.Resampling.NEAREST)) > 0
+    m = np.asarray(Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).resize(
+        (hw[1], hw[0]), Image.Resampling.NEAREST)) > 0
+    return _outline(m)
+
+
+def _outline(m: np.ndarray) -> np.ndarray:
+    """Bool outline (2 px, inside the region) of a bool HxW mask."""
     inner = m.copy()
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1), (-2, 0), (2, 0), (0, -2), (0, 2)):
         shifted = np.zeros_like(m)
@@ -84,37 +97,98 @@ def _contour(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
     return m & ~inner
 
 
-def decision_text(score: float, threshold: Optional[float]) -> Tuple[str, Tuple[int, int, int]]:
-    """The verdict line and its colour. NaN scores are "UNDECIDED", never "ok"."""
-    if not np.isfinite(score):
+def decision_text(score: float, threshold: Optional[float], verdict: Optional[str] = None
+                  ) -> Tuple[str, Tuple[int, int, int]]:
+    """The verdict line and its colour. NaN scores are "UNDECIDED", never "ok". ``verdict`` (the runtime's
+    ``anomalous`` / ``normal`` / ``undecided``, e.g. from a per-class threshold) wins over ``score >= threshold``."""
+    if not np.isfinite(score) or verdict == VERDICT_UNDECIDED and threshold is not None:
         return f"UNDECIDED  score {score}", NEUTRAL
     if threshold is None or not np.isfinite(threshold):
         return f"score {score:.4f}  (no threshold)", NEUTRAL
-    if score >= threshold:
+    anomalous = score >= threshold if verdict is None else verdict == VERDICT_ANOMALOUS
+    if anomalous:
         return f"ANOMALOUS  score {score:.4f} >= {threshold:.4f}", BAD
     return f"ok  score {score:.4f} < {threshold:.4f}", GOOD
 
 
-def overlay_panel(image: np.ndarray, amap: np.ndarray, score: float, threshold: Optional[float] = None,
-                  mask: Optional[np.ndarray] = None, vmin: float = 0.0, vmax: float = 1.0,
-                  max_side: int = 512) -> np.ndarray:
-    """The picture users know from anomaly-detection visualizers, as one RGB uint8 array.
+def _font(size: int):
+    try:  # Pillow >= 10.1 with FreeType: a scalable font that ships inside Pillow (nothing downloaded)
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # older Pillow / no FreeType: the bitmap font
+        return ImageFont.load_default()
 
-    Left: the image; right: the heatmap over it, with the ground-truth contour (white) when ``mask`` is given;
-    above both, a banner with the decision (red: anomalous, green: ok, grey: no threshold or undecided).
-    ``image`` is RGB uint8 HxWx3, ``amap`` any size (resized here), both panels at most ``max_side`` px.
+
+def _colour_bar(height: int, vmin: float, vmax: float, pixel_threshold: Optional[float], font
+                ) -> np.ndarray:
+    """A vertical 'jet' bar (top: ``vmax``) with ticks at both ends, the middle and the pixel threshold."""
+    bar_w, width = 14, COLOUR_BAR_WIDTH
+    out = np.full((height, width, 3), 255, np.uint8)
+    ramp = np.linspace(vmax, vmin, height, dtype=np.float32)[:, None]
+    out[:, :bar_w] = colorize(np.repeat(ramp, bar_w, 1), vmin, vmax)
+    canvas = Image.fromarray(out)
+    d = ImageDraw.Draw(canvas)
+
+    def y_of(v: float) -> int:
+        return int(round((vmax - v) / (vmax - vmin) * (height - 1))) if vmax > vmin else 0
+
+    near_px = pixel_threshold is not None and abs(pixel_threshold - (vmin + vmax) / 2) < 0.1 * (vmax - vmin)
+    for v in (vmax, vmin) if near_px else (vmax, (vmin + vmax) / 2, vmin):  # no label under the threshold's
+        y = y_of(v)
+        d.line([(bar_w, y), (bar_w + 3, y)], fill=(0, 0, 0))
+        d.text((bar_w + 5, min(max(y - 6, 0), height - 13)), f"{v:g}", fill=(0, 0, 0), font=font)
+    if pixel_threshold is not None and vmin <= pixel_threshold <= vmax:
+        y = y_of(pixel_threshold)
+        d.line([(0, y), (bar_w + 3, y)], fill=CONTOUR, width=2)
+        d.line([(0, y + 2), (bar_w + 3, y + 2)], fill=(0, 0, 0))
+        d.text((bar_w + 5, min(max(y - 6, 13), height - 26)), f"px {pixel_threshold:.2f}", fill=(0, 0, 0),
+               font=font)
+    return np.asarray(canvas)
+
+
+def overlay_panel(image: np.ndarray, amap: np.ndarray, score: float, threshold: Optional[float] = None,
+                  mask: Optional[np.ndarray] = None, vmin: float = MAP_RANGE[0], vmax: float = MAP_RANGE[1],
+                  max_side: int = 512, pixel_threshold: Optional[float] = None, verdict: Optional[str] = None,
+                  label: str = "") -> np.ndarray:
+    """The one overlay picture of ``wmoe predict``, ``wmoe-camera --out`` and the app, as RGB uint8 (H, W, 3).
+
+    Left: the image; right: the anomaly map over it in 'jet' on a FIXED scale ``[vmin, vmax]`` (default the maps'
+    range [0, 1], so a good part stays blue and frames compare), with a colour bar; the predicted defect contour
+    (white) where ``amap >= pixel_threshold``, the ground-truth contour (magenta) when ``mask`` is given; above both
+    a banner: verdict (red: anomalous, green: ok, grey: no threshold or undecided), score and threshold on the first
+    line, then ``label`` (e.g. the class or frame), the pixel threshold and the defect area.
+
+    ``image`` is RGB uint8 HxWx3; ``amap`` an HxW float map of any size (resized here, bilinear); ``mask`` a boolean
+    or 0/1 ground-truth mask of any size; ``verdict`` the runtime's verdict string when it was decided elsewhere
+    (e.g. by a per-class threshold). Both panels are at most ``max_side`` px. numpy + Pillow only (no torch).
     """
+    image = np.asarray(image, dtype=np.uint8)
     hw = fit_size(image.shape[0], image.shape[1], max_side)
-    img = _resize_rgb(np.asarray(image, dtype=np.uint8), hw)
-    heat = heatmap_overlay(img, _resize_map(amap, hw), vmin=vmin, vmax=vmax)
+    img = _resize_rgb(image, hw)
+    m = _resize_map(amap, hw)
+    heat = heatmap_overlay(img, m, vmin=vmin, vmax=vmax)
+    defect = Decision(pixel_threshold=pixel_threshold).mask(m)
+    if defect is not None:
+        heat[_outline(defect)] = CONTOUR
     if mask is not None:
-        heat[_contour(mask, hw)] = CONTOUR
-    text, colour = decision_text(float(score), threshold)
-    banner_h, gap = 22, 4
-    out = np.full((banner_h + hw[0], 2 * hw[1] + gap, 3), 255, np.uint8)
+        heat[_contour(mask, hw)] = GT_CONTOUR
+    text, colour = decision_text(float(score), threshold, verdict)
+    font, small = _font(15), _font(12)
+    second = [label] if label else []
+    if pixel_threshold is not None:
+        second.append(f"defect (white) at map >= {pixel_threshold:.3g}: {float(defect.mean()) * 100:.1f}% of image")
+    else:
+        second.append("no pixel threshold: no defect contour")
+    if mask is not None:
+        second.append("ground truth: magenta")
+    banner_h, gap = 40, 4
+    width = 2 * hw[1] + 2 * gap + COLOUR_BAR_WIDTH
+    out = np.full((banner_h + hw[0], width, 3), 255, np.uint8)
     out[:banner_h] = colour
     out[banner_h:, :hw[1]] = img
-    out[banner_h:, hw[1] + gap:] = heat
+    out[banner_h:, hw[1] + gap:2 * hw[1] + gap] = heat
+    out[banner_h:, 2 * hw[1] + 2 * gap:] = _colour_bar(hw[0], vmin, vmax, pixel_threshold, small)
     canvas = Image.fromarray(out)
-    ImageDraw.Draw(canvas).text((6, 5), text, fill=(255, 255, 255))
+    d = ImageDraw.Draw(canvas)
+    d.text((6, 3), text, fill=(255, 255, 255), font=font)
+    d.text((6, 22), "  |  ".join(second), fill=(255, 255, 255), font=small)
     return np.asarray(canvas)

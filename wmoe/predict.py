@@ -58,13 +58,15 @@ def expand_inputs(inputs: Sequence[Union[str, Path]],
 def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
             threshold: Optional[float] = None, pretrained: Optional[str] = None, device: Optional[str] = None,
             batch_size: int = 8, overlays: bool = True, progress: bool = True,
-            overlay_size: int = 512, masks: Optional[Mapping[Union[str, Path], Union[str, Path]]] = None
-            ) -> Dict[str, object]:
+            overlay_size: int = 512, masks: Optional[Mapping[Union[str, Path], Union[str, Path]]] = None,
+            pixel_threshold: Optional[float] = None) -> Dict[str, object]:
     """Score ``inputs`` (files or folders); return the JSON document also written to ``OUT/scores.json``.
 
     An image the model scores NaN/inf gets no verdict: it is listed under ``errors`` ("undecided"), never judged
     normal. Overlays (image | heatmap with the decision) are at most ``overlay_size`` px per panel; ``masks`` maps
-    an input path to its ground-truth mask file, whose contour is then drawn on the heatmap.
+    an input path to its ground-truth mask file, whose contour is then drawn on the heatmap; the predicted defect
+    contour is drawn at ``pixel_threshold`` (default: the one stored beside the checkpoint, if any). The overlay is
+    :func:`wmoe.overlay.overlay_panel`, the same picture ``wmoe-camera --overlays`` writes.
     """
     from .detector import Detector
 
@@ -73,6 +75,10 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
     errors: List[Dict[str, str]] = []
     paths = expand_inputs(inputs, unreadable=errors)
     thr = threshold if threshold is not None else det.threshold
+    if pixel_threshold is None:
+        from .contract import decision_for_checkpoint
+        stored = decision_for_checkpoint(ckpt)
+        pixel_threshold = stored.pixel_threshold if stored is not None else None
     if thr is not None and not math.isfinite(thr):
         raise NonFiniteError(f"the decision threshold is {thr}; pass a finite --threshold")
     results: List[Dict[str, object]] = []
@@ -117,12 +123,13 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
                     except DataError as e:  # the score stands; only the contour is missing, and said so
                         rec["mask_error"] = printable(e)
                 with atomic_path(out / name) as tmp:
-                    Image.fromarray(overlay_panel(img, m, float(s), thr, mask=gt, max_side=overlay_size)
+                    Image.fromarray(overlay_panel(img, m, float(s), thr, mask=gt, max_side=overlay_size,
+                                                  pixel_threshold=pixel_threshold, label=printable(p.name))
                                     ).save(tmp, "PNG")
                 rec["overlay"] = name
             results.append(rec)
         del imgs, res
-    doc = {"checkpoint": printable(ckpt), "threshold": thr, "n_scored": len(results), "n_failed": len(errors),
+    doc = {"checkpoint": printable(ckpt), "threshold": thr, "pixel_threshold": pixel_threshold, "n_scored": len(results), "n_failed": len(errors),
            "results": results, "errors": errors}
     atomic_write_text(out / "scores.json", json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()

@@ -259,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the image threshold stored in the model")
     ap.add_argument("--pixel-threshold", type=float, default=None,
                     help="override the defect-mask threshold stored in the model")
-    ap.add_argument("--out", default=None, help="write overlays (image | heatmap, decision) here")
+    ap.add_argument("--overlays", "--out", dest="overlays", default=None, metavar="DIR",
+                    help="write one overlay per frame here: the picture of wmoe predict (image | fixed-scale heatmap "
+                         "with colour bar and the defect contour at the pixel threshold, banner with verdict, score "
+                         "and threshold); --out is the older name")
     ap.add_argument("--display", action="store_true", help="show overlays in a window (needs opencv-python)")
     ap.add_argument("--report-every", type=_positive("--report-every", 0), default=50,
                     help="print a progress line every N scored frames (0: only the final report)")
@@ -283,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"model {a.model}: input {rt.meta.input} {rt.input_size}px, "
           f"threshold {thr if thr is not None else 'none (verdicts undecided: run wmoe eval, re-export)'}",
           flush=True)
-    out_dir = Path(a.out) if a.out else None
+    out_dir = Path(a.overlays) if a.overlays else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -294,8 +297,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             warn(f"{fr.name}: {res.faults[i]}")
         if out_dir is None and not a.display:
             return
-        from ..overlay import heatmap_overlay
-        over = heatmap_overlay(fr.rgb, res.maps_at(i))
+        from ..overlay import overlay_panel
+        over = overlay_panel(fr.rgb, res.maps_at(i), float(res.scores[i]), res.decision.threshold,
+                             pixel_threshold=res.decision.pixel_threshold, verdict=v, label=fr.name)
         if out_dir is not None:
             from PIL import Image
 
