@@ -17,10 +17,11 @@ import torch
 
 from wmoe.atomic import atomic_path
 from wmoe.checkpoint import load_model
+from wmoe.errors import ExportError
 from wmoe.kernels import Kernels
 from wmoe.model import WMoECLIP
 
-from .onnx_export import ExportError, _no_mha_fastpath
+from .onnx_export import _no_mha_fastpath
 from .wrapper import ExportWrapper
 
 

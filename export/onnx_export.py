@@ -20,7 +20,7 @@ import torch
 from wmoe import __version__
 from wmoe.atomic import atomic_path
 from wmoe.checkpoint import CheckpointError, load_model
-from wmoe.errors import WMoEError
+from wmoe.errors import ExportError  # noqa: F401  (re-exported: its old home; new code imports wmoe.errors)
 from wmoe.kernels import KernelChoice, Kernels
 from wmoe.contract import (FLAVORS, INPUT_FRAMES, INPUT_IMAGES, OUTPUT_NAMES, ContractError, Decision, ModelMeta,
                            decision_for_checkpoint, parse_precision, sha256_file)
@@ -30,10 +30,6 @@ from .wrapper import ExportWrapper
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
-
-
-class ExportError(WMoEError, RuntimeError):
-    """Export failed; the message says what and where."""
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from wmoe.atomic import atomic_write_text
 from wmoe.contract import INPUT_FRAMES, INPUT_IMAGES, ModelMeta
 from wmoe.onnx_meta import read_onnx_metadata
 
-from .onnx_export import ExportError
+from wmoe.errors import ExportError
 
 RUNNER = "wmoe-onnxruntime-cpu"
 

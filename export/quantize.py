@@ -37,12 +37,11 @@ from wmoe.atomic import atomic_path, atomic_write_text
 
 from .calib import DEFAULT_MAX_IMAGES, CalibrationSet, load_calibration
 from .gate import GateThresholds, compare, failures, format_figures, labeled_images, run_session
-from wmoe.contract import HIGH_PRECISIONS, INPUT_FRAMES, ContractError, ModelMeta
+from wmoe.contract import HIGH_PRECISIONS, INPUT_FRAMES, ContractError, ModelMeta, sha256_file
 from wmoe.contract import QUANTIZED_PRECISIONS as PRECISIONS
 from wmoe.onnx_meta import read_onnx_metadata
+from wmoe.errors import ExportError
 from wmoe.runtime.session import make_session
-
-from .onnx_export import ExportError, sha256_file
 
 DEFAULT_METHOD = {"int8": "entropy", "fp8": "max"}  # Model Optimizer's defaults for each mode
 METHODS = ("entropy", "max", "minmax", "percentile", "distribution")

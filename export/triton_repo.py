@@ -30,7 +30,7 @@ from wmoe.atomic import atomic_path, atomic_write_text
 from wmoe.contract import INPUT_FRAMES, META_PREFIX, ContractError, EngineCompatError, EngineSidecar, ModelMeta
 from wmoe.runtime.triton_python import MODEL_FILE_PARAM, THREADS_PARAM, TritonPythonModel
 
-from .onnx_export import ExportError
+from wmoe.errors import ExportError
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -124,12 +124,18 @@ def _require_frames(path: Path, meta: ModelMeta, inp: TensorSpec, batch_dynamic:
 
 
 def describe_onnx(path: Union[str, Path]) -> ModelSpec:
-    """Input/outputs and ``wmoe.*`` metadata of an exported ONNX (weights are not read)."""
-    import onnx
+    """Input/outputs and ``wmoe.*`` metadata of an exported ONNX (weights are not read).
 
+    Reads the graph with ``onnx`` where it is installed (``wmoe[export]``); a runtime-only install (``wmoe[runtime]``,
+    e.g. on a Jetson, where the repository is written beside the engine) has ONNX Runtime instead, which reads the
+    same signature by opening the model on the CPU (:func:`_describe_onnx_ort`)."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such ONNX file")
+    try:
+        import onnx
+    except ImportError:
+        return _describe_onnx_ort(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
@@ -159,6 +165,53 @@ def describe_onnx(path: Union[str, Path]) -> ModelSpec:
     _require_frames(path, meta, inp, dynamic)
     outs = [spec(o)[0] for o in proto.graph.output]
     return ModelSpec(path, "onnx", inp, outs, metadata)
+
+
+# ONNX Runtime's NodeArg.type strings -> Triton data types (the same element types as _ONNX_TO_TRITON)
+_ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(uint8)": "TYPE_UINT8", "tensor(int8)": "TYPE_INT8",
+                  "tensor(uint16)": "TYPE_UINT16", "tensor(int16)": "TYPE_INT16", "tensor(int32)": "TYPE_INT32",
+                  "tensor(int64)": "TYPE_INT64", "tensor(bool)": "TYPE_BOOL", "tensor(float16)": "TYPE_FP16",
+                  "tensor(double)": "TYPE_FP64", "tensor(uint32)": "TYPE_UINT32", "tensor(uint64)": "TYPE_UINT64",
+                  "tensor(bfloat16)": "TYPE_BF16"}
+
+
+def _describe_onnx_ort(path: Path) -> ModelSpec:
+    """:func:`describe_onnx` without the ``onnx`` package: the metadata with the standard-library reader, the
+    signature from an ONNX Runtime CPU session (only the portable flavor loads there, and only it is served from an
+    ONNX: the flavor is checked first)."""
+    from wmoe.onnx_meta import read_onnx_metadata
+
+    try:
+        metadata = read_onnx_metadata(path)
+        meta = ModelMeta.from_metadata(metadata, str(path))
+    except ContractError as e:
+        raise ExportError(str(e)) from None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError(f"{path}: reading an ONNX signature needs the 'onnx' or 'onnxruntime' package; install "
+                          'it with: pip install "wmoe[runtime]"') from None
+    if meta.flavor != "portable":  # ONNX Runtime cannot load TensorRT plugin nodes: say what to do instead
+        _require_frames(path, meta, TensorSpec("", "TYPE_UINT8", (1, 1, 3)), True)
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        raise ExportError(f"{path} is not an ONNX model ONNX Runtime loads ({type(e).__name__}: {e})") from e
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        raise ExportError(f"{path}: expected one input, found {[i.name for i in inputs]}")
+
+    def spec(v) -> Tuple[TensorSpec, bool]:
+        if v.type not in _ORT_TO_TRITON:
+            raise ExportError(f"{path}: tensor {v.name!r} has ONNX type {v.type}, which Triton lacks")
+        dims = [d if isinstance(d, int) else -1 for d in v.shape]
+        if not dims:
+            raise ExportError(f"{path}: tensor {v.name!r} has no batch axis")
+        return TensorSpec(v.name, _ORT_TO_TRITON[v.type], tuple(dims[1:])), dims[0] == -1
+
+    inp, dynamic = spec(inputs[0])
+    _require_frames(path, meta, inp, dynamic)
+    return ModelSpec(path, "onnx", inp, [spec(o)[0] for o in sess.get_outputs()], metadata)
 
 
 def describe_engine(path: Union[str, Path]) -> ModelSpec:
@@ -242,15 +295,13 @@ def model_config(name: str, backend: str, spec: ModelSpec, opts: TritonOptions,
 
 
 def _external_files(path: Path) -> List[Path]:
-    """Files holding an ONNX model's external weights (they must travel with it)."""
-    import onnx
+    """Files holding an ONNX model's external weights (they must travel with it); no onnx package needed."""
+    from wmoe.onnx_meta import read_onnx_external_files
 
-    proto = onnx.load(str(path), load_external_data=False)
-    names = set()
-    for t in proto.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            names.update(e.value for e in t.external_data if e.key == "location")
-    return [path.parent / n for n in sorted(names)]
+    try:
+        return [path.parent / n for n in read_onnx_external_files(path)]
+    except ContractError as e:
+        raise ExportError(str(e)) from None
 
 
 def _place(src: Path, dst: Path, link: bool = False) -> None:

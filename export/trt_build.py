@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from wmoe.atomic import atomic_path
-from wmoe.contract import QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor
+from wmoe.contract import QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor, sha256_file
+from wmoe.errors import ExportError
 from wmoe.onnx_meta import read_onnx_metadata
-
-from .onnx_export import ExportError, sha256_file
 
 INSTALL_HINT = ("TensorRT is not installed. On x86-64: pip install 'wmoe[trt]' (CUDA 12 drivers; pip install tensorrt "
                 "cuda-python also works) or 'wmoe[trt-cu13]' (CUDA 13); on Jetson (JetPack 6): apt install "

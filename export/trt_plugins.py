@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from wmoe.kernels.spec import cdiv
 
-from .onnx_export import ExportError
+from wmoe.errors import ExportError
 from .plugin_graph import DOMAIN, MOE_OP, WCMA_OP
 
 MIN_TRT_AOT = (10, 9)  # tensorrt.plugin.aot_impl

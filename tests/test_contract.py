@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from wmoe.contract import (CLIP_MEAN, ContractError, Decision, EngineCompatError, EngineSidecar, ModelMeta,
                            PreprocessSpec, check_engine_compat, parse_precision, threshold_path)
-from wmoe.onnx_meta import read_onnx_metadata
+from wmoe.onnx_meta import read_onnx_external_files, read_onnx_metadata
 from wmoe.runtime.session import PROVIDERS, make_session, provider_chain
 
 
@@ -37,6 +37,29 @@ def test_metadata_reader_matches_onnx(tmp_path):
     want = {e.key: e.value for e in onnx.load(str(p)).metadata_props}
     assert read_onnx_metadata(p) == want
     assert ModelMeta.from_metadata(read_onnx_metadata(p), "m.onnx").decision.threshold == 1.25
+
+
+def test_external_data_reader_matches_onnx(tmp_path):
+    """The files holding external weights, read without the onnx package (a runtime-only install writes Triton
+    repositories with it): the same as onnx's answer, with inline tensors and several external files."""
+    rng = np.random.default_rng()
+    ws = [numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), f"w{i}") for i, n in
+          enumerate((3, 40_000, 5_000))]
+    nodes = [helper.make_node("Add", ["x", "w0"], ["a"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3])], ws)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save_model(m, str(tmp_path / "inline.onnx"))
+    assert read_onnx_external_files(tmp_path / "inline.onnx") == []
+    onnx.save_model(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=1024)
+    proto = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
+    want = sorted({e.value for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL
+                   for e in t.external_data if e.key == "location"})
+    assert len(want) == 2 and read_onnx_external_files(tmp_path / "ext.onnx") == want
+    (tmp_path / "bad.onnx").write_bytes((tmp_path / "ext.onnx").read_bytes()[:-7])
+    with pytest.raises(ContractError, match="bad.onnx"):
+        read_onnx_external_files(tmp_path / "bad.onnx")
 
 
 @pytest.mark.parametrize("content,msg", [(b"", "empty"), (b"not onnx at all", "not an ONNX model"),

@@ -142,3 +142,48 @@ assert not [m for m in ("torch", "onnx", "open_clip", "triton") if m in sys.modu
     r = subprocess.run([str(runtime_venv["bin"] / "wmoe"), "train", str(tmp_path)], capture_output=True, text=True,
                        env=env, cwd=tmp_path)
     assert r.returncode == 2 and 'pip install "wmoe[model]"' in r.stderr, r.stderr[-3000:]
+
+
+def test_engine_and_repository_builders_import_without_torch():
+    """Building an engine or a Triton repository from an ONNX must not need torch (a Jetson builds its engine on
+    the device, in JetPack's Python): these modules and the error class they raise are torch-free."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import wmoe.export.trt_build, wmoe.export.triton_repo, wmoe.export.parity\n"
+            "from wmoe.errors import ExportError\n"
+            "assert wmoe.export.trt_build.ExportError is ExportError is wmoe.export.triton_repo.ExportError\n"
+            "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.export.onnx_export') if m in sys.modules]\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from wmoe.errors import ExportError
+    from wmoe.export import onnx_export
+    assert onnx_export.ExportError is ExportError  # the old import path keeps working
+
+
+@pytest.fixture(scope="module")
+def frames_onnx(tmp_path_factory):
+    """A tiny model exported with in-graph preprocessing (uint8 frames at 60x80, the CLI's default input kind)."""
+    import torch
+
+    from wmoe.checkpoint import save_checkpoint
+    from wmoe.config import ModelConfig
+    from wmoe.export.onnx_export import export_onnx
+    from wmoe.model import WMoECLIP
+
+    d = tmp_path_factory.mktemp("frames_onnx")
+    torch.manual_seed(2)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "m.safetensors")
+    return export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(60, 80), threshold=0.25, pixel_threshold=0.5)
+
+
+def test_installed_runtime_writes_a_triton_repository_from_an_onnx(runtime_venv, frames_onnx, tmp_path):
+    """`wmoe export triton MODEL.onnx` in a wmoe[runtime] venv (no torch, no onnx package): the same repository as
+    the full install writes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    args = ["export", "triton", str(frames_onnx), "--backend", "onnxruntime", "--backend", "python", "--device", "cpu"]
+    r = subprocess.run([str(runtime_venv["bin"] / "wmoe"), *args, "--out", str(tmp_path / "repo")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    from wmoe.export.cli import main as export_main
+    assert export_main(args[1:] + ["--out", str(tmp_path / "ref")]) == 0
+    for name in ("wmoe/config.pbtxt", "wmoe_python/config.pbtxt", "wmoe/1/model.onnx", "wmoe_python/1/model.py"):
+        assert (tmp_path / "repo" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name

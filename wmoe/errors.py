@@ -30,6 +30,12 @@ class MissingDependencyError(WMoEError, ImportError):
                          f"install it with: pip install \"wmoe[{extra}]\"")
 
 
+class ExportError(WMoEError, RuntimeError):
+    """Export or engine build failed; the message says what and where. Defined here (standard library only) so that
+    building a TensorRT engine or a Triton repository from an ONNX imports no torch (on a Jetson the engine is built
+    on the device, in JetPack's Python without torch). ``wmoe.export.onnx_export.ExportError`` is the same class."""
+
+
 class NonFiniteError(WMoEError, ArithmeticError):
     """A NaN or infinite value where a finite one is required (weights, scores, maps, a loss, an input)."""
 

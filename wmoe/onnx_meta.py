@@ -8,7 +8,7 @@ refuse a plugin-flavor model before ONNX Runtime chokes on it), by the runtime a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO, Dict, Union
+from typing import BinaryIO, Dict, Iterator, List, Union
 
 from .contract import ContractError
 
@@ -102,3 +102,62 @@ def read_onnx_metadata(path: Union[str, Path]) -> Dict[str, str]:
     if _IR_VERSION not in seen or _GRAPH not in seen:
         raise ContractError(f"{p} is not an ONNX model (no ir_version or graph)")
     return meta
+
+
+_GRAPH_INITIALIZER, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 5, 13, 14, 1
+
+
+def _fields(f: BinaryIO, end: int) -> "Iterator[tuple[int, int, int]]":
+    """``(field number, wire type, length)`` of each field of the message that ends at byte ``end``; the file is left
+    at the field's value (a varint is read, fixed-size values are skipped); the caller may read or skip a
+    length-delimited value: it is skipped for it when the caller has not moved."""
+    while f.tell() < end:
+        tag = _varint(f)
+        num, wire = tag >> 3, tag & 7
+        if num == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            yield num, wire, _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, 1)
+        elif wire == 2:
+            n = _varint(f)
+            start = f.tell()
+            if start + n > end:
+                raise ValueError("field runs past the end of its message")
+            yield num, wire, n
+            f.seek(start + n)
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def read_onnx_external_files(path: Union[str, Path]) -> List[str]:
+    """The file names (relative to the model's folder) that hold the ONNX model's external weights
+    (``TensorProto.data_location == EXTERNAL``, key ``location``), sorted; standard library only, the weights are
+    skipped with seeks. :class:`ContractError` naming the file when it cannot be parsed."""
+    p = Path(path)
+    names = set()
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            for num, wire, n in _fields(f, size):
+                if num != _GRAPH or wire != 2:
+                    continue
+                for gnum, gwire, gn in _fields(f, f.tell() + n):
+                    if gnum != _GRAPH_INITIALIZER or gwire != 2:
+                        continue
+                    external, locations = False, []
+                    for tnum, twire, tv in _fields(f, f.tell() + gn):
+                        if tnum == _TENSOR_DATA_LOCATION and twire == 0:
+                            external = tv == _EXTERNAL
+                        elif tnum == _TENSOR_EXTERNAL_DATA and twire == 2:
+                            k, v = _entry(f.read(tv))
+                            if k == "location":
+                                locations.append(v)
+                    if external:
+                        names.update(locations)
+    except (ValueError, EOFError, IndexError, UnicodeDecodeError) as e:
+        raise ContractError(f"{p} is not an ONNX model (cannot parse it: {e})") from None
+    except OSError as e:
+        raise ContractError(f"{p}: cannot read it ({e})") from None
+    return sorted(names)
