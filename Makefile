@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml
 	# more tensorrt.plugin frontends for tests/test_trt_frontend.py: 10.9 (first with aot_impl), 11.4 (newest)
 	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-frontends/10.9 tensorrt-cu12-bindings==10.9.0.34
 	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-frontends/11.4 tensorrt-cu12-bindings==11.4.0.106
+	# TensorRT's published API for the generated test double and the type check (tests/trt_double.py): --no-deps and
+	# beside site-packages, because the wheel requires the `tensorrt` placeholder (downloads from pypi.nvidia.com)
+	# and its tensorrt/__init__.pyi in site-packages would make `import tensorrt` an empty namespace package
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trt-stubs/10.13 tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -144,8 +144,9 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     shape = list(inp.shape)
     for lo, opt, hi in ranges:
         prof = _ok(builder.create_optimization_profile(), "create_optimization_profile")
-        prof.set_shape(inp.name, [lo] + shape[1:], [opt] + shape[1:], [hi] + shape[1:])
-        if not prof.is_valid() or config.add_optimization_profile(prof) < 0:
+        prof.set_shape(inp.name, trt.Dims([lo] + shape[1:]), trt.Dims([opt] + shape[1:]), trt.Dims([hi] + shape[1:]))
+        # TensorRT validates a profile with bool(profile) (IOptimizationProfile.__bool__; there is no is_valid)
+        if not bool(prof) or config.add_optimization_profile(prof) < 0:
             raise ExportError(f"TensorRT refused the optimization profile {lo}:{opt}:{hi} for input {inp.name} "
                               f"{shape}")
     sidecar = EngineSidecar(  # everything known before the (long) build, so nothing can fail after it
