@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,9 +29,12 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
 from wmoe.contract import INPUT_FRAMES, META_PREFIX, ContractError, EngineCompatError, EngineSidecar, ModelMeta
+from wmoe.folder_lock import FolderLock
 from wmoe.runtime.triton_python import MODEL_FILE_PARAM, THREADS_PARAM, TritonPythonModel
 
 from wmoe.errors import ExportError
+
+from . import repo_commit
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -70,7 +74,7 @@ class TritonOptions:
     pixel_threshold: Optional[float] = None  # checkpoint source only
     container_tag: str = DEFAULT_CONTAINER_TAG
     warmup: bool = True  # zero frames at batch 1 and max at load: the first camera frame is not the slow one
-    overwrite: bool = False  # replace an existing version folder
+    overwrite: bool = False  # replace an existing version folder (atomically: see export/repo_commit.py)
 
     def check(self) -> None:
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name) or self.name.startswith("."):
@@ -318,16 +322,6 @@ def _place(src: Path, dst: Path, link: bool = False) -> None:
             shutil.copyfile(src, tmp)
 
 
-def _version_dir(repo: Path, model: str, opts: TritonOptions) -> Path:
-    d = repo / model / str(opts.version)
-    if d.exists():
-        if not opts.overwrite:
-            raise ExportError(f"{d} exists: pass --version N for a new version or --overwrite to replace it")
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    return d
-
-
 def _source_kind(src: Path) -> str:
     if src.suffix == ".onnx":
         return "onnx"
@@ -363,31 +357,57 @@ def write_repository(src: Union[str, Path], out: Union[str, Path], opts: Optiona
         if kind == "engine":
             opts = _check_engine_batch(spec, opts)
     out.mkdir(parents=True, exist_ok=True)
-    dirs = {b: _version_dir(out, m, opts) for b, m in models.items()}
-    try:
-        spec = _fill(src, kind, spec, dirs, models, out, opts)
-    except BaseException:
-        for d in dirs.values():  # no half-written version folder is left for the server to load
-            shutil.rmtree(d, ignore_errors=True)
-        raise
-    atomic_write_text(out / "README.md", repository_readme(out, models, spec, opts))
+    with FolderLock(out, "model repository"):  # one export at a time writes a repository
+        for m in models.values():
+            for line in repo_commit.recover(out / m):
+                print(line)
+        taken = [out / m / str(opts.version) for m in models.values() if (out / m / str(opts.version)).exists()]
+        if taken and not opts.overwrite:
+            raise ExportError(f"{taken[0]} exists: pass --version N for a new version or --overwrite to replace "
+                              "it (the served version stays until its replacement is complete)")
+        staged = {b: repo_commit.new_stage(out / m, opts.version) for b, m in models.items()}
+        try:
+            spec = _fill(src, kind, spec, staged, models, opts)
+            repo_commit.fault_hook("staged")
+            for b, s in staged.items():
+                verify_version(s.stage, b, spec, s.config.read_text(encoding="utf-8"), models[b], opts)
+            repo_commit.fault_hook("verified")
+        except BaseException:
+            for s in staged.values():  # what serves keeps serving: only the staging is removed
+                repo_commit.discard(s)
+            raise
+        for s in staged.values():
+            repo_commit.commit(s)
+        atomic_write_text(out / "README.md", repository_readme(out, models, spec, opts))
     return out
 
 
-def _fill(src: Path, kind: str, spec: Optional[ModelSpec], dirs: Mapping[str, Path], models: Mapping[str, str],
-          out: Path, opts: TritonOptions) -> ModelSpec:
+def _fill(src: Path, kind: str, spec: Optional[ModelSpec], staged: Mapping[str, "repo_commit.StagedVersion"],
+          models: Mapping[str, str], opts: TritonOptions) -> ModelSpec:
+    """Write every file of the new version into the staging folders (and each model's staged config)."""
+    from wmoe.contract import sha256_file
+
+    source_sha = None if kind == "checkpoint" else sha256_file(src)
+    info: Dict[str, object] = {"source": str(src.resolve()), "source_kind": kind}
     if kind == "checkpoint":
         from .onnx_export import export_onnx  # imports torch: only for a checkpoint source
 
-        first = dirs[opts.backends[0]] / MODEL_FILES[opts.backends[0]]
+        info["checkpoint_sha256"] = sha256_file(src)
+        first = staged[opts.backends[0]].stage / MODEL_FILES[opts.backends[0]]
         src = export_onnx(src, first, preprocess=True, frame_size=opts.frame_size or _model_square(src),
                           pretrained=opts.pretrained, threshold=opts.threshold,
                           pixel_threshold=opts.pixel_threshold)
         spec = describe_onnx(src)
+        source_sha = sha256_file(src)
     assert spec is not None
+    if kind != "checkpoint":
+        info["source_sha256"] = source_sha
+        info["checkpoint_sha256"] = spec.metadata.get(f"{META_PREFIX}checkpoint_sha256", "")
+    info["engine_sha256" if kind == "engine" else "onnx_sha256"] = source_sha
     extra = _external_files(src) if kind != "engine" else []
     placed: Optional[Path] = src if kind == "checkpoint" else None  # the repository's own copy, once made
-    for b, d in dirs.items():
+    for b, s in staged.items():
+        d = s.stage
         dst = d / MODEL_FILES[b]
         if dst != src:
             _place(placed or src, dst, link=placed is not None)
@@ -395,14 +415,96 @@ def _fill(src: Path, kind: str, spec: Optional[ModelSpec], dirs: Mapping[str, Pa
                 _place((placed or src).parent / f.name, d / f.name, link=placed is not None)
             placed = placed or dst
         if b == "tensorrt":
-            _place(src.with_suffix(".json"), d / "model.json")
+            _place(EngineSidecar.path_for(src), d / "model.json")
         params = dict(spec.metadata)
         if b == "python":
             atomic_write_text(d / "model.py", PYTHON_MODEL_PY)
             params[MODEL_FILE_PARAM] = MODEL_FILES[b]
             params[THREADS_PARAM] = str(opts.threads)
-        atomic_write_text(out / models[b] / "config.pbtxt", model_config(models[b], b, spec, opts, params))
+        repo_commit.write_record(s, {**info, "model": models[b], "backend": b, "model_file": MODEL_FILES[b]})
+        atomic_write_text(s.config, model_config(models[b], b, spec, opts, params))
     return spec
+
+
+def verify_version(d: Path, backend: str, spec: ModelSpec, config_text: str, model: str,
+                   opts: TritonOptions) -> None:
+    """Check a staged version before it may serve: every file as recorded, the model file loads (ONNX: the ONNX
+    checker and an ONNX Runtime session where installed; engine: its bytes are the ones its sidecar names), its
+    signature and contract are the source's, and the config matches both. Raises :class:`ExportError` naming it."""
+    from wmoe.contract import sha256_file
+
+    rec = json.loads((d / repo_commit.RECORD).read_text(encoding="utf-8"))
+    for name, digest in rec["files"].items():
+        if sha256_file(d / name) != digest:
+            raise ExportError(f"{d / name}: the staged copy differs from what was written (SHA-256): the disk "
+                              "or another process changed it; the served version is kept")
+    path = d / MODEL_FILES[backend]
+    got = describe_engine(path) if backend == "tensorrt" else describe_onnx(path)
+    if (got.input, got.outputs, got.metadata) != (spec.input, spec.outputs, spec.metadata):
+        raise ExportError(f"{path}: the staged model's signature or metadata differ from the source's")
+    if backend != "tensorrt":
+        _load_onnx(path)
+    if backend == "python" and (d / "model.py").read_text(encoding="utf-8") != PYTHON_MODEL_PY:
+        raise ExportError(f"{d / 'model.py'}: not the file wmoe writes")
+    check_config_text(config_text, model, spec, opts, str(d.parent / repo_commit.CONFIG))
+
+
+def _load_onnx(path: Path) -> None:
+    """The ONNX checker where ``onnx`` is installed, and an ONNX Runtime session (the runtime venv has only that)."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        try:
+            onnx.checker.check_model(str(path))  # by path: external data and > 2 GB models too
+        except Exception as e:  # noqa: BLE001 - the checker raises ValidationError and protobuf errors
+            raise ExportError(f"{path}: the staged ONNX fails the ONNX checker ({type(e).__name__}: {e}); the "
+                              "served version is kept") from None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a load check, not a tuned session
+    try:
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        raise ExportError(f"{path}: ONNX Runtime cannot load the staged model ({type(e).__name__}: {e}); the "
+                          "served version is kept") from None
+
+
+def check_config_text(text: str, model: str, spec: ModelSpec, opts: TritonOptions, where: str) -> None:
+    """The config is Triton's (parsed with tritonclient's ModelConfig where installed) and agrees with the model's
+    contract: name, batch, the frame size of the metadata, the outputs."""
+    meta = ModelMeta.from_metadata(spec.metadata, str(spec.path))
+    want_dims = [*meta.frame_size, 3] if meta.frame_size else None
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as mc
+    except ImportError:
+        dims = [int(x) for x in re.findall(r"dims: \[ ([0-9, -]+) \]", text)[0].split(",")]
+        name_ok, batch, outs = f"name: {pbtxt_string(model)}" in text, opts.max_batch_size, None
+    else:
+        try:
+            c = text_format.Parse(text, mc.ModelConfig())
+        except text_format.ParseError as e:
+            raise ExportError(f"{where}: the new config does not parse as a Triton ModelConfig ({e})") from None
+        dims, name_ok, batch = list(c.input[0].dims), c.name == model, c.max_batch_size
+        outs = sorted(o.name for o in c.output)
+    problems = []
+    if not name_ok:
+        problems.append(f"name is not {model!r}")
+    if batch != opts.max_batch_size:
+        problems.append(f"max_batch_size {batch} != {opts.max_batch_size}")
+    if want_dims is not None and dims != want_dims:
+        problems.append(f"input dims {dims} but the model's contract says frames {meta.frame_size}")
+    if outs is not None and outs != sorted(o.name for o in spec.outputs):
+        problems.append(f"outputs {outs} but the model has {sorted(o.name for o in spec.outputs)}")
+    if problems:
+        raise ExportError(f"{where}: the new config disagrees with the model ({'; '.join(problems)}); the served "
+                          "version is kept")
 
 
 def _model_square(ckpt: Path) -> Tuple[int, int]:

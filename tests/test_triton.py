@@ -14,7 +14,7 @@ import torch
 
 from wmoe.checkpoint import save_checkpoint
 from wmoe.config import ModelConfig
-from wmoe.contract import Decision, EngineSidecar, ModelMeta
+from wmoe.contract import Decision, EngineSidecar, ModelMeta, sha256_file
 from wmoe.export.cli import main as export_main
 from wmoe.export.onnx_export import ExportError
 from wmoe.export.triton_repo import TritonOptions, pbtxt_string, write_repository
@@ -56,8 +56,13 @@ def exported(tmp_path_factory):
 def test_repository_layout_and_configs(exported):
     repo = exported["repo"]
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()) == [
-        "README.md", "wmoe/1/model.onnx", "wmoe/config.pbtxt", "wmoe_python/1/model.onnx", "wmoe_python/1/model.py",
+        ".wmoe.lock", "README.md", "wmoe/1/model.onnx", "wmoe/1/wmoe-version.json", "wmoe/config.pbtxt",
+        "wmoe_python/1/model.onnx", "wmoe_python/1/model.py", "wmoe_python/1/wmoe-version.json",
         "wmoe_python/config.pbtxt"]
+    # the export records what it was made from: the checkpoint's and the ONNX's SHA-256, and every file's
+    rec = json.loads((repo / "wmoe" / "1" / "wmoe-version.json").read_text())
+    assert rec["checkpoint_sha256"] == sha256_file(exported["ckpt"])
+    assert rec["onnx_sha256"] == rec["files"]["model.onnx"] == sha256_file(exported["onnx"])
     meta = read_onnx_metadata(exported["onnx"])
     for name, platform, backend in (("wmoe", "onnxruntime_onnx", ""), ("wmoe_python", "", "python")):
         c = parse_config(repo / name / "config.pbtxt")
