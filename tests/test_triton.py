@@ -407,6 +407,63 @@ def test_new_version_served_after_reload(exported, clients):
     assert infer(*clients["grpc"], np.zeros((1, *FRAME, 3), np.uint8))["scores"].shape == (1, 1)
 
 
+def test_overwrite_under_load_no_request_fails(exported, server, clients, tmp_path):
+    """`wmoe export triton --overwrite` of the served version while 8 clients keep sending, then a load request:
+    no request fails, and afterwards the server serves the new file (its threshold reaches the clients). The
+    version folder is swapped in one rename (export/repo_commit.py); Triton keeps the loaded model serving until
+    the reloaded one is ready."""
+    import threading
+
+    import onnx
+
+    mod, g = clients["grpc"]
+    served = max(int(v) for v in g.get_model_metadata("wmoe_python").versions)
+    new = tmp_path / "new.onnx"
+    m = onnx.load(str(exported["onnx"]))
+    for p in m.metadata_props:  # the same model with another stored decision: other bytes, other threshold
+        if p.key == "wmoe.threshold":
+            p.value = "3.5"
+        if p.key == "wmoe.decision":
+            p.value = Decision(threshold=3.5).to_json()
+    onnx.save(m, str(new))
+    frame = np.zeros((1, *FRAME, 3), np.uint8)
+    stop, counts, errors = threading.Event(), [0] * 8, []
+
+    def client(i):
+        c = mod.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        inp = mod.InferInput("frames", list(frame.shape), "UINT8")
+        inp.set_data_from_numpy(frame)
+        while not stop.is_set():
+            try:
+                c.infer("wmoe_python", [inp])
+                counts[i] += 1
+            except Exception as e:  # noqa: BLE001 - every failure is reported
+                errors.append(str(e))
+        c.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        before = sum(counts)
+        write_repository(new, exported["repo"], TritonOptions(
+            backends=("python",), version=served, overwrite=True, device="cpu", max_batch_size=MAX_BATCH,
+            preferred_batch_sizes=(4, 8), max_queue_delay_us=DELAY_US, threads=1))
+        g.load_model("wmoe_python")  # explicit model control: the server re-reads the model and swaps it in
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:3]
+    assert before > 0 and sum(counts) > before + 8, counts  # served before, during and after the switch
+    assert g.is_model_ready("wmoe_python", str(served))
+    cfg = g.get_model_config("wmoe_python").config
+    assert Decision.from_json(cfg.parameters["wmoe.decision"].string_value).threshold == 3.5
+    assert "wmoe.threshold" in cfg.parameters and float(cfg.parameters["wmoe.threshold"].string_value) == 3.5
+
+
 def test_clean_shutdown(server, clients):
     """SIGTERM: the server unloads the model, stops the backend's stub and exits 0; the ports close. (Triton
     waits up to --exit-timeout-secs for open client connections: close them first.)"""
