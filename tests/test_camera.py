@@ -127,7 +127,8 @@ def test_cli_folder_run_final_report_and_overlays(tiny_onnx, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     final = [line for line in out.splitlines() if line.startswith("final: ")]
-    assert len(final) == 1 and "frames 6:" in final[0] and "unreadable 1" in final[0] and "dropped 0" in final[0]
+    assert len(final) == 1 and "frames 6:" in final[0] and "skipped 1" in final[0] and "dropped 0" in final[0]
+    assert "read 7 = scored 6 + skipped 1 + dropped 0" in final[0]
     assert "007.png" in err
     written = sorted((tmp_path / "out").glob("*.png"))
     assert len(written) == 6 and all(p.stem.rsplit("_", 1)[1] in ("anomalous", "normal") for p in written)

@@ -1,231 +1,41 @@
-"""Camera loop: capture -> bounded queue -> batch -> score -> verdict (+ overlays), capture and inference pipelined.
+"""wmoe-camera: score a folder, a video file, a camera or a stream with an exported model; every frame's result
+to a file, to MQTT, to overlays (no torch).
 
-    python -m wmoe.runtime.camera --source images/ --model model.onnx --out overlays/
-    wmoe-camera --source 0 --model model.engine --batch 4 --drop oldest --display
-    wmoe-camera --source line3.mp4 --model model.onnx --max-frames 1000
+    wmoe-camera --source images/ --model model.onnx --results results.jsonl
+    wmoe-camera --source line3.mp4 --model model.onnx --results results.csv --overlays overlays/
+    wmoe-camera --source 0 --model model.engine --batch 4 --mqtt 10.0.0.5:1883/line3/results --fail-on-drop
 
-The model file carries its threshold (``wmoe eval`` -> ``wmoe export``), so verdicts need no flags. A capture
-thread fills a bounded queue; when inference falls behind, the drop policy decides: ``oldest`` (default: keep the
-freshest frames, discard the oldest queued one), ``newest`` (discard the incoming frame) or ``block`` (the capture
-waits: nothing is dropped, a live camera's driver may drop instead). Drops are counted and reported. Image folders
-are decoded with wmoe's one image loader (same pixels as ``wmoe predict``; EXIF orientation ignored, truncated
-files refused and counted); video files and camera indices need OpenCV (``pip install "wmoe[camera]"``).
-Imports no torch.
+The model file carries its decision (``wmoe calibrate`` / ``wmoe eval`` -> ``wmoe export``), so verdicts need no
+flags. Folders, image and video files never drop frames (the capture waits for inference); only a live source
+(camera index, stream URL) uses a drop policy: ``oldest`` (default), ``newest`` or ``block``. Damaged frames are
+skipped, named on stderr and counted; reading goes on. The final line accounts for every frame:
+``read = scored + skipped + dropped``.
+
+Results: ``--results FILE.jsonl|.csv`` (one line per frame, flushed per line), ``--mqtt host:port/topic`` (QoS 1,
+buffered while the broker is away; TLS with ``--mqtt-ca``, password from ``--mqtt-password-file`` or
+$WMOE_MQTT_PASSWORD), ``--overlays DIR`` (the picture of ``wmoe predict``). The Python API is
+:func:`wmoe.runtime.stream`.
+
+Exit status: 0 all scored; 1 a frame was undecided although a threshold is known; 2 bad arguments, source or model;
+3 frames were dropped and ``--fail-on-drop`` was given; 4 results could not be delivered over MQTT (buffer overflow
+or broker unreachable at the end); 130 interrupted. When several apply, the highest wins.
 """
 from __future__ import annotations
 
 import argparse
-import collections
-import queue
+import contextlib
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 
-from ..contract import VERDICT_ANOMALOUS, VERDICT_UNDECIDED, is_image_name
 from ..errors import WMoEError
+from .loop import DROP_POLICIES, LoopStats, frame_result, resolve_drop, run_loop
+from .sources import Frame, SourceError, _cv2, open_source
 
-DROP_POLICIES = ("oldest", "newest", "block")
-
-
-class SourceError(WMoEError, ValueError):
-    """The frame source cannot be opened (missing path, empty folder, camera/video that does not open)."""
-
-
-@dataclass
-class Frame:
-    index: int          # position in the source
-    name: str           # file name, or "frame_<index>"
-    rgb: np.ndarray     # uint8 HxWx3 RGB
-
-
-@dataclass
-class LoopStats:
-    read: int = 0          # frames read from the source
-    dropped: int = 0       # frames discarded by the drop policy
-    unreadable: int = 0    # files that could not be decoded (skipped, named on stderr)
-    scored: int = 0
-    anomalous: int = 0
-    undecided: int = 0     # no threshold, or a non-finite output (a fault: never "normal")
-    latencies: "collections.deque" = field(default_factory=lambda: collections.deque(maxlen=1000))
-    t_start: float = field(default_factory=time.perf_counter)
-
-    def line(self, policy: str) -> str:
-        ms = np.asarray(self.latencies, dtype=np.float64) * 1e3
-        p50 = f"{np.percentile(ms, 50):.1f}" if ms.size else "-"
-        p99 = f"{np.percentile(ms, 99):.1f}" if ms.size else "-"
-        rate = self.scored / max(time.perf_counter() - self.t_start, 1e-9)
-        return (f"frames {self.scored}: p50 {p50} ms, p99 {p99} ms per image, {rate:.1f} images/s, "
-                f"anomalous {self.anomalous}, undecided {self.undecided}, dropped {self.dropped} (policy {policy}), "
-                f"unreadable {self.unreadable}")
-
-
-def _cv2():
-    try:
-        import cv2  # type: ignore
-    except ImportError:
-        from ..errors import MissingDependencyError
-        raise MissingDependencyError("opencv-python-headless", "camera", "video files and cameras") from None
-    return cv2
-
-
-def open_source(source: str, warn: Callable[[str], None]) -> Iterator[Frame]:
-    """Frames from an image folder (sorted), a video file or a camera index; a :class:`SourceError` right away when
-    the source cannot be opened (so a bad path never hangs the loop)."""
-    p = Path(source)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if is_image_name(f) and f.is_file())
-        if not files:
-            raise SourceError(f"{p}: no image files found (looked for {', '.join(sorted({'.png', '.jpg', '.bmp'}))} "
-                              f"and the other image suffixes)")
-        return _folder(files, warn)
-    if not source.isdigit() and not p.exists():
-        raise SourceError(f"{source}: no such file, folder or camera index")
-    if p.is_file() and is_image_name(p):
-        return _folder([p], warn)
-    cv2 = _cv2()
-    cap = cv2.VideoCapture(int(source) if source.isdigit() else str(source))
-    if not cap.isOpened():
-        raise SourceError(f"cannot open video source {source!r} (not a video OpenCV can read, or no such camera)")
-    return _video(cap)
-
-
-def _folder(files: List[Path], warn: Callable[[str], None]) -> Iterator[Frame]:
-    from ..image_io import DataError, load_image
-    for i, f in enumerate(files):
-        try:
-            rgb = load_image(f)
-        except DataError as e:
-            warn(str(e))
-            yield Frame(i, f.name, None)  # type: ignore[arg-type]  # counted as unreadable
-            continue
-        yield Frame(i, f.name, rgb)
-
-
-def _video(cap) -> Iterator[Frame]:
-    try:
-        i = 0
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                return
-            yield Frame(i, f"frame_{i:06d}", np.ascontiguousarray(bgr[:, :, ::-1]))
-            i += 1
-    finally:
-        cap.release()
-
-
-_END = object()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def run_loop(frames: Iterator[Frame], score: Callable[[List[np.ndarray]], object], *, batch: int = 4,
-             queue_size: int = 8, drop: str = "oldest", max_frames: int = 0,
-             on_result: Optional[Callable[[Frame, object, int], None]] = None,
-             report: Optional[Callable[[LoopStats], None]] = None, report_every: int = 50,
-             stop: Optional[threading.Event] = None) -> LoopStats:
-    """Pipelined loop: a capture thread feeds a bounded queue under ``drop``; batches are scored here.
-
-    ``score(list of RGB frames)`` returns a :class:`wmoe.runtime.Result`; ``on_result(frame, result, i)`` sees
-    each scored frame. A failure in the capture thread is re-raised here (the loop never hangs).
-    """
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    if queue_size < 1:
-        raise ValueError(f"queue size must be >= 1 (a bounded queue), got {queue_size}")
-    if drop not in DROP_POLICIES:
-        raise ValueError(f"drop policy must be one of {DROP_POLICIES}, got {drop!r}")
-    stop = stop or threading.Event()
-    q: "queue.Queue" = queue.Queue(maxsize=queue_size)
-    stats = LoopStats()
-
-    def put(item) -> None:
-        if drop == "block" or item is _END or isinstance(item, _Failure):
-            while not stop.is_set():  # wait for room (the consumer runs until it sees the end marker)
-                try:
-                    q.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-            return
-        try:
-            q.put_nowait(item)
-        except queue.Full:
-            if drop == "newest":
-                stats.dropped += 1
-                return
-            try:  # drop the oldest queued frame to make room (only this thread puts, so room is then free)
-                q.get_nowait()
-                stats.dropped += 1
-            except queue.Empty:
-                pass
-            q.put_nowait(item)
-
-    def capture() -> None:
-        try:
-            for fr in frames:
-                if stop.is_set() or (max_frames and stats.read >= max_frames):
-                    break
-                stats.read += 1
-                if fr.rgb is None:
-                    stats.unreadable += 1
-                    continue
-                put(fr)
-            put(_END)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread, never swallowed
-            put(_Failure(e))
-
-    th = threading.Thread(target=capture, name="wmoe-capture", daemon=True)
-    th.start()
-    ended = False
-    try:
-        while not ended:
-            chunk: List[Frame] = []
-            while len(chunk) < batch:
-                try:  # poll: a stop set by the caller ends capture without an end marker
-                    item = q.get(timeout=0.1)
-                except queue.Empty:
-                    if stop.is_set():  # the capture thread may be stuck in a camera read: do not wait on it
-                        ended = True
-                        break
-                    continue
-                if isinstance(item, _Failure):
-                    raise item.exc
-                if item is _END:
-                    ended = True
-                    break
-                chunk.append(item)
-            if not chunk:
-                break
-            t0 = time.perf_counter()
-            res = score([f.rgb for f in chunk])
-            dt = time.perf_counter() - t0
-            stats.latencies.extend([dt / len(chunk)] * len(chunk))
-            for i, fr in enumerate(chunk):
-                v = res.verdicts[i]
-                stats.anomalous += v == VERDICT_ANOMALOUS
-                stats.undecided += v == VERDICT_UNDECIDED
-                if on_result is not None:
-                    on_result(fr, res, i)
-            before = stats.scored
-            stats.scored += len(chunk)
-            if report is not None and report_every and stats.scored // report_every > before // report_every \
-                    and not ended:
-                report(stats)
-            if stop.is_set():
-                break
-    finally:
-        stop.set()
-        th.join(timeout=5)
-    return stats
+__all__ = ["main", "build_parser", "Frame", "SourceError", "open_source", "run_loop", "LoopStats", "DROP_POLICIES"]
 
 
 def _positive(name: str, minimum: int = 1):
@@ -243,22 +53,46 @@ def _positive(name: str, minimum: int = 1):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wmoe-camera", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, help="image folder, image file, video file or camera index")
+    ap.add_argument("--source", required=True,
+                    help="image folder, image file, video file, camera index or stream URL (rtsp://...)")
     ap.add_argument("--model", required=True, help="exported model: .onnx or TensorRT .engine (with its .json)")
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                     help="ONNX Runtime provider (default: %(default)s)")
     ap.add_argument("--batch", type=_positive("--batch"), default=4, help="frames per inference (default: %(default)s)")
     ap.add_argument("--queue", type=_positive("--queue"), default=8,
                     help="capture queue length, bounded (default: %(default)s)")
-    ap.add_argument("--drop", choices=DROP_POLICIES, default="oldest",
-                    help="when the queue is full: drop the oldest queued frame, drop the newest, or block the "
-                         "capture (default: %(default)s)")
+    ap.add_argument("--drop", choices=DROP_POLICIES, default=None,
+                    help="live sources only (camera, stream), when the queue is full: drop the oldest queued frame "
+                         "(default), drop the newest, or block the capture. Folders and files always block")
+    ap.add_argument("--fail-on-drop", action="store_true",
+                    help="exit with status 3 when a frame was dropped (a live source faster than inference)")
     ap.add_argument("--max-frames", type=_positive("--max-frames", 0), default=0,
                     help="stop after N frames read (0: until the source ends)")
     ap.add_argument("--threshold", type=float, default=None,
                     help="override the image threshold stored in the model")
     ap.add_argument("--pixel-threshold", type=float, default=None,
-                    help="override the defect-mask threshold stored in the model")
+                    help="override the defect-mask threshold stored in the model (defect area, overlay contour)")
+    ap.add_argument("--results", default=None, metavar="FILE",
+                    help="one line per frame to FILE.jsonl or FILE.csv (source, frame, time, score, verdict, class, "
+                         "threshold, defect area, latency); flushed per line, never overwritten")
+    ap.add_argument("--results-append", action="store_true", help="append to an existing --results file")
+    ap.add_argument("--mqtt", default=None, metavar="HOST:PORT/TOPIC",
+                    help="publish each frame's result (JSON, QoS 1) to this MQTT broker and topic")
+    ap.add_argument("--mqtt-user", default=None, help="MQTT user name")
+    ap.add_argument("--mqtt-password-file", default=None, metavar="FILE",
+                    help="file whose first line is the MQTT password (else $WMOE_MQTT_PASSWORD; never a "
+                         "command-line value)")
+    ap.add_argument("--mqtt-ca", default=None, metavar="PEM",
+                    help="CA certificate: connect with TLS and verify the broker against it")
+    ap.add_argument("--mqtt-cert", default=None, metavar="PEM", help="client certificate for TLS (with --mqtt-key)")
+    ap.add_argument("--mqtt-key", default=None, metavar="PEM", help="client key for TLS")
+    ap.add_argument("--mqtt-client-id", default="", help="MQTT client id (default: random)")
+    ap.add_argument("--mqtt-buffer", type=_positive("--mqtt-buffer"), default=10000,
+                    help="results held while the broker is away; beyond, the oldest is discarded and counted "
+                         "(default: %(default)s)")
+    ap.add_argument("--mqtt-drain", type=float, default=30.0, metavar="S",
+                    help="at the end, wait up to S seconds for the broker to acknowledge every result "
+                         "(default: %(default)s)")
     ap.add_argument("--overlays", "--out", dest="overlays", default=None, metavar="DIR",
                     help="write one overlay per frame here: the picture of wmoe predict (image | fixed-scale heatmap "
                          "with colour bar and the defect contour at the pixel threshold, banner with verdict, score "
@@ -269,68 +103,117 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _open_mqtt(a: argparse.Namespace, warn):
+    from .mqtt import MqttConfig, MqttSink, parse_target, read_password
+    host, port, topic, tls = parse_target(a.mqtt)
+    cfg = MqttConfig(host, port, topic, username=a.mqtt_user,
+                     password=read_password(a.mqtt_password_file) if a.mqtt_user else None, tls=tls,
+                     ca_file=a.mqtt_ca, cert_file=a.mqtt_cert, key_file=a.mqtt_key, client_id=a.mqtt_client_id,
+                     buffer=a.mqtt_buffer)
+    return MqttSink(cfg, warn)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
+    from .results import ResultFile
     from .runtime import Runtime
 
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
-    try:
-        frames = open_source(a.source, warn)
-        rt = Runtime.open(a.model, provider=a.provider, threshold=a.threshold, pixel_threshold=a.pixel_threshold)
-    except (WMoEError, FileNotFoundError, ValueError) as e:
-        print(f"wmoe-camera: error: {e}", file=sys.stderr)
+    def error(e: BaseException) -> int:
+        print(f"wmoe-camera: error: {e}", file=sys.stderr, flush=True)
         return 2
-    thr = rt.decision.threshold
-    print(f"model {a.model}: input {rt.meta.input} {rt.input_size}px, "
-          f"threshold {thr if thr is not None else 'none (verdicts undecided: run wmoe eval, re-export)'}",
-          flush=True)
-    out_dir = Path(a.overlays) if a.overlays else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
 
-    def on_result(fr: Frame, res, i: int) -> None:
-        v = res.verdicts[i]
-        if res.faults[i]:
-            warn(f"{fr.name}: {res.faults[i]}")
-        if out_dir is None and not a.display:
-            return
-        from ..overlay import overlay_panel
-        over = overlay_panel(fr.rgb, res.maps_at(i), float(res.scores[i]), res.decision.threshold,
-                             pixel_threshold=res.decision.pixel_threshold, verdict=v, label=fr.name)
-        if out_dir is not None:
-            from PIL import Image
+    with contextlib.ExitStack() as opened:
+        try:
+            source = open_source(a.source, warn)
+            policy = resolve_drop(source, a.drop)
+            rt = opened.enter_context(Runtime.open(a.model, provider=a.provider, threshold=a.threshold,
+                                                   pixel_threshold=a.pixel_threshold))
+            results = opened.enter_context(ResultFile(a.results, append=a.results_append)) if a.results else None
+            mqtt = _open_mqtt(a, warn) if a.mqtt else None
+        except (WMoEError, FileNotFoundError, ValueError) as e:
+            return error(e)
+        thr = rt.decision.threshold
+        print(f"model {a.model}: input {rt.meta.input} {rt.input_size}px, "
+              f"threshold {thr if thr is not None else 'none (verdicts undecided: run wmoe calibrate, re-export)'}; "
+              f"source {source.name} ({'live, drop policy ' + policy if source.live else 'file: nothing dropped'})",
+              flush=True)
+        out_dir = Path(a.overlays) if a.overlays else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        stop = threading.Event()
 
-            from ..atomic import atomic_path
-            with atomic_path(out_dir / f"{Path(fr.name).stem}_{v}.png") as tmp:
-                Image.fromarray(over).save(tmp, format="PNG")
-        if a.display:
-            cv2 = _cv2()
-            try:
-                cv2.imshow("wmoe", np.ascontiguousarray(over[:, :, ::-1]))
-            except cv2.error:  # opencv-python-headless (the camera extra) has no GUI
-                raise SourceError("--display needs OpenCV with a GUI: pip install opencv-python (the headless build "
-                                  "that wmoe[camera] installs cannot open windows); or write overlays with --out")
-            if cv2.waitKey(1) & 0xFF == ord("q"):
-                stop.set()
+        def on_result(fr: Frame, res, i: int) -> None:
+            r = frame_result(source.name, fr, res, i)
+            if r.fault:
+                warn(f"{fr.name}: {r.fault}")
+            if results is not None:
+                results.write(r)
+            if mqtt is not None:
+                mqtt.publish(r)
+            if out_dir is None and not a.display:
+                return
+            from ..overlay import overlay_panel
+            over = overlay_panel(fr.rgb, res.maps_at(i), float(res.scores[i]), r.threshold,
+                                 pixel_threshold=_pixel_threshold(res), verdict=r.verdict,
+                                 label=fr.name + (f"  class {r.class_name}" if r.class_name else ""))
+            if out_dir is not None:
+                from PIL import Image
 
-    policy = a.drop
-    try:
-        stats = run_loop(frames, rt.score, batch=a.batch, queue_size=a.queue, drop=policy, max_frames=a.max_frames,
-                         on_result=on_result, report=lambda s: print(s.line(policy), flush=True),
-                         report_every=a.report_every, stop=stop)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except WMoEError as e:
-        print(f"wmoe-camera: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        rt.close()
-    print("final: " + stats.line(policy), flush=True)
-    return 1 if stats.undecided and thr is not None else 0
+                from ..atomic import atomic_path
+                with atomic_path(out_dir / f"{Path(fr.name).stem}_{r.verdict}.png") as tmp:
+                    Image.fromarray(over).save(tmp, format="PNG")
+            if a.display:
+                cv2 = _cv2()
+                try:
+                    cv2.imshow("wmoe", np.ascontiguousarray(over[:, :, ::-1]))
+                except cv2.error:  # opencv-python-headless (the camera extra) has no GUI
+                    raise SourceError("--display needs OpenCV with a GUI: pip install opencv-python (the headless "
+                                      "build that wmoe[camera] installs cannot open windows); or write overlays "
+                                      "with --overlays")
+                if cv2.waitKey(1) & 0xFF == ord("q"):
+                    stop.set()
+
+        stats = LoopStats()
+        rc = 0
+        try:
+            run_loop(source, rt.score, batch=a.batch, queue_size=a.queue, drop=policy, max_frames=a.max_frames,
+                     on_result=on_result, report=lambda s: print(s.line(policy), flush=True),
+                     report_every=a.report_every, stop=stop, stats=stats)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            rc = 130
+        except WMoEError as e:
+            rc = error(e)
+        finally:
+            undelivered = mqtt.close(a.mqtt_drain if rc != 130 else min(a.mqtt_drain, 5.0)) if mqtt else 0
+        print("final: " + stats.line(policy), flush=True)
+        if results is not None:
+            print(f"results: {results.lines} lines -> {results.path}", flush=True)
+        if mqtt is not None:
+            print(mqtt.summary(), flush=True)
+            if undelivered:
+                warn(f"{undelivered} results were not delivered over MQTT ({mqtt.lost} lost to a full buffer, the "
+                     f"rest unacknowledged after {a.mqtt_drain:g} s{'; ' + mqtt.last_error if mqtt.last_error else ''})")
+                rc = max(rc, 4)
+        if stats.dropped:
+            warn(f"dropped {stats.dropped} of {stats.read} frames: inference is slower than the live source (policy "
+                 f"{policy}); a larger --batch, a faster provider, or --drop block"
+                 + ("" if a.fail_on_drop else " (--fail-on-drop makes this exit 3)"))
+            if a.fail_on_drop:
+                rc = max(rc, 3)
+        if not stats.accounted:  # a bug, never expected: say so rather than hide it
+            warn(f"frames not accounted: {stats.balance()}")
+        if rc == 0 and stats.undecided and thr is not None:
+            rc = 1
+        return rc
+
+
+def _pixel_threshold(res) -> Optional[float]:
+    d, c = res.decision, getattr(res, "class_name", None)
+    return d.pixel_threshold_for(c) if hasattr(d, "pixel_threshold_for") else d.pixel_threshold
 
 
 if __name__ == "__main__":
