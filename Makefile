@@ -16,7 +16,7 @@ PYTHON312    ?= $(shell for c in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bi
   2>/dev/null && echo "$$c" && break; done)
 TRITON_PINS  ?= nvidia-pytriton==0.7.0
 
-.PHONY: install triton-env demo test test-fast bench-cpu gpu-check clean
+.PHONY: install triton-env mosquitto demo test test-fast bench-cpu gpu-check wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,15 @@ triton-env: $(TRITON_STAMP)
 demo: install
 	$(BIN)/wmoe demo --out demo_out
 
+## The MQTT tests start a real broker (Debian's mosquitto) on a free 127.0.0.1 port with their own config file.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  echo "installing the Debian package mosquitto (the MQTT tests' broker)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto openssl >/dev/null; \
+	fi
+
 ## The test suite (CPU; Triton kernels run under the interpreter).
-test: install triton-env
+test: install triton-env mosquitto
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --timeout 900 $(PYTEST_ARGS)
 
 bench-cpu: install
@@ -78,5 +85,17 @@ gpu-check:
 	  echo "gpu-check: $$py runs this checkout through build/gpu-path (PYTHONPATH)"; fi; \
 	$$py -m wmoe.bench.gpu_check
 
+## An air-gapped line PC: wmoe's wheel and every wheel of wmoe[$(WHEEL_EXTRAS)] for the line PC's platform and
+## Python (binary wheels only), into ./$(WHEELHOUSE); install there with the command in $(WHEELHOUSE)/INSTALL.txt.
+## e.g. make wheelhouse WHEEL_PLATFORM=manylinux_2_28_aarch64 WHEEL_PYTHON=3.10   (default: this machine, 3.11)
+WHEELHOUSE     ?= wheelhouse
+WHEEL_EXTRAS   ?= runtime,camera,mqtt
+WHEEL_PLATFORM ?=
+WHEEL_PYTHON   ?= 3.11
+wheelhouse:
+	@py=$(BIN)/python; [ -x $$py ] || py=$(PYTHON); \
+	$$py -m wmoe.wheelhouse --out $(WHEELHOUSE) --extras $(WHEEL_EXTRAS) --python-version $(WHEEL_PYTHON) \
+	  $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM))
+
 clean:
-	rm -rf demo_out .pytest_cache build *.egg-info $(TRITON_VENV)
+	rm -rf demo_out .pytest_cache build *.egg-info $(TRITON_VENV) $(WHEELHOUSE)
