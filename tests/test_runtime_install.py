@@ -2,6 +2,7 @@
 the distributions the wheel declares for ``wmoe[runtime]`` (their installed copies, linked: no download), then score
 frames with a model exported earlier in this run and run the camera loop from the installed package."""
 import importlib.metadata as md
+import json
 import os
 import re
 import shutil
@@ -187,3 +188,46 @@ def test_installed_runtime_writes_a_triton_repository_from_an_onnx(runtime_venv,
     assert export_main(args[1:] + ["--out", str(tmp_path / "ref")]) == 0
     for name in ("wmoe/config.pbtxt", "wmoe_python/config.pbtxt", "wmoe/1/model.onnx", "wmoe_python/1/model.py"):
         assert (tmp_path / "repo" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+
+def test_wheelhouse_installs_offline_into_an_empty_venv_and_scores(runtime_venv, tiny_onnx, tmp_path):
+    """`make wheelhouse` (python -m wmoe.wheelhouse) for this platform, then an install with --no-index from it alone
+    (no pip configuration, no other wheel folder) into an empty venv, which scores frames and runs wmoe-camera."""
+    wh = tmp_path / "wh"
+    r = subprocess.run([sys.executable, "-m", "wmoe.wheelhouse", "--out", str(wh), "--wheel",
+                        str(runtime_venv["wheel"])], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    names = {_norm(p.name.split("-")[0]) for p in wh.glob("*.whl")}
+    assert {"wmoe", "numpy", "onnxruntime", "pillow", "opencv-python-headless", "paho-mqtt"} <= names
+    assert not names & MODEL_STACK and "pip install --no-index" in (wh / "INSTALL.txt").read_text()
+    venv = tmp_path / "linepc"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    offline = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+    offline["PIP_CONFIG_FILE"] = os.devnull  # only the wheelhouse: no index, no configured wheel folders
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-index",
+                        "--find-links", str(wh), "wmoe[runtime,camera,mqtt]"], capture_output=True, text=True,
+                       env=offline, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    frames = np.random.default_rng(1).integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
+    src = tmp_path / "frames"
+    src.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(src / f"{i}.png")
+    code = f"""
+import sys, numpy as np, cv2, paho.mqtt
+import wmoe.runtime
+assert wmoe.runtime.__file__.startswith(sys.prefix), wmoe.runtime.__file__
+res = wmoe.runtime.Runtime.open({str(tiny_onnx[1])!r}).score(np.load({str(tmp_path / 'f.npy')!r}))
+print(res.scores.tolist())
+"""
+    np.save(tmp_path / "f.npy", frames)
+    r = subprocess.run([str(py), "-I", "-c", code], capture_output=True, text=True, env=offline, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from wmoe.runtime import Runtime
+    np.testing.assert_allclose(json.loads(r.stdout), Runtime.open(tiny_onnx[1]).score(frames).scores, rtol=1e-5)
+    r = subprocess.run([str(venv / "bin" / "wmoe-camera"), "--source", str(src), "--model", str(tiny_onnx[1]),
+                        "--results", str(tmp_path / "r.jsonl")], capture_output=True, text=True, env=offline,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
