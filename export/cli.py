@@ -68,7 +68,14 @@ def _triton(a: argparse.Namespace) -> int:
 def _quantize(a: argparse.Namespace) -> int:
     from .gate import GateThresholds
     from .quantize import QuantizeConfig, quantize_onnx, report_path
-    keep = a.keep if a.keep in ("auto", "none") else [g.strip() for g in a.keep.split(",") if g.strip()]
+    # one group per --keep: the group names themselves hold commas ("head (maps, scores)")
+    given = [g.strip() for g in (a.keep or ["auto"])]
+    special = [g for g in given if g in ("auto", "none")]
+    if special and len(given) > 1:
+        raise UsageError(f"--keep {special[0]} cannot be combined with other --keep values")
+    if any(not g for g in given):
+        raise UsageError("--keep: empty layer group name")
+    keep = special[0] if special else given
     cfg = QuantizeConfig(precision=a.precision, max_images=a.max_images, holdout=a.holdout, method=a.method,
                          high_precision=a.high_precision, keep=keep, calibrate_per_node=a.calibrate_per_node,
                          gate_images=a.gate_images or None, seed=a.seed, target=a.target)
@@ -165,14 +172,18 @@ def register(subparsers) -> None:
                    help="int8: Jetson Orin / Ampere and later; fp8: Hopper / Ada")
     q.add_argument("--max-images", type=positive_int, default=256, help="normal images drawn from --calib (256)")
     q.add_argument("--holdout", type=non_negative_int, default=16, help="of those, kept out of calibration to "
-                   "measure which layers stay in high precision (16)")
+                   "measure which layers stay in high precision (16; at most half the images). --keep auto and a "
+                   "gate without --gate-data need at least 11 for the default --min-spearman 0.99: over fewer "
+                   "images one swap of two near-tied scores fails the Spearman alone (over 2 it is always +-1)")
     q.add_argument("--method", default=None, type=one_of(["entropy", "max", "minmax", "percentile", "distribution"],
                                                          "calibration method"),
                    help="calibration: entropy (int8 default), max (fp8 default), minmax, percentile, distribution")
     q.add_argument("--high-precision", type=one_of(["fp16", "fp32"], "precision"), default="fp16",
                    help="dtype of the layers left unquantized (fp16 for TensorRT; fp32 to run on a CPU)")
-    q.add_argument("--keep", default="auto", help="auto (measured), none, or comma-separated layer groups to keep "
-                   "in high precision (names as in the report)")
+    q.add_argument("--keep", action="append", default=None, metavar="GROUP",
+                   help="auto (measured; the default), none, or a layer group to keep in high precision, repeated "
+                   "for several: --keep 'head (maps, scores)' --keep 'image blocks 0-3' (names as in the report; "
+                   "an unknown name lists them)")
     q.add_argument("--target", type=finite_float, default=None, help="held-out score Spearman, score Pearson and map "
                    "Pearson the quantized model must keep (default: halfway between --min-spearman and 1, i.e. "
                    "0.995); higher keeps more layers")

@@ -52,6 +52,21 @@ class QuantizeError(ExportError):
     """Quantization cannot proceed or its result fails the accuracy gate; the message says why."""
 
 
+def min_heldout(min_spearman: float) -> int:
+    """The fewest images on which a score Spearman of ``min_spearman`` means something.
+
+    Over n images the smallest disorder -- two neighbouring images swapped -- gives rho = 1 - 12 / (n^3 - n).
+    With fewer images than returned here that single swap (a near-tie any precision change may flip) already
+    fails ``min_spearman``, so the gate cannot tell a harmless near-tie from a reordering; at 2 images rho is +-1
+    whatever the model does. 11 for the default 0.99; thresholds above 0.999 (where any swap fails) count as 0.999
+    (23 images)."""
+    rho = min(float(min_spearman), 0.999)
+    n = 3
+    while 1.0 - 12.0 / (n ** 3 - n) < rho:
+        n += 1
+    return n
+
+
 @dataclass
 class QuantizeConfig:
     precision: str = "int8"
@@ -330,11 +345,27 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         calib, size, max_images=cfg.max_images, seed=cfg.seed, frame_size=frame,  # type: ignore[arg-type]
         exclude=gate_test_paths(gate_data) if gate_data is not None else ())
     cal_x, held_x = cs.split(cfg.holdout)
+    auto = isinstance(cfg.keep, str) and cfg.keep == "auto"
+    need = min_heldout(thresholds.min_spearman)
+    if (auto or gate_data is None) and len(held_x) < need:
+        use = "choose the layers kept in high precision (--keep auto)" if auto else "run the accuracy gate"
+        raise QuantizeError(
+            f"{len(held_x)} held-out normal image(s) (--holdout {cfg.holdout}, at most half of the {len(cs.inputs)} "
+            f"drawn from {cs.source}) cannot {use}: a score Spearman >= {thresholds.min_spearman} needs at least "
+            f"{need} images to mean something (below that one swap of two near-tied images fails it alone; over 2 "
+            f"it is always +-1). Use --holdout {need} or more with at least {2 * need} normal images"
+            + ("" if gate_data is not None else ", or give labeled images with --gate-data") + ".")
     say(f"calibrating {cfg.precision} on {len(cal_x)} normal images of {cs.source} "
         f"({len(held_x)} held out, {cs.available} available)")
     with tempfile.TemporaryDirectory(prefix="wmoe-quant-") as tmp:
         work = Path(tmp)
-        tool = _modelopt_quantize(src, cal_x, input_name, cfg, work / "all.onnx")
+        # Model Optimizer writes its shape-inferred graph back over the file it is given (seen: +6,390 bytes on a
+        # 1.8 GB ViT-L, not atomic): it gets a copy, the user's file is only read
+        import shutil
+        scratch = work / "source.onnx"
+        shutil.copyfile(src, scratch)
+        tool = _modelopt_quantize(scratch, cal_x, input_name, cfg, work / "all.onnx")
+        scratch.unlink()
         source = onnx.load(str(src))
         qmodel = onnx.load(str(work / "all.onnx"))
         groups = node_groups(source, qmodel, cfg.max_groups_per_tower)
@@ -344,9 +375,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         ev = _Evaluator(work, cfg.batch)
         ref_sess = make_session(src)
         sens: Dict[str, Dict[str, float]] = {}
-        if isinstance(cfg.keep, str) and cfg.keep == "auto":
-            if len(held_x) < 2:
-                raise QuantizeError("keep='auto' needs held-out images (holdout >= 2 and >= 4 calibration images)")
+        if auto:
             ref_held = run_session(ref_sess, held_x, cfg.batch)
             kept, sens, held_fig, reason = _select_keep(qmodel, groups, ev, held_x, ref_held,
                                                          (1 + thresholds.min_spearman) / 2 if cfg.target is None
@@ -355,7 +384,8 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
             kept = [] if cfg.keep in ("none", "", None) else list(cfg.keep)
             unknown = [g for g in kept if g not in groups]
             if unknown:
-                raise QuantizeError(f"unknown layer groups {unknown}; this model's groups: {sorted(groups)}")
+                raise QuantizeError(f"unknown layer group(s) {', '.join(map(repr, unknown))}; this model's groups "
+                                    f"(one --keep each): {', '.join(map(repr, sorted(groups)))}")
             reason = "chosen by the user" if kept else "nothing kept (keep='none')"
             held_fig = {}
         final = keep_high_precision(qmodel, [n for g in kept for n in groups[g]])
@@ -375,8 +405,6 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
             gate_fig = compare(run_session(ref_sess, gx, cfg.batch), ev.run(final, gx), gy, gm)
             gate_on = f"{len(gx)} labeled test images of {gate_data}"
         else:
-            if len(held_x) < 2:
-                raise QuantizeError("the accuracy gate needs labeled images (gate_data) or held-out normal images")
             gate_fig = compare(run_session(ref_sess, held_x, cfg.batch), ev.run(final, held_x))
             gate_on = f"{len(held_x)} held-out normal images (no labels: image AUROC not measured)"
         why = failures(gate_fig, thresholds)

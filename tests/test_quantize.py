@@ -127,7 +127,8 @@ def tiny(tmp_path_factory):
             p.add_(torch.randn_like(p) * 0.02)
     ckpt = save_checkpoint(model, d / "m.safetensors")
     onnx_path = export_onnx(ckpt, d / "m.onnx")
-    data = make_demo_dataset(d / "demo", image_size=64, n_train_good=8, n_test_good=3, n_test_defect=3,
+    # 24 normal train images: 11 held out (the fewest a 0.99 Spearman means something on, min_heldout) + 13
+    data = make_demo_dataset(d / "demo", image_size=64, n_train_good=12, n_test_good=3, n_test_defect=3,
                              categories=["gravel", "cell"])
     return {"dir": d, "onnx": onnx_path, "data": data, "ckpt": ckpt}
 
@@ -136,11 +137,11 @@ def test_quantize_keep_auto_gate_and_report(tiny):
     out = tiny["dir"] / "auto.qdq.onnx"
     loose = GateThresholds(max_image_auroc_drop=1.0, min_spearman=-1.0)
     # a held-out target strict enough that some groups must stay in fp32: the measured selection runs
-    cfg = QuantizeConfig(precision="int8", high_precision="fp32", holdout=6, max_groups_per_tower=1, target=0.9999)
+    cfg = QuantizeConfig(precision="int8", high_precision="fp32", holdout=11, max_groups_per_tower=1, target=0.9999)
     r = quantize_onnx(tiny["onnx"], tiny["data"], out, cfg, gate_data=tiny["data"], thresholds=loose,
                       progress=False)
     rep = json.loads(report_path(out).read_text())
-    assert rep["calibration"]["images"] == 10 and rep["calibration"]["held_out"] == 6  # 16 train normals
+    assert rep["calibration"]["images"] == 13 and rep["calibration"]["held_out"] == 11  # 24 train normals
     assert rep["calibration"]["method"] == "entropy" and "nvidia-modelopt" in rep["tool"]
     assert set(rep["sensitivity"]) == set(rep["groups"]) and 0 < len(rep["kept_groups"]) <= len(rep["groups"])
     # kept = the most sensitive groups, and keeping them reached the target on the held-out images
@@ -163,12 +164,13 @@ def test_quantize_keep_auto_gate_and_report(tiny):
     out2 = tiny["dir"] / "refused.qdq.onnx"
     with pytest.raises(QuantizeError, match="fails the accuracy gate.*Spearman"):
         quantize_onnx(tiny["onnx"], tiny["data"], out2, QuantizeConfig(high_precision="fp32", keep="none"),
-                      thresholds=GateThresholds(min_spearman=1.01), progress=False)
+                      gate_data=tiny["data"], thresholds=GateThresholds(min_spearman=1.01), progress=False)
     assert not out2.exists() and not report_path(out2).exists()
     # ... unless overridden: written, with a loud warning and the failure in the report
     with pytest.warns(RuntimeWarning, match="FAILS THE ACCURACY GATE"):
         quantize_onnx(tiny["onnx"], tiny["data"], out2, QuantizeConfig(high_precision="fp32", keep="none"),
-                      thresholds=GateThresholds(min_spearman=1.01), allow_gate_failure=True, progress=False)
+                      gate_data=tiny["data"], thresholds=GateThresholds(min_spearman=1.01), allow_gate_failure=True,
+                      progress=False)
     assert out2.is_file() and json.loads(report_path(out2).read_text())["gate"]["passed"] is False
 
 
@@ -191,7 +193,7 @@ def test_keep_high_precision_restores_the_fp32_graph(tiny):
     """Keeping every quantized layer gives back fp32 outputs; keeping none does not."""
     out = tiny["dir"] / "none.qdq.onnx"
     quantize_onnx(tiny["onnx"], tiny["data"], out, QuantizeConfig(precision="fp8", high_precision="fp32",
-                                                                  keep="none", holdout=4),
+                                                                  keep="none", holdout=11),
                   thresholds=GateThresholds(-1.0, -1.0), progress=False)
     q = onnx.load(str(out))
     assert json.loads(report_path(out).read_text())["calibration"]["method"] == "max"
@@ -216,7 +218,7 @@ def test_bench_runs_the_gate_on_the_qdq_model(tiny):
     """``wmoe bench --backends ... --qdq`` measures the quantized model against torch-fp32 with the same gate."""
     from wmoe.bench.harness import BenchConfig, run_bench
     qdq = tiny["dir"] / "bench.qdq.onnx"  # its own file: under xdist the tests of a module may run apart
-    quantize_onnx(tiny["onnx"], tiny["data"], qdq, QuantizeConfig(high_precision="fp32", keep="none", holdout=4),
+    quantize_onnx(tiny["onnx"], tiny["data"], qdq, QuantizeConfig(high_precision="fp32", keep="none", holdout=11),
                   thresholds=GateThresholds(-1.0, -1.0), progress=False)
     cfg = BenchConfig(str(tiny["ckpt"]), out=str(tiny["dir"] / "bench"), backends=["ort-cpu", "ort-qdq"],
                       batches=[2], warmup=0, repeats=1, onnx=str(tiny["onnx"]), qdq=str(qdq),
@@ -237,8 +239,50 @@ def test_cli_quantize_refuses_bad_input_and_failed_gate(tiny, tmp_path):
     r = run(tiny["onnx"], "--calib", tmp_path / "nothing", "--out", tmp_path / "q.onnx")
     assert r.returncode == 2 and "nothing" in r.stderr and "not found" in r.stderr
     r = run(tiny["onnx"], "--calib", tiny["data"], "--out", tmp_path / "q.onnx", "--keep", "none",
-            "--high-precision", "fp32", "--min-spearman", "1.01", "--max-images", "12")
+            "--high-precision", "fp32", "--min-spearman", "0.999", "--max-images", "24", "--holdout", "12",
+            "--max-auroc-drop", "100", "--gate-data", tiny["data"], "--gate-images", "0")
     assert r.returncode == 2 and "fails the accuracy gate" in r.stderr and not (tmp_path / "q.onnx").exists()
+
+
+def test_cli_keep_takes_group_names_with_commas(tiny, tmp_path):
+    """Layer-group names hold commas ("head (maps, scores)"): --keep is repeated, one group each, never split."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "wmoe", "export", "quantize", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    base = [tiny["onnx"], "--calib", tiny["data"], "--high-precision", "fp32", "--min-spearman", "-1",
+            "--max-auroc-drop", "100", "--gate-data", tiny["data"], "--holdout", "0"]
+    out = tmp_path / "k.qdq.onnx"
+    r = run(*base, "--out", out, "--keep", "head (maps, scores)", "--keep", "image blocks 0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(report_path(out).read_text())["kept_groups"] == ["head (maps, scores)", "image blocks 0"]
+    r = run(*base, "--out", tmp_path / "x.onnx", "--keep", "head (maps)")
+    assert r.returncode == 2 and "unknown layer group(s) 'head (maps)'" in r.stderr
+    assert "'head (maps, scores)'" in r.stderr and not (tmp_path / "x.onnx").exists()  # the valid names listed
+    r = run(*base, "--out", tmp_path / "x.onnx", "--keep", "none", "--keep", "samoe")
+    assert r.returncode == 2 and "cannot be combined" in r.stderr
+
+
+def test_quantize_needs_enough_held_out_images_for_the_spearman(tiny):
+    """A Spearman over 2 images is +-1 whatever the model does: --holdout 2 (keep auto, or a gate on held-out
+    images) is refused with the size it needs; 11 images for the 0.99 gate."""
+    for cfg, gate in ((QuantizeConfig(high_precision="fp32", holdout=2), tiny["data"]),
+                      (QuantizeConfig(high_precision="fp32", holdout=2, keep="none"), None)):
+        with pytest.raises(QuantizeError, match=r"2 held-out normal image.*at least 11 images.*--holdout 11"):
+            quantize_onnx(tiny["onnx"], tiny["data"], tiny["dir"] / "h2.onnx", cfg, gate_data=gate, progress=False)
+    assert not (tiny["dir"] / "h2.onnx").exists()
+    from wmoe.export.quantize import min_heldout
+    assert (min_heldout(0.99), min_heldout(0.995), min_heldout(0.9), min_heldout(1.01)) == (11, 14, 5, 23)
+    for n in range(3, 30):  # the definition: one adjacent swap of n ranks still meets the threshold from n on
+        assert (1 - 12 / (n ** 3 - n) >= 0.99) == (n >= 11)
+
+
+def test_quantize_leaves_the_input_onnx_byte_identical(tiny):
+    """Model Optimizer writes shape-inferred graphs back over the file it is given: it gets a copy."""
+    from wmoe.contract import sha256_file
+    before = (sha256_file(tiny["onnx"]), tiny["onnx"].stat().st_size, tiny["onnx"].stat().st_mtime_ns)
+    quantize_onnx(tiny["onnx"], tiny["data"], tiny["dir"] / "same.qdq.onnx",
+                  QuantizeConfig(high_precision="fp32", keep="none"), gate_data=tiny["data"],
+                  thresholds=GateThresholds(1.0, -1.0), progress=False)
+    assert (sha256_file(tiny["onnx"]), tiny["onnx"].stat().st_size, tiny["onnx"].stat().st_mtime_ns) == before
 
 
 def test_engine_build_refuses_fp8_without_fp8_tensor_cores(tmp_path):
