@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -227,6 +228,9 @@ def describe_engine(path: Union[str, Path]) -> ModelSpec:
     try:
         side = EngineSidecar.read(EngineSidecar.path_for(path))
         meta = side.model_meta
+        if not side.check_engine(path):  # the sidecar must be this engine's: it carries the threshold served
+            warnings.warn(f"{EngineSidecar.path_for(path)} records no engine SHA-256 (written by an older wmoe): "
+                          f"it cannot be checked against {path.name}; rebuild with wmoe export trt to bind them")
     except (EngineCompatError, ContractError) as e:
         raise ExportError(str(e)) from None
     if len(side.inputs) != 1 or not side.outputs:

@@ -179,7 +179,11 @@ def write_engine_and_sidecar(out: Union[str, Path], engine: bytes, sidecar: Engi
     and the engine last. A crash in between leaves at worst a sidecar without an engine ("engine missing")."""
     import os
 
+    import hashlib
+    from dataclasses import replace
+
     out = Path(out)
+    sidecar = replace(sidecar, engine=out.name, engine_sha256=hashlib.sha256(engine).hexdigest())  # bound to bytes
     with atomic_path(out) as eng_tmp:  # outer: renamed last
         eng_tmp.write_bytes(engine)
         with atomic_path(EngineSidecar.path_for(out)) as side_tmp:  # inner: renamed first

@@ -346,6 +346,7 @@ class EngineSidecar:
     flavor: str = "portable"
     host: str = field(default_factory=platform.machine)
     metadata: Dict[str, str] = field(default_factory=dict)  # the ONNX's wmoe.* metadata
+    engine_sha256: str = ""  # the engine's bytes this sidecar describes ("" in sidecars of wmoe < 0.1 round 2)
 
     @staticmethod
     def path_for(engine: Union[str, Path]) -> Path:
@@ -360,16 +361,55 @@ class EngineSidecar:
         atomic_write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
         return Path(path)
 
+    def check_engine(self, engine: Union[str, Path], data: Optional[bytes] = None) -> bool:
+        """Refuse an engine whose bytes are not the ones this sidecar was written for (a sidecar copied or left
+        beside another engine would hand it another model's threshold and contract), naming both. ``data``: the
+        engine's bytes when already read. False when the sidecar predates the hash (nothing to check)."""
+        if not self.engine_sha256:
+            return False
+        got = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(engine)
+        if got != self.engine_sha256:
+            raise EngineCompatError(f"{engine}: its sidecar {EngineSidecar.path_for(engine)} was written for another "
+                                    f"engine ({self.engine}, SHA-256 {self.engine_sha256[:12]}...; this file is "
+                                    f"{got[:12]}...): rebuild the engine with wmoe export trt, or put its own "
+                                    "sidecar beside it")
+        return True
+
+    def check_contract(self, source: Union[str, Path]) -> None:
+        """The engine's input and map shapes must be the ones its metadata (the exported model's contract) says: a
+        sidecar edited or mixed by hand is refused at load, naming the fields."""
+        if f"{META_PREFIX}image_size" not in self.metadata:  # no contract to contradict (model_meta refuses it)
+            return
+        meta = ModelMeta.from_metadata(self.metadata, f"{source}")
+        problems = []
+        for name, shape in list(self.inputs.items())[:1]:
+            want = ([*meta.frame_size, 3] if meta.input == INPUT_FRAMES else [3, meta.image_size, meta.image_size])
+            if list(shape[1:]) != want:
+                problems.append(f"input {name!r} is {list(shape[1:])} per image but its metadata says {want} "
+                                f"({meta.input}, image_size {meta.image_size}"
+                                + (f", frame_size {list(meta.frame_size)})" if meta.frame_size else ")"))
+        maps = self.outputs.get(OUTPUT_NAMES[1])
+        if maps is not None and list(maps[1:]) != [meta.image_size, meta.image_size]:
+            problems.append(f"output 'maps' is {list(maps[1:])} but its metadata says image_size {meta.image_size}")
+        if problems:
+            raise EngineCompatError(f"{source}: the sidecar contradicts itself: {'; '.join(problems)}; rebuild the "
+                                    "engine (wmoe export trt) instead of editing its sidecar")
+
     @classmethod
     def read(cls, path: Union[str, Path]) -> "EngineSidecar":
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(**d)
+            side = cls(**d)
         except FileNotFoundError:
             raise EngineCompatError(f"{path}: engine sidecar missing (it is written next to the engine by "
                                     f"wmoe export trt)") from None
         except (ValueError, TypeError, UnicodeDecodeError) as e:
             raise EngineCompatError(f"{path}: damaged engine sidecar ({e})") from None
+        try:
+            side.check_contract(path)
+        except ContractError as e:
+            raise EngineCompatError(str(e)) from None
+        return side
 
 
 def check_engine_compat(sidecar: EngineSidecar, gpu_name: str, tensorrt_version: str,

@@ -58,7 +58,9 @@ class TrtBackend:
             check_engine_compat(self.sidecar, self.cuda.device_name(), trt.__version__)
             self.logger = trt.Logger(trt.Logger.WARNING)
             self.runtime = trt.Runtime(self.logger)
-            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            blob = self.path.read_bytes()
+            self.sidecar.check_engine(self.path, blob)  # the sidecar (threshold, contract) is this engine's
+            self.engine = self.runtime.deserialize_cuda_engine(blob)
             if self.engine is None:
                 raise EngineCompatError(f"{path}: TensorRT could not deserialize the engine")
             self.stream = self.cuda.stream_create()
