@@ -116,3 +116,8 @@ def test_bad_targets_and_credentials_are_one_line_errors(tiny_onnx, tmp_path, ca
     assert camera.main(["--source", str(src), "--model", str(tiny_onnx[1]), "--mqtt", "h:1883/t", "--mqtt-user",
                         "u", "--mqtt-password-file", str(tmp_path / "missing")]) == 2
     assert "cannot read the MQTT password file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a password on the command line is refused, and not echoed
+        camera.main(["--source", str(src), "--model", str(tiny_onnx[1]), "--mqtt", "h:1883/t", "--mqtt-user", "u",
+                     "--mqtt-password", "hunter2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "never taken from the command line" in err and "hunter2" not in err

@@ -50,6 +50,15 @@ def _positive(name: str, minimum: int = 1):
     return parse
 
 
+class _RefusePassword(argparse.Action):
+    """``--mqtt-password VALUE`` is refused without echoing the value (a command line is visible to every user in
+    ``ps``); without this option argparse would take it as an abbreviation of ``--mqtt-password-file``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("the MQTT password is never taken from the command line (every user sees it in ps): use "
+                     "--mqtt-password-file FILE or the environment variable WMOE_MQTT_PASSWORD")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wmoe-camera", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mqtt-password-file", default=None, metavar="FILE",
                     help="file whose first line is the MQTT password (else $WMOE_MQTT_PASSWORD; never a "
                          "command-line value)")
+    ap.add_argument("--mqtt-password", action=_RefusePassword, help=argparse.SUPPRESS)
     ap.add_argument("--mqtt-ca", default=None, metavar="PEM",
                     help="CA certificate: connect with TLS and verify the broker against it")
     ap.add_argument("--mqtt-cert", default=None, metavar="PEM", help="client certificate for TLS (with --mqtt-key)")
