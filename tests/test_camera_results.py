@@ -151,3 +151,19 @@ def test_results_survive_a_killed_process(tiny_onnx, tmp_path):
     lines = text.splitlines()
     assert len(lines) >= 10 and text.endswith("\n")
     assert [json.loads(line)["frame"] for line in lines] == list(range(len(lines)))
+
+
+def test_full_disk_is_one_line_and_keeps_the_lines_written(tiny_onnx, tmp_path):
+    """The results file hits the file-size limit (a full disk, simulated with prlimit --fsize): one line naming the
+    file, exit 2, the lines written before intact."""
+    src = _folder(tmp_path / "in", 40, hw=(48, 64))
+    res = tmp_path / "r.jsonl"
+    r = subprocess.run(["prlimit", "--fsize=3000", sys.executable, "-m", "wmoe.runtime.camera", "--source", str(src),
+                        "--model", str(tiny_onnx[1]), "--results", str(res)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and str(res) in errors[0] and "lines written before" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and "final: " in r.stdout
+    lines = res.read_text().split("\n")
+    assert all(json.loads(line)["frame"] == i for i, line in enumerate(lines[:-1])) and len(lines) > 5

@@ -18,8 +18,8 @@
 ``fault``      empty, or what is wrong (non-finite output)
 =============  =====================================================================================================
 
-Durability: a result file is an append stream. Each line is written whole and flushed to the operating system
-before the next frame's result (a crash of the process loses nothing already scored, at most the line being written
+Durability: a result file is an append stream. Each line is handed to the operating system in one unbuffered
+``write`` before the next frame's result (a crash of the process loses nothing already scored, at most the line being written
 when it died); ``fsync`` runs every ``fsync_every`` lines and at close (a power cut loses at most that many lines;
 ``fsync_every=1`` for every line, at the cost of a disk sync per frame). The file is never rewritten: an existing
 file is refused unless ``append=True``, so the results of an earlier run are never lost. A CSV gets its header only
@@ -101,18 +101,20 @@ class ResultFile:
         self.csv = suffix == ".csv"
         self.fsync_every = max(int(fsync_every), 0)
         self.lines = 0
-        try:
-            self._f: IO[str] = open(self.path, "a", encoding="utf-8", newline="")
+        try:  # unbuffered: each line is one write() to the OS, so nothing waits in this process's memory
+            self._f: IO[bytes] = open(self.path, "ab", buffering=0)
         except OSError as e:
             raise ResultsError(f"{self.path}: cannot be written ({e.strerror or e})") from None
         if self.csv and self._f.tell() == 0:
             self._write(",".join(FIELDS) + "\n")
 
     def _write(self, line: str) -> None:
+        data = line.encode("utf-8")
         try:
-            self._f.write(line)
-            self._f.flush()  # whole lines reach the OS: a crash of this process loses at most the line being written
-            if self.fsync_every and self.lines % self.fsync_every == 0:
+            n = self._f.write(data)
+            if n != len(data):  # a short write: the disk filled up in the middle of the line
+                raise OSError(28, f"only {n} of {len(data)} bytes of a line written (disk full?)")
+            if self.fsync_every and (self.lines + 1) % self.fsync_every == 0:
                 os.fsync(self._f.fileno())
         except OSError as e:
             raise ResultsError(f"{self.path}: writing a result failed ({e.strerror or e}); "
@@ -126,15 +128,16 @@ class ResultFile:
             line = buf.getvalue()
         else:
             line = r.to_json() + "\n"
-        self.lines += 1
         self._write(line)
+        self.lines += 1
 
     def close(self) -> None:
         if self._f.closed:
             return
         try:
-            self._f.flush()
             os.fsync(self._f.fileno())
+        except OSError:
+            pass  # nothing is buffered here; a sync that fails (a full disk) must not hide the error that ended the run
         finally:
             self._f.close()
 
