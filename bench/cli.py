@@ -8,7 +8,7 @@ from typing import List, Optional
 from wmoe.cli_run import run, standalone
 from wmoe.cli_types import existing_file, finite_float, int_list, list_of, non_negative_int, output_dir, positive_int
 
-from .backends import ALL_BACKENDS
+from .backend_names import ALL_BACKENDS
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -59,6 +59,11 @@ def register(subparsers) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:  # the runtime-only install: one line, even for --help
+        print('wmoe-bench: error: the bench runs the PyTorch model beside every backend and needs the model stack '
+              '(torch is not installed): pip install "wmoe[bench]"', file=sys.stderr)
+        return 2
     return run(standalone(register, "bench", "wmoe-bench"), argv)
 
 

@@ -98,9 +98,7 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
                 raise ExportError(str(e)) from None
     decision = decision or Decision()
     try:
-        decision = Decision(threshold if threshold is not None else decision.threshold,
-                            pixel_threshold if pixel_threshold is not None else decision.pixel_threshold,
-                            decision.score, decision.calibration)
+        decision = decision.with_overrides(threshold, pixel_threshold)
     except ContractError as e:
         raise ExportError(str(e)) from None
     if isinstance(ckpt_or_model, WMoECLIP) and (precision != "fp32" or model.training or any(

@@ -36,6 +36,9 @@ def test_train_eval_predict_workflow(tmp_path):
     r = run("eval", ckpt, data, "--classes", "gravel,cell", "--out", tmp_path / "eval")
     assert "| **mean** |" in r.stdout
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["extra"]["threshold"] is not None
+    assert not (tmp_path / "run" / "last.safetensors.threshold.json").exists()  # eval reports, it does not decide
+    r = run("calibrate", ckpt, data, "--classes", "gravel,cell", "--false-reject-rate", "0.1")
+    assert "class gravel: image threshold" in r.stdout and "last.safetensors.threshold.json" in r.stdout
     bad = tmp_path / "bad.png"
     bad.write_text("not a png")
     imgs = sorted((data / "gravel" / "test" / "good").glob("*.png"))[:2]

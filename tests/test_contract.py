@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from wmoe.contract import (CLIP_MEAN, ContractError, Decision, EngineCompatError, EngineSidecar, ModelMeta,
                            PreprocessSpec, check_engine_compat, parse_precision, threshold_path)
 from wmoe.onnx_meta import read_onnx_external_files, read_onnx_metadata
+from wmoe.errors import ProviderUnavailableError
 from wmoe.runtime.session import PROVIDERS, make_session, provider_chain
 
 
@@ -160,8 +161,11 @@ def test_provider_chain_registers_cuda_behind_tensorrt(tmp_path):
     frames = ModelMeta(image_size=336, input="frames", frame_size=(480, 640))
     assert provider_chain("tensorrt", gpu, frames, tmp_path)[0][1]["trt_profile_opt_shapes"] == "frames:8x480x640x3"
     assert provider_chain("tensorrt", gpu, frames, tmp_path)[0][1]["trt_fp16_enable"] == "False"
+    with pytest.raises(ProviderUnavailableError, match="TensorrtExecutionProvider not available.*"
+                       "--allow-cpu-fallback"):
+        provider_chain("tensorrt", gpu[1:], meta, tmp_path)
     with pytest.warns(RuntimeWarning, match="TensorrtExecutionProvider.*running on CUDAExecutionProvider"):
-        chain = provider_chain("tensorrt", gpu[1:], meta, tmp_path)
+        chain = provider_chain("tensorrt", gpu[1:], meta, tmp_path, allow_cpu_fallback=True)
     assert chain == gpu[1:]
     with pytest.raises(ValueError, match="batch profile"):
         provider_chain("tensorrt", gpu, meta, tmp_path, (8, 1, 16))

@@ -30,9 +30,15 @@ def data(tmp_path):
                              categories=["gravel", "cell"])
 
 
-def test_eval_writes_tables_and_stores_threshold(ckpt, data, tmp_path):
+def test_eval_reports_and_stores_the_threshold_only_when_asked(ckpt, data, tmp_path):
     before = ckpt.read_bytes()
     table = evaluate(ckpt, data, out_dir=tmp_path / "out", progress=False)
+    # issue 20: evaluating never replaces the deployment decision silently (it used to rewrite it every time)
+    assert not threshold_path(ckpt).exists()
+    rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,class,label,score,verdict" and len(rows) == 13  # per-image scores
+    assert sorted({r.split(",")[1] for r in rows[1:]}) == ["cell", "gravel"]
+    table = evaluate(ckpt, data, out_dir=tmp_path / "out", progress=False, store_threshold=True)
     assert [r.name for r in table.rows] == ["cell", "gravel"]
     for r in table.rows:
         assert r.n_images == 6 and r.n_anomalous == 3
@@ -47,9 +53,19 @@ def test_eval_writes_tables_and_stores_threshold(ckpt, data, tmp_path):
     assert ckpt.read_bytes() == before
     dec = Decision.from_json(threshold_path(ckpt).read_text())
     assert dec.threshold == pytest.approx(doc["extra"]["threshold"])
-    assert dec.calibration["n_images"] == 12 and dec.calibration["n_anomalous"] == 6
+    assert dec.record.method == "f1-max" and dec.record.n_good == 6 and dec.record.n_defective == 6
+    c = dec.record.operating_points["f1-max"]["confusion"]
+    assert c["tp"] + c["fn"] == 6 and c["fp"] + c["tn"] == 6
     assert dec.calibration["classes"] == ["cell", "gravel"] and dec.calibration["checkpoint_sha256"] == sha256_file(ckpt)
     assert Detector.from_checkpoint(ckpt).threshold == dec.threshold
+    # with a stored decision, the evaluation reports the confusion counts at it (and the verdicts per image)
+    stored = evaluate(ckpt, data, out_dir=tmp_path / "out2", progress=False)
+    counts = {k: c[k] for k in ("tp", "fp", "tn", "fn")}
+    assert stored.extra["decision"]["method"] == "f1-max"
+    assert stored.extra["decision"]["confusion"] == {**counts, "undecided": 0}
+    assert {r.split(",")[4] for r in (tmp_path / "out2" / "scores.csv").read_text().splitlines()[1:]} <= {
+        "anomalous", "normal"}
+    assert Decision.from_json(threshold_path(ckpt).read_text()) == dec  # unchanged
     # a threshold calibrated on another checkpoint (this one retrained since) is refused, naming the file
     stale = ckpt.with_name("retrained.safetensors")
     stale.write_bytes(before + b" ")  # other bytes: another SHA-256

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from wmoe.detector import Detector
@@ -73,9 +74,11 @@ def test_runtime_does_not_import_torch(model_files):
 
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
-def test_gpu_providers_by_flag_fall_back_with_a_warning(model_files, provider):
+def test_gpu_provider_that_cannot_be_had_is_an_error_unless_fallback_allowed(model_files, provider, tmp_path):
+    """Issue 20 item 6: --provider cuda on a machine without it used to warn and score on the CPU (exit 0)."""
     import onnxruntime as ort
 
+    from wmoe.errors import ProviderUnavailableError
     from wmoe.runtime.session import PROVIDERS, make_session
     from wmoe.runtime.onnx_backend import OnnxBackend
     _, onnx_path = model_files
@@ -84,12 +87,28 @@ def test_gpu_providers_by_flag_fall_back_with_a_warning(model_files, provider):
         assert make_session(onnx_path, provider=provider).get_providers()[0] == want
         assert OnnxBackend(onnx_path, provider=provider).session.get_providers()[0] == want
         return
+    with pytest.raises(ProviderUnavailableError, match=f"{want}.*not available.*onnxruntime-gpu.*"
+                       "--allow-cpu-fallback"):
+        make_session(onnx_path, provider=provider)
+    with pytest.raises(ProviderUnavailableError, match=want):
+        Runtime.open(onnx_path, provider=provider)
     with pytest.warns(RuntimeWarning, match=want):
-        sess = make_session(onnx_path, provider=provider)
+        sess = make_session(onnx_path, provider=provider, allow_cpu_fallback=True)
     assert sess.get_providers() == ["CPUExecutionProvider"]
     with pytest.warns(RuntimeWarning, match=want):
-        be = OnnxBackend(onnx_path, provider=provider)
-    assert be.session.get_providers() == ["CPUExecutionProvider"]
+        rt = Runtime.open(onnx_path, provider=provider, allow_cpu_fallback=True)
+    assert rt.backend.session.get_providers() == ["CPUExecutionProvider"]
+    # the camera loop: one line naming what is missing, exit status 2; runs with --allow-cpu-fallback
+    src = tmp_path / "frames"
+    src.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(src / "0.png")
+    cmd = [sys.executable, "-m", "wmoe.runtime.camera", "--source", str(src), "--model", str(onnx_path),
+           "--provider", provider]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and want in r.stderr and "--allow-cpu-fallback" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run(cmd + ["--allow-cpu-fallback"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and want in r.stderr, r.stdout + r.stderr[-2000:]
     with pytest.raises(ValueError, match="provider must be one of"):
         make_session(onnx_path, provider="rocm")
 

@@ -77,9 +77,33 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
     table = evaluate(a.checkpoint, a.data, meta=a.meta, classes=_classes(a.classes), batch_size=a.batch_size,
                      out_dir=a.out, pro=not a.no_pro, sigma=a.sigma, pretrained=a.pretrained, device=a.device,
-                     store_threshold=not a.no_store_threshold)
+                     store_threshold=a.write_threshold)
     print(table.to_markdown())
-    print(f"wrote {a.out}/metrics.md, .csv, .json")
+    print(f"wrote {a.out}/metrics.md, .csv, .json and scores.csv (per image)")
+    return 0
+
+
+def _open_unit_float(s: str) -> float:
+    v = finite_float(s)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {s}")
+    return v
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .calibration import CalibrationConfig, summary_lines
+    cfg = CalibrationConfig(method=a.method, false_reject_rate=a.false_reject_rate, defect_recall=a.defect_recall,
+                            pixel_rate=a.pixel_rate, pixel=not a.no_pixel, per_class=not a.no_per_class)
+    decision, written = calibrate(a.model, a.data, cfg, split=a.split, classes=_classes(a.classes),
+                                  classes_from_folders=a.classes_from_folders, write=not a.dry_run, out=a.out,
+                                  scores_csv=a.scores_csv, batch_size=a.batch_size, provider=a.provider,
+                                  allow_cpu_fallback=a.allow_cpu_fallback, device=a.device, pretrained=a.pretrained)
+    for line in summary_lines(decision):
+        print(line)
+    if a.scores_csv:
+        print(f"wrote {a.scores_csv}")
+    print(f"wrote the decision to {written}" if written else "dry run: the stored decision is unchanged")
     return 0
 
 
@@ -161,10 +185,49 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive_int, default=8)
     e.add_argument("--sigma", type=non_negative_float, default=4.0, help="Gaussian smoothing of the maps")
     e.add_argument("--no-pro", action="store_true", help="skip the PRO metrics")
-    e.add_argument("--no-store-threshold", action="store_true",
-                   help="do not write the F1-max threshold to CKPT.threshold.json (the checkpoint is never rewritten)")
+    e.add_argument("--write-threshold", action="store_true",
+                   help="replace the stored decision (CKPT.threshold.json) by this set's F1-max threshold; without "
+                        "it evaluation only reports (wmoe calibrate sets the decision)")
+    e.add_argument("--no-store-threshold", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
     model_args(e)
     e.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("calibrate", help="set the decision (thresholds) from good images, store it with the model",
+                       description="Score images with MODEL (a checkpoint, or an exported ONNX / engine: the "
+                       "torch-free runtime) and set its image threshold at a target false-reject rate on good "
+                       "images (finite-sample quantile; see docs/calibration.md), its pixel threshold, and with "
+                       "labelled images the F1-max and defect-recall operating points; per class when the images "
+                       "have classes. Stored where the model keeps its decision (CKPT.threshold.json, the ONNX "
+                       "metadata, the engine sidecar).")
+    c.add_argument("model", type=existing_file, help="checkpoint (.safetensors), model.onnx or model.engine")
+    c.add_argument("data", help="folder of good images, or a data root / meta.json (labels and classes from it)")
+    c.add_argument("--method", default="false-reject-rate",
+                   type=one_of(["false-reject-rate", "f1-max", "defect-recall"], "method"),
+                   help="which threshold becomes the decision (f1-max, defect-recall: labelled images)")
+    c.add_argument("--false-reject-rate", type=_open_unit_float, default=0.01, metavar="RATE",
+                   help="target fraction of good parts called anomalous; needs >= 1/RATE - 1 good images")
+    c.add_argument("--defect-recall", type=_open_unit_float, default=0.95, metavar="R",
+                   help="target fraction of defective parts caught (labelled images)")
+    c.add_argument("--pixel-rate", type=_open_unit_float, default=None, metavar="RATE",
+                   help="target fraction of good parts showing any defect pixel (default: --false-reject-rate)")
+    c.add_argument("--no-pixel", action="store_true", help="leave the pixel threshold out")
+    c.add_argument("--no-per-class", action="store_true", help="one threshold for all classes")
+    c.add_argument("--split", default="all", type=one_of(["all", "train", "test"], "split"),
+                   help="which split of a meta.json")
+    c.add_argument("--classes", default=None, help="comma-separated subset of the classes")
+    c.add_argument("--classes-from-folders", action="store_true",
+                   help="a folder of good images: its first-level sub-folders name the classes")
+    c.add_argument("--out", default=None, type=output_file,
+                   help="write the decision here instead (a JSON for a checkpoint, a copy of an ONNX)")
+    c.add_argument("--dry-run", action="store_true", help="print the decision, store nothing")
+    c.add_argument("--scores-csv", default=None, type=output_file, help="per-image scores as CSV")
+    c.add_argument("--batch-size", type=positive_int, default=8)
+    c.add_argument("--provider", default="cpu", type=one_of(["cpu", "cuda", "tensorrt"], "provider"),
+                   help="ONNX Runtime provider for an exported model")
+    c.add_argument("--allow-cpu-fallback", action="store_true",
+                   help="run on the CPU when --provider cannot be had (default: an error)")
+    model_args(c)
+    c.set_defaults(func=_cmd_calibrate)
 
     pr = sub.add_parser("predict", help="score images; CSV/JSON and heatmap overlays")
     pr.add_argument("checkpoint")

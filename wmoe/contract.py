@@ -143,46 +143,184 @@ class PreprocessSpec:
 
 # --- the decision -------------------------------------------------------------------------------------------------
 
+#: How a decision's image threshold was set (``CalibrationRecord.method``).
+METHOD_FALSE_REJECT = "false-reject-rate"  # from good images only: the finite-sample quantile (wmoe.calibration)
+METHOD_F1_MAX = "f1-max"                   # labelled images: the F1-max point of the PR curve
+METHOD_DEFECT_RECALL = "defect-recall"     # labelled images: the highest threshold reaching a defect recall
+METHOD_GIVEN = "given"                     # a number the user typed (export --threshold, ...)
+CALIBRATION_METHODS: Tuple[str, ...] = (METHOD_FALSE_REJECT, METHOD_F1_MAX, METHOD_DEFECT_RECALL, METHOD_GIVEN)
+
+
+@dataclass
+class CalibrationRecord:
+    """How a :class:`Decision` was calibrated: the typed view of ``Decision.calibration`` (a JSON object).
+
+    ``method`` is one of :data:`CALIBRATION_METHODS` ("" in files written before it was recorded), ``target`` the
+    false-reject rate or defect recall aimed at, ``quantile_rule`` the order-statistic rule in words, ``n_good`` /
+    ``n_defective`` the images it was computed from, ``per_class`` the same per product class, ``operating_points``
+    every threshold computed (method -> threshold, confusion counts), ``model`` / ``model_sha256`` what scored the
+    images. Keys this version does not know (older files: ``rule``, ``data_root``, ...) are kept in ``extra`` and
+    written back unchanged.
+    """
+
+    method: str = ""
+    target: Optional[float] = None
+    quantile_rule: str = ""
+    n_good: int = 0
+    n_defective: int = 0
+    pixel_method: str = ""
+    pixel_target: Optional[float] = None
+    data: str = ""
+    model: str = ""
+    model_sha256: str = ""
+    checkpoint_sha256: str = ""
+    created: str = ""
+    tool: str = ""
+    per_class: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    operating_points: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "extra" and v not in ("", None, {}, 0)}
+        return {**self.extra, **d}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CalibrationRecord":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        rec = cls(**{k: v for k, v in d.items() if k in known},
+                  extra={k: v for k, v in d.items() if k not in known})
+        if rec.method and rec.method not in CALIBRATION_METHODS:
+            raise ContractError(f"unknown calibration method {rec.method!r} (known: {', '.join(CALIBRATION_METHODS)})")
+        return rec
+
+
+def _finite(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ContractError(f"decision {name} must be a finite number, got {v!r}")
+    return float(v)
+
+
 @dataclass
 class Decision:
-    """The decision that travels with a model: image threshold on ``scores`` (anomalous when ``score >= threshold``),
-    optional pixel threshold on ``maps`` for a defect mask, what the score means, and a summary of the calibration
-    data (written by ``wmoe eval`` into ``<checkpoint>.threshold.json``)."""
+    """The decision that travels with a model, written by ``wmoe calibrate`` (or ``wmoe eval --write-threshold``).
+
+    - ``threshold``: image threshold on ``scores`` (anomalous when ``score >= threshold``); with per-class
+      thresholds, the one for images of no (or an unlisted) class.
+    - ``class_thresholds``: per product class (``{"pcb": 1.28, "screw": 1.52}``), chosen at run time by a class
+      name (:meth:`threshold_for`).
+    - ``pixel_threshold`` / ``class_pixel_thresholds``: the same on ``maps`` for the defect mask.
+    - ``score``: what a score means; ``calibration``: how it was calibrated (:class:`CalibrationRecord` as a dict).
+
+    One serialization (:meth:`to_json` / :meth:`from_json`) is used by every carrier: ``CKPT.threshold.json``, the
+    ONNX ``wmoe.decision`` metadata, the engine sidecar (which copies that metadata) and the Triton repository's
+    ``config.pbtxt`` parameters (likewise). Empty per-class maps are not written, so a decision without classes
+    reads the same as before they existed, and files written before are read unchanged.
+    """
 
     threshold: Optional[float] = None
     pixel_threshold: Optional[float] = None
     score: str = SCORE_MEANING
     calibration: Dict[str, Any] = field(default_factory=dict)
+    class_thresholds: Dict[str, float] = field(default_factory=dict)
+    class_pixel_thresholds: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("threshold", "pixel_threshold"):
             v = getattr(self, name)
             if v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise ContractError(f"decision {name} must be a finite number, got {v!r}")
-                setattr(self, name, float(v))
+                setattr(self, name, _finite(name, v))
+        for name in ("class_thresholds", "class_pixel_thresholds"):
+            m = getattr(self, name) or {}
+            if not isinstance(m, Mapping):
+                raise ContractError(f"decision {name} must map class names to numbers, got {type(m).__name__}")
+            setattr(self, name, {str(c): _finite(f"{name}[{c!r}]", v) for c, v in sorted(m.items())})
+        if not isinstance(self.calibration, Mapping):
+            raise ContractError(f"decision calibration must be a JSON object, got {type(self.calibration).__name__}")
+        self.calibration = dict(self.calibration)
+        CalibrationRecord.from_dict(self.calibration)  # an unknown method is refused when read, not when used
 
-    def verdicts(self, scores: np.ndarray) -> List[str]:
+    @property
+    def record(self) -> CalibrationRecord:
+        """How this decision was calibrated (typed)."""
+        return CalibrationRecord.from_dict(self.calibration)
+
+    @property
+    def classes(self) -> List[str]:
+        """The classes with their own image or pixel threshold (sorted)."""
+        return sorted(set(self.class_thresholds) | set(self.class_pixel_thresholds))
+
+    def check_class(self, class_name: Optional[str]) -> None:
+        """Refuse a class name this decision does not know while it has per-class thresholds (a typo would
+        otherwise silently judge parts by the global threshold)."""
+        if class_name is not None and self.classes and class_name not in self.classes:
+            raise ContractError(f"no threshold for class {class_name!r}: this model's decision knows "
+                                f"{', '.join(self.classes)} (or give no class for the global threshold)")
+
+    def threshold_for(self, class_name: Optional[str] = None) -> Optional[float]:
+        """The image threshold for ``class_name`` (its own, else the global one; None: no threshold known)."""
+        if class_name is not None and class_name in self.class_thresholds:
+            return self.class_thresholds[class_name]
+        return self.threshold
+
+    def pixel_threshold_for(self, class_name: Optional[str] = None) -> Optional[float]:
+        if class_name is not None and class_name in self.class_pixel_thresholds:
+            return self.class_pixel_thresholds[class_name]
+        return self.pixel_threshold
+
+    def verdicts(self, scores: np.ndarray, class_names: Union[None, str, Sequence[Optional[str]]] = None
+                 ) -> List[str]:
         """Per image: ``anomalous`` / ``normal``, or ``undecided`` for a non-finite score (a broken model or frame
-        must never pass as normal) or when no threshold is known."""
+        must never pass as normal) or when no threshold is known. ``class_names``: one class for all images or
+        one per image (None: the global threshold)."""
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        names = ([class_names] * len(s) if class_names is None or isinstance(class_names, str)
+                 else list(class_names))
+        if len(names) != len(s):
+            raise ContractError(f"{len(names)} class names for {len(s)} scores")
         out = []
-        for s in np.asarray(scores, dtype=np.float64).reshape(-1):
-            if self.threshold is None or not math.isfinite(s):
+        for v, c in zip(s, names):
+            t = self.threshold_for(c)
+            if t is None or not math.isfinite(v):
                 out.append(VERDICT_UNDECIDED)
             else:
-                out.append(VERDICT_ANOMALOUS if s >= self.threshold else VERDICT_NORMAL)
+                out.append(VERDICT_ANOMALOUS if v >= t else VERDICT_NORMAL)
         return out
 
-    def mask(self, amap: np.ndarray) -> Optional[np.ndarray]:
-        """Boolean defect mask ``amap >= pixel_threshold`` (None when no pixel threshold is known). Non-finite
+    def mask(self, amap: np.ndarray, class_name: Optional[str] = None) -> Optional[np.ndarray]:
+        """Boolean defect mask ``amap >= pixel threshold`` (None when no pixel threshold is known). Non-finite
         pixels are marked defective: a fault is never hidden."""
-        if self.pixel_threshold is None:
+        t = self.pixel_threshold_for(class_name)
+        if t is None:
             return None
         a = np.asarray(amap)
-        return (a >= self.pixel_threshold) | ~np.isfinite(a)
+        return (a >= t) | ~np.isfinite(a)
+
+    def with_overrides(self, threshold: Optional[float] = None,
+                       pixel_threshold: Optional[float] = None) -> "Decision":
+        """A copy where a given ``threshold`` / ``pixel_threshold`` replaces the stored one for every class (a
+        number typed by the user wins over what calibration chose; the record says so)."""
+        if threshold is None and pixel_threshold is None:
+            return Decision(**self.to_dict())
+        d = self.to_dict()
+        cal = dict(d.get("calibration", {}))
+        if threshold is not None:
+            d["threshold"], d["class_thresholds"] = threshold, {}
+            cal["overridden"] = sorted(set(cal.get("overridden", [])) | {"threshold"})
+        if pixel_threshold is not None:
+            d["pixel_threshold"], d["class_pixel_thresholds"] = pixel_threshold, {}
+            cal["overridden"] = sorted(set(cal.get("overridden", [])) | {"pixel_threshold"})
+        d["calibration"] = cal
+        return Decision(**d)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        for k in ("class_thresholds", "class_pixel_thresholds"):
+            if not d[k]:
+                del d[k]  # files without classes stay readable by versions before them
+        return d
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "decision") -> "Decision":
@@ -190,7 +328,10 @@ class Decision:
         extra = sorted(set(d) - known)
         if extra:
             raise ContractError(f"{source}: unknown decision fields {extra} (known: {sorted(known)})")
-        return cls(**dict(d))
+        try:
+            return cls(**dict(d))
+        except ContractError as e:
+            raise ContractError(f"{source}: {e}") from None
 
     @classmethod
     def from_json(cls, text: str, source: str = "decision") -> "Decision":
@@ -204,7 +345,8 @@ class Decision:
 
 
 def threshold_path(checkpoint: Union[str, Path]) -> Path:
-    """Where ``wmoe eval`` writes a checkpoint's decision: ``<checkpoint>.threshold.json`` beside it."""
+    """Where a checkpoint's decision lives: ``<checkpoint>.threshold.json`` beside it (written by ``wmoe calibrate``
+    or ``wmoe eval --write-threshold``)."""
     p = Path(checkpoint)
     return p.with_name(p.name + ".threshold.json")
 
@@ -222,7 +364,7 @@ def read_decision_file(path: Union[str, Path]) -> Decision:
 
 def decision_for_checkpoint(checkpoint: Union[str, Path], checkpoint_sha256: Optional[str] = None
                             ) -> Optional[Decision]:
-    """The decision ``wmoe eval`` stored beside ``checkpoint`` (None when there is none). A file calibrated on another
+    """The decision stored beside ``checkpoint`` (None when there is none). A file calibrated on another
     checkpoint (its recorded SHA-256 differs: the checkpoint was retrained or replaced since) is refused, naming both
     files, so a stale threshold never ships with a model."""
     tp = threshold_path(checkpoint)
@@ -234,8 +376,22 @@ def decision_for_checkpoint(checkpoint: Union[str, Path], checkpoint_sha256: Opt
         actual = checkpoint_sha256 or sha256_file(checkpoint)
         if recorded != actual:
             raise ContractError(f"{tp}: calibrated on another checkpoint (SHA-256 {recorded[:12]}..., {checkpoint} "
-                                f"is {actual[:12]}...): re-run wmoe eval on it, or give the threshold explicitly")
+                                f"is {actual[:12]}...): re-run wmoe calibrate on it, or give the threshold explicitly")
     return decision
+
+
+def decision_metadata(decision: Decision) -> Dict[str, str]:
+    """The metadata entries that carry a decision (ONNX ``metadata_props``, engine sidecar, Triton parameters):
+    ``wmoe.decision`` (:meth:`Decision.to_json`) and, when there is a global threshold, the plain
+    ``wmoe.threshold`` a generic tool (Netron, Triton's model config) shows."""
+    m = {META_PREFIX + "decision": decision.to_json()}
+    if decision.threshold is not None:
+        m[META_PREFIX + "threshold"] = repr(decision.threshold)
+    return m
+
+
+#: The metadata keys :func:`decision_metadata` may write (all are replaced when a decision is rewritten).
+DECISION_METADATA_KEYS: Tuple[str, ...] = (META_PREFIX + "decision", META_PREFIX + "threshold")
 
 
 # --- ONNX metadata ------------------------------------------------------------------------------------------------
@@ -286,11 +442,10 @@ class ModelMeta:
             "image_size": str(int(self.image_size)), "input": self.input, "flavor": self.flavor,
             "precision": self.precision, "preprocess": self.preprocess.to_json(),
             "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
-            "decision": self.decision.to_json(), "config": self.config,
+            "config": self.config,
             "checkpoint_sha256": self.checkpoint_sha256, "version": self.version, "exporter": self.exporter,
         }
-        if self.decision.threshold is not None:  # plain key too: what a generic tool (Netron, Triton) shows
-            m["threshold"] = repr(self.decision.threshold)
+        m.update({k[len(META_PREFIX):]: v for k, v in decision_metadata(self.decision).items()})
         if self.frame_size:
             m["frame_size"] = json.dumps([int(v) for v in self.frame_size])
         if self.quantization:
@@ -432,3 +587,64 @@ def check_engine_compat(sidecar: EngineSidecar, gpu_name: str, tensorrt_version:
         if len(want) != len(input_shape) or any(w not in (-1, g) for w, g in zip(want, input_shape)) or not ok_batch:
             raise EngineCompatError(f"input shape {tuple(input_shape)} does not fit engine {sidecar.engine}: "
                                     f"expects {want} with batch in {sidecar.batch_ranges}")
+
+
+# --- the decision's carriers: one reader, one writer ----------------------------------------------------------------
+
+ENGINE_SUFFIXES: Tuple[str, ...] = (".engine", ".plan")
+
+
+def decision_carrier(path: Union[str, Path]) -> str:
+    """Which file holds the decision of the model at ``path``: ``onnx`` (its metadata), ``engine`` (the sidecar's
+    copy of that metadata), ``file`` (a decision JSON such as ``CKPT.threshold.json``) or ``checkpoint`` (the
+    ``<checkpoint>.threshold.json`` beside it)."""
+    p = Path(path)
+    if p.suffix == ".onnx":
+        return "onnx"
+    if p.suffix in ENGINE_SUFFIXES:
+        return "engine"
+    if p.suffix == ".json":
+        return "file"
+    return "checkpoint"
+
+
+def read_decision(path: Union[str, Path]) -> Decision:
+    """The decision of a model (ONNX, engine, checkpoint) or a decision file; an empty :class:`Decision` for a
+    checkpoint without one. Every reader of a stored decision goes through here or :class:`ModelMeta`."""
+    kind = decision_carrier(path)
+    if kind == "onnx":
+        from .onnx_meta import read_onnx_metadata
+        return ModelMeta.from_metadata(read_onnx_metadata(path), str(path)).decision
+    if kind == "engine":
+        return EngineSidecar.read(EngineSidecar.path_for(path)).model_meta.decision
+    if kind == "file":
+        return read_decision_file(path)
+    return decision_for_checkpoint(path) or Decision()
+
+
+def write_decision(path: Union[str, Path], decision: Decision, out: Optional[Union[str, Path]] = None) -> Path:
+    """Store ``decision`` with the model at ``path``; return the file written. Atomic: written beside, then renamed,
+    so a reader sees the old decision or the new one, never a torn file.
+
+    - checkpoint: ``<checkpoint>.threshold.json`` (``out``: another file name);
+    - ONNX: its ``wmoe.decision`` / ``wmoe.threshold`` metadata entries are replaced, the graph copied byte for byte
+      (``out``: write the result to another ONNX file and leave ``path`` as it is);
+    - engine: the sidecar's copy of that metadata (TensorRT engines cannot carry metadata themselves).
+
+    A Triton repository takes the decision of the ONNX / engine / checkpoint it is written from.
+    """
+    from .atomic import atomic_write_text
+    kind = decision_carrier(path)
+    if kind == "onnx":
+        from .onnx_meta import write_onnx_metadata
+        return write_onnx_metadata(path, decision_metadata(decision), remove=DECISION_METADATA_KEYS, out=out)
+    if kind == "engine":
+        side_path = EngineSidecar.path_for(path)
+        side = EngineSidecar.read(side_path)
+        meta = {k: v for k, v in side.metadata.items() if k not in DECISION_METADATA_KEYS}
+        side.metadata = {**meta, **decision_metadata(decision)}
+        side.model_meta  # noqa: B018 - the result must still parse
+        return side.write(out or side_path)
+    target = Path(out) if out is not None else (Path(path) if kind == "file" else threshold_path(path))
+    atomic_write_text(target, json.dumps(decision.to_dict(), indent=2, sort_keys=True) + "\n")
+    return target

@@ -63,7 +63,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     t = time.time()
     print(f"[3/4] zero-shot evaluation on {', '.join(DEMO_TEST_CLASSES)}")
     table = evaluate(ckpt, root, classes=list(DEMO_TEST_CLASSES), out_dir=out / "eval", pretrained=cfg.pretrained,
-                     device=cfg.device)
+                     device=cfg.device, store_threshold=True)
     times["eval"] = time.time() - t
     t = time.time()
     print("[4/4] predictions and report")

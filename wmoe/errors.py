@@ -49,3 +49,8 @@ def printable(text: Union[str, "os.PathLike[str]", BaseException]) -> str:
         return os.fsencode(s).decode("utf-8", "backslashreplace")
     except UnicodeError:  # a surrogate that no file name produced
         return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class ProviderUnavailableError(WMoEError, RuntimeError):
+    """An execution provider asked for by name (``--provider cuda``/``tensorrt``) cannot run here; the message names
+    what is missing. Running elsewhere instead is opt-in (``--allow-cpu-fallback``), never silent."""

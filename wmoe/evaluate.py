@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from .atomic import atomic_write_text, ensure_output_dir
 from .checkpoint import load_model
-from .contract import Decision, sha256_file, threshold_path
+from .contract import (METHOD_F1_MAX, ContractError, VERDICT_ANOMALOUS, VERDICT_NORMAL, CalibrationRecord, Decision,
+                       decision_for_checkpoint, sha256_file, write_decision)
 from .data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
 from .errors import NonFiniteError
 from .expert_health import ExpertUsage, moe_routing, usage_line, usage_markdown
@@ -27,11 +29,13 @@ from .model import WMoECLIP
 
 @torch.no_grad()
 def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: str, skipped: SkippedFiles,
-                 bar, usage: Optional[ExpertUsage] = None) -> "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]":
+                 bar, usage: Optional[ExpertUsage] = None, paths: Optional[List[str]] = None
+                 ) -> "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]":
     labels: List[np.ndarray] = []
     scores: List[np.ndarray] = []
     maps: List[np.ndarray] = []
     masks: List[np.ndarray] = []
+    paths = [] if paths is None else paths
     for batch, bad in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate):
         skipped.add(bad)
         n = len(bad) + (0 if batch is None else len(batch["label"]))
@@ -46,6 +50,7 @@ def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: s
             if usage is not None and out.moe_context is not None:
                 usage.update(moe_routing(model.samoe, out.moe_context))
             labels.append(batch["label"].numpy())
+            paths.extend(str(p) for p in batch["img_path"])
             scores.append(out.scores.float().cpu().numpy())
             maps.append(out.maps.float().cpu().numpy().astype(np.float16))
             masks.append(batch["mask"][:, 0].numpy() > 0.5)
@@ -60,13 +65,15 @@ def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: s
 def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Path], meta=None,
              classes: Optional[Sequence[str]] = None, batch_size: int = 8, out_dir: Optional[Union[str, Path]] = None,
              pro: bool = True, sigma: float = 4.0, pretrained: Optional[str] = None, device: Optional[str] = None,
-             store_threshold: bool = True, progress: bool = True) -> MetricsTable:
-    """Evaluate on the test split of ``data_root``; write metrics.md/.csv/.json and skipped.json to ``out_dir``.
+             store_threshold: bool = False, progress: bool = True) -> MetricsTable:
+    """Evaluate on the test split of ``data_root``; write metrics.md/.csv/.json, the per-image ``scores.csv``
+    (path, class, label, score, verdict at the stored decision) and skipped.json to ``out_dir``.
 
-    With a checkpoint path and ``store_threshold``, the F1-max threshold over all evaluated images (image scores) and
-    a summary of the data it was calibrated on are written to ``<checkpoint>.threshold.json`` beside it
-    (:class:`wmoe.contract.Decision`, atomically), where ``wmoe predict``, :class:`wmoe.Detector` and
-    ``wmoe export`` find it. The checkpoint itself is never rewritten (its SHA-256, recorded in exports, stays valid).
+    Evaluation reports; it does not decide. The stored decision (``<checkpoint>.threshold.json``, set by
+    ``wmoe calibrate``) is read, and the confusion counts at it are reported (``table.extra["decision"]``), but
+    it is replaced only when asked: with ``store_threshold`` (``wmoe eval --write-threshold``) the F1-max threshold
+    over all evaluated images is written there, recorded as method ``f1-max`` with its confusion counts, and the
+    change is printed. The checkpoint itself is never rewritten (its SHA-256, recorded in exports, stays valid).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if out_dir is not None:
@@ -92,7 +99,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         bar = tqdm(total=total, desc="eval", unit="img", dynamic_ncols=True)
     table = MetricsTable()
     skipped = SkippedFiles()
-    all_labels, all_scores = [], []
+    all_labels, all_scores, all_paths, all_classes = [], [], [], []
     # SA-MoE utilization per class and over all classes (the report's "expert utilization" section)
     usages = {c: ExpertUsage(model.samoe.w1.shape[0], model.samoe.top_k) for c in chosen} if model.samoe else {}
     t0 = time.time()
@@ -109,9 +116,13 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         for cls, ds in zip(chosen, datasets):
             if bar is not None:
                 bar.set_postfix_str(cls)
-            labels, scores, maps, masks = _infer_class(model, ds, batch_size, device, skipped, bar, usages.get(cls))
+            cls_paths: List[str] = []
+            labels, scores, maps, masks = _infer_class(model, ds, batch_size, device, skipped, bar, usages.get(cls),
+                                                       cls_paths)
             all_labels.append(labels)
             all_scores.append(scores)
+            all_paths += cls_paths
+            all_classes += [cls] * len(cls_paths)
             if pending and pending[-1][1] is not None:
                 pending[-1][1].result()  # back-pressure: bound the memory
             if labels.size == 0:
@@ -126,7 +137,6 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         bar.close()
     labels = np.concatenate(all_labels) if all_labels else np.zeros(0)
     scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         overall = image_metrics(labels, scores)
@@ -149,16 +159,64 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
             print(usage_line(table.extra["expert_usage"]["all"]))
     if len(skipped):
         print(skipped.summary())
+    stored = None
+    if ckpt_path is not None:
+        try:
+            stored = decision_for_checkpoint(ckpt_path)
+        except ContractError as e:  # a stale decision: reported, not used (and replaced only when asked)
+            warnings.warn(str(e), RuntimeWarning, stacklevel=2)
+    verdicts = stored.verdicts(scores, all_classes) if stored is not None else [""] * len(scores)
+    if stored is not None and (stored.threshold is not None or stored.class_thresholds):
+        table.extra["decision"] = {
+            "threshold": stored.threshold, "class_thresholds": stored.class_thresholds,
+            "method": stored.record.method or "unrecorded",
+            "confusion": confusion_at_verdicts(labels, verdicts)}
     if out_dir is not None:
         out = Path(out_dir)
         table.write(out, appendix=appendix)
         skipped.write(out / "skipped.json")
+        write_eval_scores(out / "scores.csv", all_paths, all_classes, labels, scores, verdicts)
     if ckpt_path is not None and store_threshold and not math.isnan(threshold):
-        calib = {"data_root": str(root), "classes": chosen, "n_images": int(labels.size),
-                 "n_anomalous": int(np.asarray(labels).sum()), "image_f1_max": overall["f1_max"],
-                 "image_auroc": overall["auroc"], "image_size": model.image_size,
-                 "checkpoint_sha256": sha256_file(ckpt_path),
-                 "rule": "F1-max over all evaluated images; anomalous when score >= threshold"}
-        atomic_write_text(threshold_path(ckpt_path),
-                          Decision(threshold=threshold, calibration=calib).to_json() + "\n")
+        from .calibration import confusion
+        rec = CalibrationRecord(
+            method=METHOD_F1_MAX, quantile_rule="max of 2PR/(P+R) over thresholds at the scores",
+            n_good=int((labels == 0).sum()), n_defective=int(labels.sum()), data=str(root), model=str(ckpt_path),
+            checkpoint_sha256=sha256_file(ckpt_path), tool="wmoe eval --write-threshold",
+            operating_points={METHOD_F1_MAX: {"threshold": threshold, "f1": overall["f1_max"],
+                                              "confusion": confusion(scores, labels, threshold)}},
+            extra={"classes": chosen, "image_auroc": overall["auroc"], "image_size": model.image_size})
+        new = Decision(threshold=threshold, pixel_threshold=stored.pixel_threshold if stored else None,
+                       calibration=rec.to_dict())
+        path = write_decision(ckpt_path, new)
+        was = f"was {stored.threshold:.6g} ({stored.record.method or 'unrecorded'})" if stored and \
+            stored.threshold is not None else "no decision before"
+        print(f"wrote the F1-max threshold {threshold:.6g} of this set to {path} ({was})")
+    elif ckpt_path is not None and not math.isnan(threshold) and progress:
+        print(f"F1-max threshold on this set: {threshold:.6g}; the stored decision is unchanged "
+              f"({'none' if stored is None or stored.threshold is None else f'{stored.threshold:.6g}'}; "
+              f"wmoe calibrate sets it, wmoe eval --write-threshold replaces it with this one)")
     return table
+
+
+def confusion_at_verdicts(labels: np.ndarray, verdicts: Sequence[str]) -> Dict[str, int]:
+    """TP/FP/TN/FN of ``verdicts`` (per image, possibly per-class thresholds) against ``labels``; undecided
+    images counted apart."""
+    y = np.asarray(labels).astype(bool)
+    v = np.asarray(verdicts)
+    anom, norm = v == VERDICT_ANOMALOUS, v == VERDICT_NORMAL
+    return {"tp": int((anom & y).sum()), "fp": int((anom & ~y).sum()), "tn": int((norm & ~y).sum()),
+            "fn": int((norm & y).sum()), "undecided": int((~anom & ~norm).sum())}
+
+
+def write_eval_scores(path: Path, paths: Sequence[str], classes: Sequence[str], labels: np.ndarray,
+                      scores: np.ndarray, verdicts: Sequence[str]) -> Path:
+    """``scores.csv`` of an evaluation: one row per image (path, class, label, score, verdict at the stored
+    decision; empty without one)."""
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "class", "label", "score", "verdict"])
+    for p, c, y, s, v in zip(paths, classes, labels, scores, verdicts):
+        w.writerow([p, c, int(y), f"{float(s):.6f}", v])
+    return atomic_write_text(path, buf.getvalue())

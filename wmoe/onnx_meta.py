@@ -161,3 +161,55 @@ def read_onnx_external_files(path: Union[str, Path]) -> List[str]:
     except OSError as e:
         raise ContractError(f"{p}: cannot read it ({e})") from None
     return sorted(names)
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _encode_entry(key: str, value: str) -> bytes:
+    """A top-level ``metadata_props`` field holding ``StringStringEntryProto{key, value}``."""
+    k, v = key.encode("utf-8"), value.encode("utf-8")
+    body = b"\x0a" + _encode_varint(len(k)) + k + b"\x12" + _encode_varint(len(v)) + v
+    return _encode_varint(_METADATA_PROPS << 3 | 2) + _encode_varint(len(body)) + body
+
+
+def write_onnx_metadata(path: Union[str, Path], updates: Dict[str, str], remove=(),
+                        out: Union[str, Path, None] = None) -> Path:
+    """Set ``metadata_props`` entries of the ONNX file at ``path`` with the standard library only (no onnx, no
+    torch: the runtime-only install can do it): entries whose key is in ``updates`` or ``remove`` are dropped, the
+    ``updates`` appended; every other top-level field (the graph with its weights) is copied byte for byte.
+
+    Written to ``out`` (default: ``path`` itself) beside the target, then renamed over it, so a camera loop that
+    opens the model meanwhile reads the old file or the new one, never a torn one. External-data files (models
+    over 2 GB) are untouched: they are referenced by name from the same folder."""
+    from .atomic import atomic_path
+    read_onnx_metadata(path)  # a ContractError naming the file when it is not an ONNX model
+    p, target = Path(path), Path(out) if out is not None else Path(path)
+    drop = set(updates) | set(remove)
+    size = p.stat().st_size
+    with open(p, "rb") as f, atomic_path(target) as tmp, open(tmp, "wb") as w:
+        start = 0
+        for num, wire, n in _fields(f, size):  # read_onnx_metadata accepted the file: no parse error here
+            end = f.tell() + n if wire == 2 else f.tell()
+            keep = not (num == _METADATA_PROPS and wire == 2 and _entry(f.read(n))[0] in drop)
+            if keep:
+                f.seek(start)
+                left = end - start
+                while left:  # copy the field's bytes in chunks (the graph field holds the weights)
+                    chunk = f.read(min(left, 1 << 22))
+                    w.write(chunk)
+                    left -= len(chunk)
+            f.seek(end)
+            start = end
+        for k, v in updates.items():
+            w.write(_encode_entry(k, v))
+    return target

@@ -6,16 +6,7 @@ from typing import Dict
 
 import numpy as np
 
-
-def _binary_curve(labels: np.ndarray, scores: np.ndarray):
-    """Cumulative true/false positives at each distinct threshold, scores descending (one sort, no loops)."""
-    order = np.argsort(-scores, kind="stable")
-    s = scores[order]
-    y = labels[order].astype(np.float64)
-    distinct = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each tie group
-    tps = np.cumsum(y)[distinct]
-    fps = (distinct + 1) - tps
-    return tps, fps, s[distinct]
+from ..calibration import binary_curve as _binary_curve  # noqa: F401 - numpy only, shared with calibration
 
 
 def auroc_ap_from_counts(tps: np.ndarray, fps: np.ndarray) -> "tuple[float, float]":

@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image folder, image file, video file, camera index or stream URL (rtsp://...)")
     ap.add_argument("--model", required=True, help="exported model: .onnx or TensorRT .engine (with its .json)")
     ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
-                    help="ONNX Runtime provider (default: %(default)s)")
+                    help="ONNX Runtime provider (default: %(default)s); one that cannot be had is an error")
+    ap.add_argument("--allow-cpu-fallback", action="store_true",
+                    help="run on the CPU (with a warning) when --provider cannot be had, instead of failing")
+    ap.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                    help="the product class whose thresholds judge the frames (a model calibrated per class)")
     ap.add_argument("--batch", type=_positive("--batch"), default=4, help="frames per inference (default: %(default)s)")
     ap.add_argument("--queue", type=_positive("--queue"), default=8,
                     help="capture queue length, bounded (default: %(default)s)")
@@ -140,12 +144,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             source = open_source(a.source, warn)
             policy = resolve_drop(source, a.drop)
             rt = opened.enter_context(Runtime.open(a.model, provider=a.provider, threshold=a.threshold,
-                                                   pixel_threshold=a.pixel_threshold))
+                                                   pixel_threshold=a.pixel_threshold, class_name=a.class_name,
+                                                   allow_cpu_fallback=a.allow_cpu_fallback))
             results = opened.enter_context(ResultFile(a.results, append=a.results_append)) if a.results else None
             mqtt = _open_mqtt(a, warn) if a.mqtt else None
         except (WMoEError, FileNotFoundError, ValueError) as e:
             return error(e)
-        thr = rt.decision.threshold
+        thr = rt.decision.threshold_for(rt.class_name)
         print(f"model {a.model}: input {rt.meta.input} {rt.input_size}px, "
               f"threshold {thr if thr is not None else 'none (verdicts undecided: run wmoe calibrate, re-export)'}; "
               f"source {source.name} ({'live, drop policy ' + policy if source.live else 'file: nothing dropped'})",

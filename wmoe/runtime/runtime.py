@@ -26,6 +26,7 @@ class Result:
     decision: Decision = field(default_factory=Decision)
     verdicts: List[str] = field(default_factory=list)  # per image: anomalous / normal / undecided
     faults: List[str] = field(default_factory=list)    # per image: "" or what is wrong (non-finite output)
+    class_name: Optional[str] = None                   # the product class whose thresholds judged these images
 
     def maps_at(self, i: int, hw: Optional["tuple[int, int]"] = None) -> np.ndarray:
         """Map ``i`` resized to ``hw`` (default: that frame's own size)."""
@@ -33,34 +34,44 @@ class Result:
 
     def mask_at(self, i: int, hw: Optional["tuple[int, int]"] = None) -> Optional[np.ndarray]:
         """Boolean defect mask of image ``i`` at ``hw`` (default: its frame size); None without a pixel threshold."""
-        return self.decision.mask(self.maps_at(i, hw))
+        return self.decision.mask(self.maps_at(i, hw), self.class_name)
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The image threshold these verdicts were taken at."""
+        return self.decision.threshold_for(self.class_name)
 
 
 class Runtime:
     """``Runtime.open("model.onnx" | "model.engine")`` then ``rt.score(frames)``.
 
-    ``threshold`` / ``pixel_threshold`` override the decision stored in the model file.
+    ``threshold`` / ``pixel_threshold`` override the decision stored in the model file (for every class).
+    ``class_name``: the product this runtime judges by default, when the decision has per-class thresholds
+    (``wmoe calibrate`` on a set with classes); ``score(frames, class_name=...)`` picks another per call.
+    ``allow_cpu_fallback``: a ``provider`` that cannot be had runs on the CPU with a warning instead of an error.
     """
 
-    def __init__(self, backend, threshold: Optional[float] = None, pixel_threshold: Optional[float] = None) -> None:
+    def __init__(self, backend, threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
+                 class_name: Optional[str] = None) -> None:
         self.backend = backend
-        d = self.meta.decision
-        self.decision = Decision(threshold if threshold is not None else d.threshold,
-                                 pixel_threshold if pixel_threshold is not None else d.pixel_threshold,
-                                 d.score, d.calibration)
+        self.decision = self.meta.decision.with_overrides(threshold, pixel_threshold)
+        self.decision.check_class(class_name)
+        self.class_name = class_name
 
     @classmethod
     def open(cls, path: Union[str, Path], provider: str = "cpu", threads: int = 0,
-             threshold: Optional[float] = None, pixel_threshold: Optional[float] = None, **kw) -> "Runtime":
+             threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
+             class_name: Optional[str] = None, allow_cpu_fallback: bool = False, **kw) -> "Runtime":
         path = Path(path)
         if not path.is_file():
             raise ContractError(f"{path}: no such model file")
         if path.suffix == ".onnx":
             from .onnx_backend import OnnxBackend
-            return cls(OnnxBackend(path, provider=provider, threads=threads, **kw), threshold, pixel_threshold)
+            return cls(OnnxBackend(path, provider=provider, threads=threads, allow_cpu_fallback=allow_cpu_fallback,
+                                   **kw), threshold, pixel_threshold, class_name)
         if path.suffix in (".engine", ".plan"):
             from .trt_backend import TrtBackend
-            return cls(TrtBackend(path, **kw), threshold, pixel_threshold)
+            return cls(TrtBackend(path, **kw), threshold, pixel_threshold, class_name)
         raise ContractError(f"{path}: unknown model type (expected .onnx, .engine or .plan)")
 
     @property
@@ -74,8 +85,10 @@ class Runtime:
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return preprocess_frames(frames, self.meta.preprocess)
 
-    def score(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> Result:
-        """Score RGB uint8 frames (OpenCV gives BGR: convert with ``frame[..., ::-1]``)."""
+    def score(self, frames: Union[np.ndarray, Sequence[np.ndarray]], class_name: Optional[str] = None) -> Result:
+        """Score RGB uint8 frames (OpenCV gives BGR: convert with ``frame[..., ::-1]``), judged by the thresholds
+        of ``class_name`` (default: the runtime's)."""
+        cls_name = self._class(class_name)
         fr = check_frames(frames)
         sizes = [tuple(f.shape[:2]) for f in fr]
         if self.meta.input == INPUT_FRAMES:
@@ -87,18 +100,25 @@ class Runtime:
                     raise FrameError(f"frame {i}: this model takes {want[0]}x{want[1]} frames (in-graph "
                                      f"preprocessing), got {f.shape[0]}x{f.shape[1]}")
             x = np.ascontiguousarray(np.stack(fr))
-            return self._run(x, sizes)
-        return self._run(self.preprocess(fr), sizes)
+            return self._run(x, sizes, cls_name)
+        return self._run(self.preprocess(fr), sizes, cls_name)
 
-    def score_preprocessed(self, x: np.ndarray, frame_sizes: Optional[list] = None) -> Result:
+    def _class(self, class_name: Optional[str]) -> Optional[str]:
+        if class_name is None:
+            return self.class_name
+        self.decision.check_class(class_name)
+        return class_name
+
+    def score_preprocessed(self, x: np.ndarray, frame_sizes: Optional[list] = None,
+                           class_name: Optional[str] = None) -> Result:
         """Score an already preprocessed batch (the model's input tensor); non-finite input is refused."""
         x = np.asarray(x)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = sorted({int(i) for i in np.nonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0]})
             raise FrameError(f"input batch holds NaN or infinite values (images {bad})")
-        return self._run(x, frame_sizes)
+        return self._run(x, frame_sizes, self._class(class_name))
 
-    def _run(self, x: np.ndarray, frame_sizes: Optional[list]) -> Result:
+    def _run(self, x: np.ndarray, frame_sizes: Optional[list], class_name: Optional[str] = None) -> Result:
         out = self.backend.run(x)
         scores = out["scores"].astype(np.float32)
         maps = out["maps"].astype(np.float32)
@@ -108,9 +128,9 @@ class Runtime:
             bad = [name for name, a in (("score", scores[i]), ("text score", out["text_scores"][i]), ("map", maps[i]))
                    if not np.isfinite(a).all()]
             faults.append(f"non-finite {' and '.join(bad)} (a broken model or input): not judged" if bad else "")
-        verdicts = self.decision.verdicts(np.where([bool(f) for f in faults], np.nan, scores))
+        verdicts = self.decision.verdicts(np.where([bool(f) for f in faults], np.nan, scores), class_name)
         return Result(scores, out["text_scores"].astype(np.float32), maps,
-                      frame_sizes or [tuple(maps.shape[1:])] * n, self.decision, verdicts, faults)
+                      frame_sizes or [tuple(maps.shape[1:])] * n, self.decision, verdicts, faults, class_name)
 
     def close(self) -> None:
         self.backend.close()

@@ -4,9 +4,13 @@ Providers by name: ``cpu``; ``cuda`` (CUDA EP, CPU behind it); ``tensorrt`` (Ten
 nodes TensorRT does not take, then CPU — ONNX Runtime's recommended registration). The TensorRT EP gets its options
 from the model's contract (:class:`wmoe.contract.ModelMeta`): engine and timing caches on, under a folder the user
 can set (``trt_cache_dir=`` or ``$WMOE_TRT_CACHE``, default ``~/.cache/wmoe/ort-trt``); fp16 when the model was
-exported in fp16; one optimization profile covering the dynamic batch range. A requested provider that is not
-installed, or that ONNX Runtime drops while creating the session, is a :class:`RuntimeWarning` naming it and what
-runs instead. A plugin-flavor model (TensorRT plugin nodes) is refused with a message before ONNX Runtime parses it.
+exported in fp16; one optimization profile covering the dynamic batch range.
+
+A provider asked for that cannot be had — not installed (``onnxruntime`` instead of ``onnxruntime-gpu``), or
+dropped by ONNX Runtime while creating the session (CUDA/cuDNN/TensorRT libraries or the GPU missing) — is a
+:class:`wmoe.errors.ProviderUnavailableError` naming what is missing: a line PC configured for the GPU must not
+quietly score on its CPU at a tenth of the frame rate. ``allow_cpu_fallback=True`` (``--allow-cpu-fallback``)
+turns it into a :class:`RuntimeWarning` naming what runs instead. A plugin-flavor model (TensorRT plugin nodes) is refused with a message before ONNX Runtime parses it.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..contract import INPUT_FRAMES, ContractError, ModelMeta
-from ..errors import MissingDependencyError
+from ..errors import MissingDependencyError, ProviderUnavailableError
 from ..onnx_meta import read_onnx_metadata
 
 PROVIDERS: Dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -60,10 +64,20 @@ def tensorrt_options(meta: Optional[ModelMeta], cache_dir: Optional[Union[str, P
     return opts
 
 
+FALLBACK_HINT = "pass --allow-cpu-fallback (allow_cpu_fallback=True) to run on what is available instead"
+
+
+def _unavailable(message: str, allow_cpu_fallback: bool, stacklevel: int) -> None:
+    if not allow_cpu_fallback:
+        raise ProviderUnavailableError(f"{message}; {FALLBACK_HINT}")
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
 def provider_chain(provider: str, available: Sequence[str], meta: Optional[ModelMeta] = None,
                    trt_cache_dir: Optional[Union[str, Path]] = None, trt_batch: Sequence[int] = DEFAULT_TRT_BATCH,
-                   trt_fp16: Optional[bool] = None) -> List[Any]:
-    """The ``providers=`` list for ``provider`` given the installed providers; warns for each missing one."""
+                   trt_fp16: Optional[bool] = None, allow_cpu_fallback: bool = False) -> List[Any]:
+    """The ``providers=`` list for ``provider`` given the installed providers. A missing one raises
+    :class:`ProviderUnavailableError` naming it, or with ``allow_cpu_fallback`` warns and leaves it out."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
     wanted: List[Any] = []
@@ -78,15 +92,16 @@ def provider_chain(provider: str, available: Sequence[str], meta: Optional[Model
     chain.append(PROVIDERS["cpu"])
     if missing:
         runs_on = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
-        warnings.warn(f"ONNX Runtime provider(s) {', '.join(missing)} not available (installed: {list(available)}; "
-                      f"{INSTALL_GPU}); running on {runs_on}", RuntimeWarning, stacklevel=3)
+        _unavailable(f"--provider {provider}: ONNX Runtime provider(s) {', '.join(missing)} not available (installed: "
+                     f"{', '.join(available)}; {INSTALL_GPU}); running on {runs_on}", allow_cpu_fallback, 3)
     return chain
 
 
 def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0, *,
                  trt_cache_dir: Optional[Union[str, Path]] = None, trt_batch: Sequence[int] = DEFAULT_TRT_BATCH,
-                 trt_fp16: Optional[bool] = None):
-    """An ``onnxruntime.InferenceSession`` for the ONNX file at ``path`` on ``provider`` (see the module doc).
+                 trt_fp16: Optional[bool] = None, allow_cpu_fallback: bool = False):
+    """An ``onnxruntime.InferenceSession`` for the ONNX file at ``path`` on ``provider`` (see the module doc:
+    a provider that cannot be had is an error unless ``allow_cpu_fallback``).
 
     ``threads``: intra-op threads (0: ONNX Runtime's default). Raises :class:`wmoe.contract.ContractError` naming
     the file when it is missing, not ONNX, or a plugin-flavor wmoe model.
@@ -102,7 +117,8 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
         raise ContractError(f"{path} is the plugin flavor: its fused stages are TensorRT plugin nodes that ONNX "
                             f"Runtime cannot run. Build a TensorRT engine from it (wmoe export trt), or export the "
                             f"portable flavor for ONNX Runtime (wmoe export onnx --flavor portable)")
-    chain = provider_chain(provider, ort.get_available_providers(), meta, trt_cache_dir, trt_batch, trt_fp16)
+    chain = provider_chain(provider, ort.get_available_providers(), meta, trt_cache_dir, trt_batch, trt_fp16,
+                           allow_cpu_fallback)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
@@ -111,8 +127,11 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
     first = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
     used = sess.get_providers()
     if first not in used:
-        warnings.warn(f"ONNX Runtime could not start {first} for {path} (missing CUDA/TensorRT libraries?); "
-                      f"running on {used[0]}", RuntimeWarning, stacklevel=2)
+        what = ("the TensorRT libraries (libnvinfer) or a GPU" if first == PROVIDERS["tensorrt"] else
+                "the CUDA/cuDNN libraries of onnxruntime-gpu's CUDA version (libcudart, libcublas, libcudnn) or a "
+                "GPU and its driver")
+        _unavailable(f"--provider {provider}: ONNX Runtime could not start {first} for {path}: {what} missing "
+                     f"(ONNX Runtime's log above names the library); running on {used[0]}", allow_cpu_fallback, 2)
     return sess
 
 
