@@ -167,3 +167,27 @@ def test_full_disk_is_one_line_and_keeps_the_lines_written(tiny_onnx, tmp_path):
     assert "Traceback" not in r.stderr and "final: " in r.stdout
     lines = res.read_text().split("\n")
     assert all(json.loads(line)["frame"] == i for i, line in enumerate(lines[:-1])) and len(lines) > 5
+
+
+def test_per_class_thresholds_reach_every_result_line(tiny_onnx, tmp_path, capsys):
+    """--class picks the product's thresholds (wmoe calibrate per class): verdict, threshold and defect area in the
+    result lines follow it; an unknown class is refused before the first frame."""
+    from wmoe.contract import Decision, write_decision
+    src = _folder(tmp_path / "in", 4)
+    scores = Runtime.open(tiny_onnx[1]).score([np.asarray(Image.open(p)) for p in sorted(src.iterdir())]).scores
+    model = write_decision(tiny_onnx[1], Decision(
+        threshold=float(scores.mean()), pixel_threshold=0.5,
+        class_thresholds={"pcb": float(scores.min()) - 0.01, "screw": float(scores.max()) + 0.01},
+        class_pixel_thresholds={"pcb": 0.0, "screw": 1.0}), out=tmp_path / "per_class.onnx")
+    rows = {}
+    for cls in ("pcb", "screw"):
+        assert camera.main(["--source", str(src), "--model", str(model), "--class", cls, "--report-every", "0",
+                            "--results", str(tmp_path / f"{cls}.jsonl")]) == 0
+        rows[cls] = [json.loads(line) for line in (tmp_path / f"{cls}.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert {r["verdict"] for r in rows["pcb"]} == {"anomalous"} and {r["verdict"] for r in rows["screw"]} == {"normal"}
+    assert {r["class"] for r in rows["pcb"]} == {"pcb"} and rows["screw"][0]["threshold"] == pytest.approx(
+        float(scores.max()) + 0.01)
+    assert {r["defect_area"] for r in rows["pcb"]} == {1.0} and {r["defect_area"] for r in rows["screw"]} == {0.0}
+    assert camera.main(["--source", str(src), "--model", str(model), "--class", "pbc"]) == 2
+    assert "no threshold for class 'pbc'" in capsys.readouterr().err

@@ -171,8 +171,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if out_dir is None and not a.display:
                 return
             from ..overlay import overlay_panel
-            over = overlay_panel(fr.rgb, res.maps_at(i), float(res.scores[i]), r.threshold,
-                                 pixel_threshold=_pixel_threshold(res), verdict=r.verdict,
+            over = overlay_panel(fr.rgb, res.maps_at(i), float(res.scores[i]), r.threshold, verdict=r.verdict,
+                                 pixel_threshold=res.decision.pixel_threshold_for(res.class_name),
                                  label=fr.name + (f"  class {r.class_name}" if r.class_name else ""))
             if out_dir is not None:
                 from PIL import Image
@@ -224,11 +224,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         if rc == 0 and stats.undecided and thr is not None:
             rc = 1
         return rc
-
-
-def _pixel_threshold(res) -> Optional[float]:
-    d, c = res.decision, getattr(res, "class_name", None)
-    return d.pixel_threshold_for(c) if hasattr(d, "pixel_threshold_for") else d.pixel_threshold
 
 
 if __name__ == "__main__":

@@ -213,14 +213,12 @@ def run_loop(frames: Iterable[Frame], score: Callable[[List[np.ndarray]], object
 
 def frame_result(source: str, fr: Frame, res, i: int, t_done: Optional[float] = None) -> FrameResult:
     """The :class:`FrameResult` of frame ``fr``, image ``i`` of the batch result ``res``."""
-    class_name = getattr(res, "class_name", None)
-    d = res.decision
-    threshold = d.threshold_for(class_name) if hasattr(d, "threshold_for") else d.threshold
-    mask = d.mask(res.maps[i], class_name) if class_name is not None else d.mask(res.maps[i])
+    class_name = res.class_name
+    mask = res.decision.mask(res.maps[i], class_name)  # at the class's pixel threshold, on the SxS map
     t_done = time.perf_counter() if t_done is None else t_done
     return FrameResult(source=source, frame=fr.index, name=fr.name, time=iso_time(fr.time or time.time()),
                        score=finite_or_none(res.scores[i]), verdict=res.verdicts[i], class_name=class_name,
-                       threshold=threshold, defect_area=None if mask is None else round(float(mask.mean()), 6),
+                       threshold=res.threshold, defect_area=None if mask is None else round(float(mask.mean()), 6),
                        latency_ms=round((t_done - fr.t_read) * 1e3, 3) if fr.t_read else 0.0,
                        fault=res.faults[i] if i < len(res.faults) else "")
 
@@ -237,8 +235,6 @@ class ResultStream:
         self._started = False
 
     def _score(self, frames: List[np.ndarray]):
-        if self._class is None:
-            return self.runtime.score(frames)
         return self.runtime.score(frames, class_name=self._class)
 
     def __iter__(self) -> Iterator[FrameResult]:
@@ -268,6 +264,8 @@ def stream(source, runtime, *, batch: int = 4, queue_size: int = 8, drop: Option
     product whose per-class thresholds judge the frames. ``warn(message)`` hears about damaged frames (default:
     stderr). Breaking out of the loop stops the capture thread.
     """
+    if class_name is not None:
+        runtime.decision.check_class(class_name)  # a typo is refused before the first frame, not mid-run
     if not isinstance(source, Source):
         if warn is None:
             import sys
