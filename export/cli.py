@@ -80,7 +80,9 @@ def _quantize(a: argparse.Namespace) -> int:
                          high_precision=a.high_precision, keep=keep, calibrate_per_node=a.calibrate_per_node,
                          gate_images=a.gate_images or None, seed=a.seed, target=a.target)
     r = quantize_onnx(a.onnx, a.calib, a.out, cfg, gate_data=a.gate_data, allow_gate_failure=a.allow_gate_failure,
-                      thresholds=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman))
+                      thresholds=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman,
+                                                a.min_verdict_agreement / 100.0),
+                      recalibrate=a.recalibrate)
     print(f"wrote {a.out} ({r.precision}, {r.quantized_nodes} quantized layers; kept in {r.high_precision}: "
           f"{', '.join(r.kept_groups) or 'none'}) and {report_path(a.out)}")
     print(f"engine: wmoe export trt {a.out} --out {Path(a.out).with_suffix('.engine')} --precision {r.precision}")
@@ -193,6 +195,12 @@ def register(subparsers) -> None:
                    help="labeled images the gate runs on (0: all)")
     q.add_argument("--max-auroc-drop", type=finite_float, default=0.5, help="gate: image AUROC drop in points (0.5)")
     q.add_argument("--min-spearman", type=finite_float, default=0.99, help="gate: image score Spearman (0.99)")
+    q.add_argument("--min-verdict-agreement", type=finite_float, default=99.0, metavar="PERCENT",
+                   help="gate: images judged alike by both models at the stored threshold, in percent (99)")
+    q.add_argument("--recalibrate", default=None, metavar="DATA",
+                   help="recalibrate the quantized model's decision the way the fp32 one was set (good images or a "
+                        "data root, as wmoe calibrate takes); without it the fp32 threshold is kept, marked as "
+                        "inherited, and verdict agreement at it is gated")
     q.add_argument("--allow-gate-failure", action="store_true", help="write the file even when the gate fails "
                    "(with a loud warning; the report records the failure)")
     q.add_argument("--calibrate-per-node", action="store_true", help="Model Optimizer's node-by-node calibration "

@@ -1,17 +1,25 @@
 """The accuracy gate: a reduced-precision model against fp32 on the same images.
 
 Figures: maximum and mean anomaly-map difference, Spearman correlation of the image scores, Pearson correlation
-of the maps, and — on labeled images — the image and pixel AUROC of both and their change. The gate passes when
-the image AUROC drops by at most ``max_image_auroc_drop`` (default 0.5 point) and the score Spearman is at least
-``min_spearman`` (default 0.99). A gain in AUROC never fails the gate (it is reported, signed).
+of the maps, and — on labeled images — the image and pixel AUROC of both and their change; with a decision (the
+threshold stored in the model), the **verdict agreement** at it: the share of images that get the same verdict
+from both models, and how many flip each way (a reduced precision moves scores by up to ~0.1, which matters only
+near the line). The gate passes when the image AUROC drops by at most ``max_image_auroc_drop`` (default 0.5 point),
+the score Spearman is at least ``min_spearman`` (default 0.99) and the verdict agreement at least
+``min_verdict_agreement`` (default 0.99). A gain in AUROC never fails the gate (it is reported, signed).
+
+:func:`gate` is the whole check as one function of two models' outputs — what ``wmoe export quantize`` runs and
+any other reduced-precision path (OpenVINO precisions, TensorRT fp16) reuses.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from wmoe.contract import VERDICT_UNDECIDED, Decision
 
 Outputs = Dict[str, np.ndarray]  # "scores" (N,), "maps" (N,S,S), "text_scores" (N,)
 
@@ -20,6 +28,7 @@ Outputs = Dict[str, np.ndarray]  # "scores" (N,), "maps" (N,S,S), "text_scores" 
 class GateThresholds:
     max_image_auroc_drop: float = 0.005  # 0.5 AUROC point
     min_spearman: float = 0.99
+    min_verdict_agreement: float = 0.99  # share of images judged alike at the stored threshold
 
     def to_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -37,9 +46,27 @@ def _corr(a: np.ndarray, b: np.ndarray, rank: bool) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def verdict_agreement(ref_scores: np.ndarray, got_scores: np.ndarray, decision: Decision,
+                      class_names: Optional[Sequence[Optional[str]]] = None) -> Dict[str, float]:
+    """How the verdicts of two models agree at ``decision``'s thresholds (per class with ``class_names``):
+    ``verdict_agreement`` (share of images with the same verdict), ``verdict_flips`` and each direction
+    (``flips_to_anomalous``: a good verdict became a reject; ``flips_to_normal``: a reject now passes)."""
+    a = decision.verdicts(ref_scores, class_names)
+    b = decision.verdicts(got_scores, class_names)
+    n = len(a)
+    same = sum(x == y for x, y in zip(a, b))
+    return {"verdict_agreement": same / n if n else float("nan"), "verdict_flips": n - same,
+            "flips_to_anomalous": sum(x != y and y == "anomalous" for x, y in zip(a, b)),
+            "flips_to_normal": sum(x != y and y == "normal" for x, y in zip(a, b)),
+            "flips_to_undecided": sum(x != y and y == VERDICT_UNDECIDED for x, y in zip(a, b)),
+            "verdict_threshold": decision.threshold}
+
+
 def compare(ref: Outputs, got: Outputs, labels: Optional[np.ndarray] = None,
-            masks: Optional[np.ndarray] = None) -> Dict[str, float]:
-    """Gate figures of ``got`` against the fp32 reference ``ref`` (same images, same order)."""
+            masks: Optional[np.ndarray] = None, decision: Optional[Decision] = None,
+            class_names: Optional[Sequence[Optional[str]]] = None) -> Dict[str, float]:
+    """Gate figures of ``got`` against the fp32 reference ``ref`` (same images, same order); with a ``decision``
+    that has a threshold, the verdict agreement at it (:func:`verdict_agreement`)."""
     from wmoe.metrics import image_metrics, pixel_metrics, smooth_maps
     d = np.abs(got["maps"].astype(np.float64) - ref["maps"])
     fig: Dict[str, float] = {
@@ -60,6 +87,8 @@ def compare(ref: Outputs, got: Outputs, labels: Optional[np.ndarray] = None,
             fig["pixel_auroc_ref"] = pixel_auroc(ref["maps"])
             fig["pixel_auroc"] = pixel_auroc(got["maps"])
             fig["pixel_auroc_change"] = fig["pixel_auroc"] - fig["pixel_auroc_ref"]
+    if decision is not None and (decision.threshold is not None or decision.class_thresholds):
+        fig.update(verdict_agreement(ref["scores"], got["scores"], decision, class_names))
     return fig
 
 
@@ -74,7 +103,25 @@ def failures(fig: Dict[str, float], thr: GateThresholds = GateThresholds()) -> L
         ch = fig["image_auroc_change"]
         if not ch >= -thr.max_image_auroc_drop:
             out.append(f"image AUROC change {100 * ch:+.2f} points < -{100 * thr.max_image_auroc_drop:.2f}")
+    if "verdict_agreement" in fig:
+        va = fig["verdict_agreement"]
+        if not va >= thr.min_verdict_agreement:
+            out.append(f"verdict agreement at the stored threshold {100 * va:.1f}% < "
+                       f"{100 * thr.min_verdict_agreement:g}% ({fig['verdict_flips']} of {fig['n_images']} verdicts "
+                       f"flip: {fig['flips_to_anomalous']} to anomalous, {fig['flips_to_normal']} to normal; "
+                       f"recalibrate the reduced-precision model: wmoe calibrate)")
     return out
+
+
+def gate(ref: Outputs, got: Outputs, labels: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
+         decision: Optional[Decision] = None, class_names: Optional[Sequence[Optional[str]]] = None,
+         thresholds: GateThresholds = GateThresholds()) -> Dict[str, object]:
+    """The accuracy gate in one call: ``{"passed", "failures", "thresholds", **figures}`` of ``got`` (the reduced
+    precision model's outputs) against ``ref`` (fp32) on the same images. ``decision``: the one the reduced model
+    will ship with (its threshold is where verdict agreement is measured)."""
+    fig = compare(ref, got, labels, masks, decision, class_names)
+    why = failures(fig, thresholds)
+    return {"passed": not why, "failures": why, "thresholds": thresholds.to_dict(), **fig}
 
 
 def run_session(session, x: np.ndarray, batch: int = 8,
@@ -132,4 +179,9 @@ def format_figures(fig: Dict[str, float]) -> str:
         parts.append("image AUROC not measured (no labeled images)")
     if "pixel_auroc_change" in fig:
         parts.append(f"pixel AUROC {100 * fig['pixel_auroc_change']:+.2f} pt")
+    if "verdict_agreement" in fig:
+        parts.append(f"verdicts agree at the threshold on {100 * fig['verdict_agreement']:.1f}% "
+                     f"({fig['verdict_flips']} flip)")
+    else:
+        parts.append("verdict agreement not measured (no threshold stored)")
     return ", ".join(parts)

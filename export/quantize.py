@@ -36,8 +36,8 @@ import numpy as np
 from wmoe.atomic import atomic_path, atomic_write_text
 
 from .calib import DEFAULT_MAX_IMAGES, CalibrationSet, load_calibration
-from .gate import GateThresholds, compare, failures, format_figures, labeled_images, run_session
-from wmoe.contract import HIGH_PRECISIONS, INPUT_FRAMES, ContractError, ModelMeta, sha256_file
+from .gate import GateThresholds, compare, format_figures, gate, labeled_images, run_session
+from wmoe.contract import HIGH_PRECISIONS, INPUT_FRAMES, ContractError, Decision, ModelMeta, decision_metadata, sha256_file
 from wmoe.contract import QUANTIZED_PRECISIONS as PRECISIONS
 from wmoe.onnx_meta import read_onnx_metadata
 from wmoe.errors import ExportError
@@ -105,6 +105,7 @@ class QuantizeReport:
     source_sha256: str
     seconds: float
     groups: Dict[str, List[str]] = field(default_factory=dict)  # group -> quantized node names
+    recalibration: Dict[str, object] = field(default_factory=dict)  # the decision recalibrated on this model
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -309,7 +310,7 @@ def _select_keep(qmodel, groups: Dict[str, List[str]], ev: _Evaluator, held: np.
 def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, CalibrationSet], out: Union[str, Path],
                   cfg: QuantizeConfig = QuantizeConfig(), *, gate_data: Optional[Union[str, Path]] = None,
                   thresholds: GateThresholds = GateThresholds(), allow_gate_failure: bool = False,
-                  progress: bool = True) -> QuantizeReport:
+                  progress: bool = True, recalibrate: Optional[Union[str, Path]] = None) -> QuantizeReport:
     """Quantize ``onnx_path`` (a portable fp32 export) on the normal images of ``calib`` and write ``out`` and its
     report ``<out stem>.quant.json``; return the report.
 
@@ -317,6 +318,12 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
     it, on the held-out normal images (score Spearman only: no AUROC without labels). A failed gate raises
     :class:`QuantizeError` and writes nothing, unless ``allow_gate_failure`` (then it warns loudly and the report
     says the gate failed).
+
+    The decision: the fp32 model's threshold was calibrated on fp32 scores. The gate measures how the verdicts
+    agree at it (``min_verdict_agreement``) and the quantized model carries it marked ``inherited_from``; with
+    ``recalibrate`` (a folder of good images or a data root, as ``wmoe calibrate`` takes), the quantized model is
+    recalibrated the way the fp32 decision was (:func:`wmoe.calibration.recalibration_config`) and ships its own
+    thresholds instead — then verdict agreement at the old threshold is reported, not gated.
     """
     import onnx
     t0 = time.time()
@@ -399,24 +406,44 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         for k, v in sorted(props.items()):
             final.metadata_props.add(key=k, value=v)
         # the gate: labeled images when given, else the held-out normal images
+        # (verdict agreement at the decision the quantized model ships with: the fp32 one, copied; reported only
+        # when the quantized model gets its own, recalibrated)
+        if recalibrate is not None:
+            from dataclasses import replace as _replace
+            thresholds = _replace(thresholds, min_verdict_agreement=float("-inf"))
         if gate_data is not None:
             gx, gy, gm = labeled_images(gate_data, size, cfg.gate_images, cfg.seed, frame_size=frame)
             say(f"accuracy gate on {len(gx)} labeled test images of {gate_data}")
-            gate_fig = compare(run_session(ref_sess, gx, cfg.batch), ev.run(final, gx), gy, gm)
+            gate_res = gate(run_session(ref_sess, gx, cfg.batch), ev.run(final, gx), gy, gm, meta.decision,
+                            thresholds=thresholds)
             gate_on = f"{len(gx)} labeled test images of {gate_data}"
         else:
-            gate_fig = compare(run_session(ref_sess, held_x, cfg.batch), ev.run(final, held_x))
+            gate_res = gate(run_session(ref_sess, held_x, cfg.batch), ev.run(final, held_x), decision=meta.decision,
+                            thresholds=thresholds)
             gate_on = f"{len(held_x)} held-out normal images (no labels: image AUROC not measured)"
-        why = failures(gate_fig, thresholds)
-        gate = {"passed": not why, "failures": why, "on": gate_on, "thresholds": thresholds.to_dict(), **gate_fig}
+        why = gate_res["failures"]
+        gate_fig = {k: v for k, v in gate_res.items() if k not in ("passed", "failures", "thresholds")}
+        gate_doc = {"passed": not why, "failures": why, "on": gate_on, "thresholds": thresholds.to_dict(), **gate_fig}
         say(f"accuracy gate {'passed' if not why else 'FAILED'}: {format_figures(gate_fig)}")
+        if meta.decision.threshold is not None or meta.decision.class_thresholds:
+            # the threshold was calibrated on the fp32 model's scores: say so in the record, with the agreement
+            qdec = Decision(**meta.decision.to_dict())
+            qdec.calibration["inherited_from"] = {
+                "precision": meta.precision, "onnx_sha256": sha256_file(src),
+                "verdict_agreement": gate_fig.get("verdict_agreement"), "gate_on": gate_on,
+                "note": f"threshold calibrated on the {meta.precision} model; recalibrate with wmoe calibrate "
+                        f"(or wmoe export quantize --recalibrate DATA)"}
+            props.update(decision_metadata(qdec))
+            del final.metadata_props[:]
+            for k, v in sorted(props.items()):
+                final.metadata_props.add(key=k, value=v)
         report = QuantizeReport(
             precision=cfg.precision, high_precision=cfg.high_precision, tool=tool,
             calibration={"source": cs.source, "method": cfg.resolved_method(), "images": len(cal_x),
                          "held_out": len(held_x), "available": cs.available, "skipped": len(cs.skipped),
                          "seed": cfg.seed},
             quantized_nodes=len(quantized_nodes(final)), kept_groups=kept, keep_reason=reason, sensitivity=sens,
-            held_out=held_fig, gate=gate, source_onnx=str(src), source_sha256=sha256_file(src),
+            held_out=held_fig, gate=gate_doc, source_onnx=str(src), source_sha256=sha256_file(src),
             seconds=round(time.time() - t0, 1), groups=groups)
         if why and not allow_gate_failure:
             raise QuantizeError(f"{out}: not written, the quantized model fails the accuracy gate ("
@@ -430,6 +457,16 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as t:
             onnx.save(final, str(t))
+        if recalibrate is not None:
+            from wmoe.calibrate import calibrate
+            from wmoe.calibration import recalibration_config
+            rcfg = recalibration_config(meta.decision)
+            say(f"recalibrating the {cfg.precision} model on {recalibrate} ({rcfg.method})")
+            new_dec, _ = calibrate(out, recalibrate, rcfg, progress=progress)
+            report.recalibration = {"data": str(recalibrate), "method": rcfg.method,
+                                    "threshold_before": meta.decision.threshold, "threshold": new_dec.threshold,
+                                    "class_thresholds": new_dec.class_thresholds,
+                                    "pixel_threshold": new_dec.pixel_threshold}
         atomic_write_text(report_path(out), report.to_json())
     return report
 

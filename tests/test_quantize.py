@@ -116,6 +116,29 @@ def test_gate_figures_and_failures():
     assert failures({"spearman_scores": 1.0, "image_auroc_change": 0.03}) == []
 
 
+def test_gate_checks_verdict_agreement_at_the_stored_threshold():
+    """Issue 20: scores that keep their ranking (Spearman 1) but shift across the stored threshold flip verdicts;
+    the old gate passed them."""
+    from wmoe.contract import Decision
+    from wmoe.export.gate import gate, verdict_agreement
+    s = np.linspace(0.0, 1.0, 100)
+    ref = {"scores": s, "maps": np.zeros((100, 4, 4), np.float32)}
+    shifted = {"scores": s + 0.05, "maps": ref["maps"]}  # int8 moves scores by up to ~0.1
+    d = Decision(threshold=0.5)
+    va = verdict_agreement(s, s + 0.05, d)
+    assert va["verdict_flips"] == 5 and va["flips_to_anomalous"] == 5 and va["verdict_agreement"] == 0.95
+    g = gate(ref, shifted, decision=d)
+    assert g["spearman_scores"] == pytest.approx(1.0) and not g["passed"]
+    assert "verdict agreement at the stored threshold 95.0% < 99%" in g["failures"][0]
+    assert gate(ref, shifted)["passed"]  # no decision: not measured
+    assert gate(ref, shifted, decision=d, thresholds=GateThresholds(min_verdict_agreement=0.9))["passed"]
+    # per-class thresholds judge each image by its class
+    dc = Decision(class_thresholds={"a": 0.2, "b": 0.9})
+    classes = ["a"] * 50 + ["b"] * 50
+    t = np.where(np.array(classes) == "a", 0.2, 0.9)
+    assert verdict_agreement(s, s + 0.05, dc, classes)["verdict_flips"] == int(np.sum((s < t) & (s + 0.05 >= t)))
+
+
 # ----------------------------------------------------------------------------------- the tiny model, end to end
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -299,3 +322,37 @@ def test_engine_build_refuses_fp8_without_fp8_tensor_cores(tmp_path):
         check_qdq_gpu("fp8", "fp8", (8, 0), "NVIDIA A100-SXM4-80GB", p)
     with pytest.raises(ExportError, match="quantized to int8.*--precision int8"):
         check_qdq_gpu("int8", "fp16", (9, 0), "H100", p)
+
+
+def test_quantized_model_decision_inherited_and_gated_or_recalibrated(tiny):
+    """Issue 20: the fp32 threshold used to be copied into the int8 model unmarked and ungated. Now the gate
+    measures verdict agreement at it and the record says it is inherited; --recalibrate gives the quantized model
+    its own thresholds, set the way the fp32 ones were."""
+    import shutil
+
+    from wmoe.calibrate import calibrate
+    from wmoe.calibration import CalibrationConfig
+    from wmoe.contract import read_decision
+    src = tiny["dir"] / "decided.onnx"
+    shutil.copy(tiny["onnx"], src)
+    fp32, _ = calibrate(src, tiny["data"], CalibrationConfig(false_reject_rate=0.1, per_class=False), split="train",
+                        progress=False)
+    out = tiny["dir"] / "decided.qdq.onnx"
+    impossible = GateThresholds(max_image_auroc_drop=1.0, min_spearman=-1.0, min_verdict_agreement=1.01)
+    with pytest.warns(RuntimeWarning, match="FAILS THE ACCURACY GATE.*verdict agreement"):
+        r = quantize_onnx(src, tiny["data"], out, QuantizeConfig(high_precision="fp32", keep="none", holdout=11),
+                          gate_data=tiny["data"], thresholds=impossible, allow_gate_failure=True, progress=False)
+    assert 0.0 <= r.gate["verdict_agreement"] <= 1.0 and r.gate["verdict_threshold"] == fp32.threshold
+    q = read_decision(out)
+    assert q.threshold == fp32.threshold and q.calibration["inherited_from"]["precision"] == "fp32"
+    assert q.calibration["inherited_from"]["verdict_agreement"] == r.gate["verdict_agreement"]
+    # recalibrated: its own threshold from its own scores, the same method and target; verdict agreement at the
+    # old threshold is reported, not gated
+    out2 = tiny["dir"] / "recal.qdq.onnx"
+    r2 = quantize_onnx(src, tiny["data"], out2, QuantizeConfig(high_precision="fp32", keep="none", holdout=11),
+                       gate_data=tiny["data"], thresholds=impossible, recalibrate=tiny["data"], progress=False)
+    q2 = read_decision(out2)
+    assert r2.gate["passed"] and "verdict_agreement" in r2.gate
+    assert q2.record.method == "false-reject-rate" and q2.record.target == 0.1 and "inherited_from" not in q2.calibration
+    assert r2.recalibration["threshold"] == q2.threshold and r2.recalibration["threshold_before"] == fp32.threshold
+    assert json.loads(report_path(out2).read_text())["recalibration"]["method"] == "false-reject-rate"

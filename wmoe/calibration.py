@@ -312,6 +312,22 @@ def decide(sc: ScoredImages, cfg: CalibrationConfig = CalibrationConfig(), **rec
                     calibration=rec.to_dict(), class_thresholds=class_thr, class_pixel_thresholds=class_pix)
 
 
+def recalibration_config(decision: Decision) -> CalibrationConfig:
+    """The :class:`CalibrationConfig` that reproduces how ``decision`` was calibrated (method, target, pixel rate,
+    per class), to recalibrate another model of the same network (a quantized one) the same way. A decision
+    whose method was not recorded (typed by hand, or written before it was recorded) gets the defaults."""
+    rec = decision.record
+    if rec.method not in (METHOD_FALSE_REJECT, METHOD_F1_MAX, METHOD_DEFECT_RECALL):
+        return CalibrationConfig()
+    base = CalibrationConfig()
+    return CalibrationConfig(
+        method=rec.method,
+        false_reject_rate=rec.target if rec.method == METHOD_FALSE_REJECT and rec.target else base.false_reject_rate,
+        defect_recall=rec.target if rec.method == METHOD_DEFECT_RECALL and rec.target else base.defect_recall,
+        pixel_rate=rec.pixel_target, pixel=decision.pixel_threshold is not None or not rec.method,
+        per_class=bool(decision.class_thresholds))
+
+
 def _fmt(v: Optional[float]) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
@@ -346,4 +362,4 @@ def summary_lines(decision: Decision) -> List[str]:
 
 __all__ = ["CalibrationConfig", "CalibrationError", "ScoredImages", "QUANTILE_RULE", "conformal_rank",
            "min_good_images", "frr_upper_bound", "false_reject_threshold", "confusion", "f1_max_threshold",
-           "recall_threshold", "binary_curve", "decide", "summary_lines"]
+           "recall_threshold", "binary_curve", "decide", "recalibration_config", "summary_lines"]
