@@ -9,6 +9,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
+from wmoe.contract import EngineSidecar, ModelMeta
+
 from .backend_names import ALL_BACKENDS  # noqa: F401 - torch-free, for the command line
 
 
@@ -19,9 +21,13 @@ class Skip(Exception):
 @dataclass
 class Backend:
     name: str
-    run: Callable[[np.ndarray], Dict[str, np.ndarray]]  # images (N,3,S,S) float32 -> outputs
+    run: Callable[[np.ndarray], Dict[str, np.ndarray]]  # the model input (see meta) -> outputs
     device: str
     sync: Callable[[], None] = lambda: None
+    #: the contract of the exported file this backend runs (its ONNX metadata or engine sidecar): what it takes,
+    #: normalized images (N,3,S,S) float32 or uint8 camera frames (N,H,W,3), and at which size. None: a PyTorch
+    #: backend, which takes images at the bench size.
+    meta: Optional[ModelMeta] = None
 
 
 def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: bool = False,
@@ -86,7 +92,7 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
 
         def run(x: np.ndarray) -> Dict[str, np.ndarray]:
             return dict(zip(names, sess.run(None, {in_name: x})))
-        return Backend(name, run, "cpu" if key == "cpu" else "cuda")
+        return Backend(name, run, "cpu" if key == "cpu" else "cuda", meta=onnx_meta(onnx_path))
     if name == "trt-engine":
         if engine_path is None:
             raise Skip("no --engine given (build one with wmoe export trt on the target GPU)")
@@ -96,7 +102,7 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
             raise Skip("tensorrt is not installed (pip install tensorrt cuda-python)")
         from wmoe.runtime.trt_backend import TrtBackend
         be = TrtBackend(engine_path)
-        return Backend(name, be.run, "cuda")
+        return Backend(name, be.run, "cuda", meta=engine_meta(engine_path))
     if name == "aoti":
         if aoti_path is None:
             raise Skip("no --aoti package given (build one with wmoe export aoti; compiling takes minutes)")
@@ -110,3 +116,15 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
                     "text_scores": t.float().cpu().numpy()}
         return Backend(name, run, dev, torch.cuda.synchronize if cuda else (lambda: None))
     raise ValueError(f"unknown backend {name!r}; choose from {ALL_BACKENDS}")
+
+
+def onnx_meta(path: Path) -> ModelMeta:
+    """The model contract of an exported ONNX (its ``wmoe.*`` metadata)."""
+    from wmoe.onnx_meta import read_onnx_metadata
+    return ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+
+
+def engine_meta(path: Path) -> ModelMeta:
+    """The model contract of a TensorRT engine, from its sidecar (``wmoe export trt`` copies the ONNX's metadata
+    there): image size, input kind (``images`` or ``frames``) and frame size."""
+    return EngineSidecar.read(EngineSidecar.path_for(path)).model_meta

@@ -184,8 +184,10 @@ class Check:
         if not self.ckpt.is_file():
             return "skipped", "no checkpoint (its step failed)", "", []
         onnx_path, eng = self.work / "model_fp16.onnx", self.work / "model_fp16.engine"
+        # frames input (uint8 camera frames, in-graph preprocessing): the engine users deploy; the bench reads its
+        # image size and input kind from the sidecar and feeds it frames
         p = _run([self.py, "-m", "wmoe", "export", "onnx", str(self.ckpt), "--out", str(onnx_path),
-                  "--precision", "fp16"], t)
+                  "--precision", "fp16", "--input", "frames"], t)
         if p.returncode:
             return "failed", "ONNX export failed", _tail(p), []
         p = _run([self.py, "-m", "wmoe", "export", "trt", str(onnx_path), "--out", str(eng), "--precision", "fp16",

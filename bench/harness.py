@@ -9,18 +9,19 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
-from wmoe.contract import OUTPUT_NAMES
+from wmoe.contract import INPUT_FRAMES, OUTPUT_NAMES, ModelMeta
+from wmoe.preprocess import frames_to_images
 
 from wmoe.export.gate import GateThresholds
 
-from .backends import Backend, Skip, make_backend
+from .backends import Backend, Skip, engine_meta, make_backend
 
 
 @dataclass
@@ -179,14 +180,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
         factory = _model_factory(cfg, size)
         flops = count_flops(factory(), size)
         ref_be = make_backend("torch-fp32", factory)
-        x_par = rng.standard_normal((max(cfg.batches), 3, size, size)).astype(np.float32)
-        ref = ref_be.run(x_par)
+        feeds = Feeds(ref_be, size, max(cfg.batches), rng)
         for name in cfg.backends:
             if name == "trt-engine" and cfg.engine:
-                eng_size = engine_image_size(cfg.engine)
-                if eng_size != size:  # an engine is built for one image size
-                    skipped[f"{name} @ {size}px"] = (f"the engine {cfg.engine} takes {eng_size} px images (its "
-                                                     f"sidecar); build one per size with wmoe export trt")
+                eng = engine_meta(Path(cfg.engine))
+                if eng.image_size != size:  # an engine is built for one image size
+                    skipped[f"{name} @ {size}px"] = (f"the engine {cfg.engine} is built for {eng.image_size} px "
+                                                     f"images (its sidecar); build one per size with wmoe export trt")
                     continue
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -197,10 +197,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                 skipped[name] = str(e)
                 continue
             mem.device = be.device
-            got = be.run(x_par)
-            parity = {f"max_abs_{k}": float(np.abs(got[k] - ref[k]).max()) for k in OUTPUT_NAMES}
+            feed = feeds.get(be.meta)
+            got = be.run(feed.x)
+            parity = {f"max_abs_{k}": float(np.abs(got[k] - feed.ref[k]).max()) for k in OUTPUT_NAMES}
             for b in cfg.batches:
-                x = x_par[:b] if b <= len(x_par) else rng.standard_normal((b, 3, size, size)).astype(np.float32)
+                x = feed.batch(b)
                 mem.reset()
                 for _ in range(cfg.warmup):
                     be.run(x)
@@ -217,7 +218,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                         mem.sample()
                 t = np.array(times)
                 ips = b / float(np.median(t))
-                rec = {"backend": name, "size": size, "batch": b, "images_per_s": ips,
+                rec = {"backend": name, "size": size, "batch": b, "input": feed.describe, "images_per_s": ips,
                        "latency_p50_ms": float(np.percentile(t, 50) * 1e3),
                        "latency_p99_ms": float(np.percentile(t, 99) * 1e3), "peak_mem_mb": mem.mb(),
                        "peak_mem_source": mem.source,
@@ -241,12 +242,50 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
     return doc
 
 
-def engine_image_size(engine: str) -> int:
-    """The image size a TensorRT engine was built for, from its sidecar's input shape (N, 3, S, S)."""
-    from wmoe.contract import EngineSidecar
-    sc = EngineSidecar.read(EngineSidecar.path_for(engine))
-    shape = next(iter(sc.inputs.values()))
-    return int(shape[-1])
+@dataclass
+class Feed:
+    """One input kind of the model contract in a bench run: the parity batch ``x`` as the backend takes it, the
+    torch-fp32 outputs on the same pixels (``ref``), and more batches of that kind."""
+
+    x: np.ndarray
+    ref: Dict[str, np.ndarray]
+    make: Callable[[int], np.ndarray]
+    describe: str
+
+    def batch(self, b: int) -> np.ndarray:
+        return self.x[:b] if b <= len(self.x) else self.make(b)
+
+
+class Feeds:
+    """What each backend is fed, from its model contract (:attr:`Backend.meta`): normalized float images (N,3,S,S)
+    for PyTorch and images-input exports; seeded uint8 camera frames (N,H,W,3) at the contract's frame size for a
+    frames-input export (the CLI's default), whose reference is torch-fp32 on those frames preprocessed as the graph
+    does (:func:`wmoe.preprocess.frames_to_images`), so parity compares the same pixels."""
+
+    def __init__(self, ref_be: Backend, size: int, n: int, rng: np.random.Generator) -> None:
+        self.ref_be, self.size, self.n, self.rng = ref_be, size, n, rng
+        self.cache: Dict[object, Feed] = {}
+        self.get(None)  # the images feed first: the seeded draws of a run without frames backends are unchanged
+
+    def get(self, meta: Optional[ModelMeta]) -> Feed:
+        if meta is not None and meta.image_size != self.size:
+            raise ValueError(f"a {meta.image_size} px model in a {self.size} px bench run")
+        frames = meta is not None and meta.input == INPUT_FRAMES
+        key = tuple(meta.frame_size) if frames else None
+        if key not in self.cache:
+            if frames:
+                h, w = key
+                make = lambda b: self.rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)  # noqa: E731
+                x = make(self.n)
+                with torch.no_grad():
+                    ref = self.ref_be.run(frames_to_images(torch.from_numpy(x), meta.preprocess).numpy())
+                self.cache[key] = Feed(x, ref, make, f"frames uint8 {h}x{w}")
+            else:
+                s = self.size
+                make = lambda b: self.rng.standard_normal((b, 3, s, s)).astype(np.float32)  # noqa: E731
+                x = make(self.n)
+                self.cache[key] = Feed(x, self.ref_be.run(x), make, f"images float32 {s}x{s}")
+        return self.cache[key]
 
 
 def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
@@ -257,24 +296,37 @@ def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
     from wmoe.checkpoint import read_checkpoint
     from wmoe.export.gate import compare, failures, labeled_images
     size = read_checkpoint(cfg.checkpoint)[0].config.image_size
-    x, y, m = labeled_images(cfg.parity_data, size, cfg.parity_images, cfg.seed)
     factory = _model_factory(cfg, size)
-    outs: Dict[str, dict] = {}
-    for name in dict.fromkeys(["torch-fp32", *cfg.backends]):  # the fp32 reference first, always
+    ref_be = _make(cfg, "torch-fp32", factory, True)
+
+    def run_all(be: Backend, x: np.ndarray) -> Dict[str, np.ndarray]:
+        parts = [be.run(x[i:i + 8]) for i in range(0, len(x), 8)]
+        return {k: np.concatenate([o[k] for o in parts]) for k in parts[0]}
+
+    feeds: Dict[object, tuple] = {}  # frame size (None: images) -> (inputs, torch-fp32 outputs, labels, masks)
+
+    def feed(meta: Optional[ModelMeta]) -> tuple:
+        """The labeled images as this backend's contract takes them (frames for a frames-input export) and the
+        reference on the same pixels."""
+        fs = tuple(meta.frame_size) if meta is not None and meta.input == INPUT_FRAMES else None
+        if fs not in feeds:
+            x, y, m = labeled_images(cfg.parity_data, size, cfg.parity_images, cfg.seed, frame_size=fs)
+            with torch.no_grad():
+                ref_x = x if fs is None else frames_to_images(torch.from_numpy(x), meta.preprocess).numpy()
+            feeds[fs] = (x, run_all(ref_be, ref_x), y, m)
+        return feeds[fs]
+
+    res: Dict[str, dict] = {}
+    for name in cfg.backends:
         if name in skipped:
             continue
         try:
-            be = _make(cfg, name, factory, True)
+            be = ref_be if name == "torch-fp32" else _make(cfg, name, factory, True)
         except Skip as e:
             skipped[name] = str(e)
             continue
-        parts = [be.run(x[i:i + 8]) for i in range(0, len(x), 8)]
-        outs[name] = {k: np.concatenate([o[k] for o in parts]) for k in parts[0]}
-    res: Dict[str, dict] = {}
-    for name, o in outs.items():
-        if name not in cfg.backends:
-            continue
-        fig = compare(outs["torch-fp32"], o, y, m)
+        x, ref, y, m = feed(be.meta)
+        fig = compare(ref, run_all(be, x), y, m)
         why = failures(fig, cfg.gate)
         res[name] = {"image_auroc": fig.get("image_auroc", float("nan")),
                      "pixel_auroc": fig.get("pixel_auroc", float("nan")),

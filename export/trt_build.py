@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from wmoe.atomic import atomic_path
-from wmoe.contract import QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor, sha256_file
+from wmoe.contract import INPUT_FRAMES, QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor, sha256_file
 from wmoe.errors import ExportError
 from wmoe.onnx_meta import read_onnx_metadata
 
@@ -60,6 +60,38 @@ def plan_flavor(meta: Dict[str, str], tensorrt_version: str, checkpoint: Optiona
                         f"flavor instead (re-exported from {checkpoint})")
 
 
+#: ModelMeta fields that may differ between a plugin-flavor ONNX and its portable re-export: everything else is the
+#: model's contract with its users (input kind, frame size, image size, preprocessing, precision, decision, config,
+#: checkpoint) and must come through unchanged.
+_FLAVOR_FIELDS = ("flavor", "exporter", "version")
+
+
+def portable_fallback(onnx_path: Union[str, Path], checkpoint: Union[str, Path], out: Union[str, Path]) -> Path:
+    """Re-export the portable flavor of a plugin-flavor ONNX from its checkpoint, keeping the whole contract: a
+    frames-input model stays frames-input at its frame size, and the threshold, pixel threshold and calibration
+    record come along. A checkpoint other than the one the ONNX was exported from is refused (its SHA-256 is in
+    the metadata), and the re-export is checked field by field against the original contract. Needs torch and the
+    model (``wmoe[export]``): the plugin flavor cannot be turned into the portable one without them."""
+    import dataclasses
+
+    onnx_path, checkpoint = Path(onnx_path), Path(checkpoint)
+    src = ModelMeta.from_metadata(read_onnx_metadata(onnx_path), str(onnx_path))
+    if not checkpoint.is_file():
+        raise ExportError(f"{checkpoint}: no such checkpoint (needed to re-export {onnx_path} as the portable flavor)")
+    if src.checkpoint_sha256 and src.checkpoint_sha256 != sha256_file(checkpoint):
+        raise ExportError(f"{checkpoint} is not the checkpoint {onnx_path} was exported from (its metadata names "
+                          f"sha256 {src.checkpoint_sha256[:12]}...): pass that checkpoint to --checkpoint")
+    from .onnx_export import export_onnx
+    path = export_onnx(checkpoint, out, precision=src.precision, preprocess=src.input == INPUT_FRAMES,
+                       frame_size=src.frame_size, decision=src.decision)
+    got = ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+    changed = [f.name for f in dataclasses.fields(ModelMeta)
+               if f.name not in _FLAVOR_FIELDS and getattr(got, f.name) != getattr(src, f.name)]
+    if changed:  # a guard: export_onnx gained a contract field this function does not pass on
+        raise ExportError(f"the portable re-export {path} of {onnx_path} changed its contract ({', '.join(changed)})")
+    return path
+
+
 #: The oldest compute capability with tensor-core support for each Q/DQ precision (int8: Turing, Orin is 8.7;
 #: fp8 E4M3: Ada 8.9 and Hopper 9.0).
 QDQ_MIN_CC = {"int8": (7, 5), "fp8": (8, 9)}
@@ -94,9 +126,7 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     flavor, note = plan_flavor(meta, trt.__version__, checkpoint)
     if note:
         print(note, flush=True)
-        from .onnx_export import export_onnx
-        onnx_path = export_onnx(checkpoint, out.with_suffix(".portable.onnx"),
-                                precision=precision_in)
+        onnx_path = portable_fallback(onnx_path, checkpoint, out.with_suffix(".portable.onnx"))
         meta = read_onnx_metadata(onnx_path)
     if flavor == "plugin":
         from .trt_plugins import check_plugin_nodes

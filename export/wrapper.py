@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from wmoe.contract import PreprocessSpec
 from wmoe.model import WMoECLIP
-from wmoe.preprocess import normalize, resize_batch
+from wmoe.preprocess import frames_to_images
 
 
 class ExportWrapper(nn.Module):
@@ -29,8 +29,7 @@ class ExportWrapper(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         if self.preprocess:
-            x = x.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-            x = normalize(resize_batch(x, self.spec), self.spec)
+            x = frames_to_images(x, self.spec)
         # fp16 variant: fp32 at the graph's edges, fp16 weights and compute inside
         out = self.model(x.to(self.dtype))
         return out.scores.float(), out.maps.float(), out.text_scores.float()

@@ -167,3 +167,53 @@ def test_gpu_check_env_names_missing_modules(tmp_path, monkeypatch):
     assert code == 1
     env = next(r for r in json.loads((tmp_path / "gpu_check.json").read_text())["results"] if r["step"] == "env")
     assert env["status"] == "failed" and "wmoe_no_such_module_xyz" in env["reason"] and "numpy" not in env["reason"]
+
+
+@pytest.fixture(scope="module")
+def frames_model(tmp_path_factory):
+    """A tiny checkpoint and its export with in-graph preprocessing (uint8 frames 60x80: the CLI's default input
+    kind), and a demo data set for the accuracy gate."""
+    from wmoe.export.onnx_export import export_onnx
+    d = tmp_path_factory.mktemp("bench_frames")
+    torch.manual_seed(4)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "m.safetensors")
+    onnx_path = export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(60, 80))
+    data = make_demo_dataset(d / "demo", image_size=64, n_test_good=2, n_test_defect=2, categories=["gravel"])
+    return {"ckpt": ckpt, "onnx": onnx_path, "data": data, "dir": d}
+
+
+def test_bench_feeds_a_frames_export_frames(frames_model):
+    """A frames-input export (what `wmoe export onnx` writes by default and gpu-check benchmarks) is fed uint8
+    frames at its contract's frame size, and its parity and accuracy gate are against torch-fp32 on the same pixels.
+    The old harness fed it float NCHW images (ONNX Runtime: invalid input)."""
+    from wmoe.bench.harness import BenchConfig, run_bench
+    cfg = BenchConfig(str(frames_model["ckpt"]), out=str(frames_model["dir"] / "bench"), backends=["ort-cpu"],
+                      batches=[1, 3], warmup=0, repeats=1, onnx=str(frames_model["onnx"]),
+                      parity_data=str(frames_model["data"]))
+    doc = run_bench(cfg, progress=False)
+    assert [(r["backend"], r["batch"], r["input"]) for r in doc["records"]] == [
+        ("ort-cpu", 1, "frames uint8 60x80"), ("ort-cpu", 3, "frames uint8 60x80")]
+    assert all(r["max_abs_maps"] < 1e-4 and r["max_abs_scores"] < 1e-4 for r in doc["records"])
+    gate = doc["auroc_parity"]["ort-cpu"]
+    assert gate["n_images"] == 4 and gate["max_map_diff"] < 1e-4 and gate["gate_passed"]
+
+
+def test_bench_takes_the_engine_size_and_input_from_its_sidecar(frames_model, tmp_path):
+    """An engine of a frames export (input [-1,60,80,3] uint8) runs at the model's image size from the contract in
+    its sidecar, and is skipped at other sizes with that size. The old harness read shape[-1] = 3 and skipped the
+    engine at every size ("takes 3 px images"): gpu-check never benchmarked its engine."""
+    from wmoe.bench.harness import BenchConfig, run_bench
+    from wmoe.contract import EngineSidecar
+    from wmoe.onnx_meta import read_onnx_metadata
+    eng = tmp_path / "m.engine"
+    eng.write_bytes(b"not built here")
+    EngineSidecar(engine=eng.name, onnx_sha256="", checkpoint_sha256="", precision="fp32", tensorrt_version="10.9.0",
+                  gpu_name="-", compute_capability="9.0", inputs={"frames": [-1, 60, 80, 3]},
+                  outputs={"scores": [-1], "maps": [-1, 112, 112], "text_scores": [-1]}, batch_ranges=[[1, 2, 4]],
+                  metadata=read_onnx_metadata(frames_model["onnx"])).write(EngineSidecar.path_for(eng))
+    cfg = BenchConfig(str(frames_model["ckpt"]), out=str(tmp_path / "bench"), backends=["trt-engine"], batches=[1],
+                      warmup=0, repeats=1, engine=str(eng), sizes=[112, 56])
+    doc = run_bench(cfg, progress=False)
+    assert "trt-engine @ 112px" not in doc["skipped"], doc["skipped"]  # its own size: on to building the backend
+    assert "built for 112 px" in doc["skipped"]["trt-engine @ 56px"]
+    assert "tensorrt is not installed" in doc["skipped"]["trt-engine"]  # no TensorRT here: the build is skipped

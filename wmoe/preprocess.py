@@ -115,6 +115,14 @@ def normalize(x: Tensor, spec: PreprocessSpec) -> Tensor:
     return (x - mean) / std
 
 
+def frames_to_images(frames: Tensor, spec: PreprocessSpec) -> Tensor:
+    """uint8 RGB camera frames (N, H, W, 3) -> the model input (N, 3, S, S): what a frames-input export computes
+    inside its graph (the exporter traces this function); the bench feeds its output to the PyTorch reference so
+    that a frames engine and the reference see the same pixels."""
+    x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    return normalize(resize_batch(x, spec), spec)
+
+
 def resize_normalize(images: Sequence[Tensor], size: int) -> Tensor:
     """Float CxHxW images in [0, 1] (any sizes) -> the model input (B, 3, size, size): the one preprocessing of
     eval, train, predict and the Detector (:class:`wmoe.contract.PreprocessSpec` with ``size``)."""
