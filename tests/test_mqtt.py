@@ -44,7 +44,7 @@ def test_every_result_is_delivered_across_a_broker_restart(tiny_onnx, tmp_path):
                     buffered_while_down = sink.pending
                     broker.start()                     # and comes back on the same port
         assert buffered_while_down >= 5, buffered_while_down  # results produced meanwhile waited in the buffer
-        assert max(publish_s) < 0.05  # scoring never waits for the network
+        assert max(publish_s) < 0.25  # scoring never waits for the network (reconnecting takes >= 1 s)
         assert sink.wait_delivered(60), sink.summary()
         assert sink.close(drain_s=5) == 0 and sink.lost == 0 and sink.connects >= 2, sink.summary()
         msgs = sub.wait_for(30, timeout=30)
