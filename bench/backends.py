@@ -4,7 +4,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -12,6 +12,9 @@ import torch
 from wmoe.contract import EngineSidecar, ModelMeta
 
 from .backend_names import ALL_BACKENDS  # noqa: F401 - torch-free, for the command line
+
+if TYPE_CHECKING:
+    from wmoe.kernels.dispatch import Kernels
 
 
 class Skip(Exception):

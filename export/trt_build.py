@@ -3,12 +3,14 @@
 Written against TensorRT 10.x / 11 documented APIs: ``trt.Builder``, ``OnnxParser`` (every parser error printed),
 one optimization profile per declared batch range, a timing cache reused across builds. TensorRT 11 networks are
 strongly typed (no precision flags): reduced precision must come from the ONNX itself (``--precision fp16`` export);
-TensorRT 10 takes the builder flags. Where TensorRT is not installed, :func:`require_tensorrt` says what to install.
+TensorRT 10 takes the builder flags. Where TensorRT is not installed, :data:`INSTALL_HINT` says what to install.
+Every TensorRT call here is type-checked against tensorrt-stubs (tests/test_typecheck.py) and executed against the
+generated TensorRT double for 10.9 and 11.4 (tests/test_trt_double.py, tests/test_trt_dry_run.py).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, TypeVar, Union
 
 from wmoe.atomic import atomic_path
 from wmoe.contract import INPUT_FRAMES, QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor, sha256_file
@@ -22,7 +24,7 @@ INSTALL_HINT = ("TensorRT is not installed. On x86-64: pip install 'wmoe[trt]' (
 
 def require_tensorrt():
     try:
-        import tensorrt as trt  # type: ignore
+        import tensorrt as trt
     except ImportError as e:
         raise ExportError(INSTALL_HINT) from e
     return trt
@@ -118,7 +120,8 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     ``<out>.kernels/`` when not given). ``checkpoint``: used to re-export the portable flavor when this TensorRT
     cannot run the plugins.
     """
-    trt = require_tensorrt()
+    require_tensorrt()
+    import tensorrt as trt  # a module-typed name: the type check follows every call below into the stubs
     onnx_path, out = Path(onnx_path), Path(out)
     meta = read_onnx_metadata(onnx_path)
     precision_in = ModelMeta.from_metadata(meta, str(onnx_path)).precision
@@ -126,6 +129,7 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     flavor, note = plan_flavor(meta, trt.__version__, checkpoint)
     if note:
         print(note, flush=True)
+        assert checkpoint is not None  # plan_flavor only plans a re-export from a checkpoint it was given
         onnx_path = portable_fallback(onnx_path, checkpoint, out.with_suffix(".portable.onnx"))
         meta = read_onnx_metadata(onnx_path)
     if flavor == "plugin":
@@ -171,7 +175,7 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         raise ExportError(f"{cache_path}: TensorRT refused this timing cache (made by another TensorRT version or "
                           "GPU?): delete it or pass --timing-cache with a new path")
     inp = network.get_input(0)
-    shape = list(inp.shape)
+    shape = _dims(inp.shape)
     for lo, opt, hi in ranges:
         prof = _ok(builder.create_optimization_profile(), "create_optimization_profile")
         prof.set_shape(inp.name, trt.Dims([lo] + shape[1:]), trt.Dims([opt] + shape[1:]), trt.Dims([hi] + shape[1:]))
@@ -184,7 +188,7 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
         precision=precision, tensorrt_version=trt.__version__, flavor=flavor, gpu_name=gpu_name,
         compute_capability=f"{cc_major}.{cc_minor}",
         inputs={inp.name: [-1] + shape[1:]},
-        outputs={network.get_output(i).name: list(network.get_output(i).shape) for i in range(network.num_outputs)},
+        outputs={network.get_output(i).name: _dims(network.get_output(i).shape) for i in range(network.num_outputs)},
         batch_ranges=[list(r) for r in ranges], metadata={k: v for k, v in meta.items() if k.startswith("wmoe.")},
     )
     blob = builder.build_serialized_network(network, config)
@@ -196,7 +200,15 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     return out
 
 
-def _ok(obj, what: str):
+_T = TypeVar("_T")
+
+
+def _dims(d: Any) -> List[int]:
+    """A TensorRT ``Dims`` as a list (``Dims`` is indexable and sized; the stubs do not declare it iterable)."""
+    return [int(d[i]) for i in range(len(d))]
+
+
+def _ok(obj: Optional[_T], what: str) -> _T:
     """TensorRT's Python API returns None (and logs why) where the C++ API returns a null pointer."""
     if obj is None:
         raise ExportError(f"TensorRT {what} failed (see TensorRT's log above)")

@@ -285,11 +285,11 @@ def unregister_plugins() -> None:
 
 def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tuple[int, int]] = None) -> None:
     """Register both plugins with ``tensorrt.plugin`` (once per process) before the ONNX parser sees the nodes."""
-    import tensorrt as trt  # type: ignore
+    import tensorrt as trt
     if not trt_version_ok(trt.__version__):
         raise ExportError(f"TensorRT {trt.__version__} has no AOT Python plugins (needs >= 10.9): build the "
                           "portable flavor")
-    import tensorrt.plugin as trtp  # type: ignore
+    import tensorrt.plugin as trtp  # type: ignore  # no stub: run against the real frontend (test_trt_frontend)
     if _REGISTERED.get("trtp") is trtp:
         return
     # int attributes are declared as int32 arrays: the ONNX parser passes an ONNX INT as a one-element array, and

@@ -257,3 +257,59 @@ def install(monkeypatch: Any) -> types.ModuleType:
     monkeypatch.setattr(cuda.bindings, "runtime", mod)
     monkeypatch.setattr(sys.modules[__name__], "ACTIVE", True)
     return mod
+
+
+def write_stub(dst: Any) -> List[str]:
+    """Write ``cuda/bindings/runtime.pyi`` under ``dst`` from the installed module's introspected surface, for the
+    type check of :mod:`wmoe.runtime.cuda_api` (cuda-python ships no stubs): every function with its real parameter
+    names (annotated with the real class where the binding names one, else ``Any``) returning cuda-python's tuple,
+    every enum with its members, every other type with its instance attributes. Returns the functions written."""
+    from pathlib import Path
+    root = Path(dst) / "cuda" / "bindings"
+    root.mkdir(parents=True, exist_ok=True)
+    (root.parent / "__init__.pyi").write_text("")
+    (root / "__init__.pyi").write_text("from . import runtime as runtime\n")
+    out = ["from typing import Any", ""]
+    classes = {n for n in dir(real) if not n.startswith("_") and isinstance(getattr(real, n), type)}
+    for n in sorted(classes):
+        cls = getattr(real, n)
+        if n in ("Any", "Optional"):
+            continue
+        members = getattr(cls, "__members__", None)
+        if isinstance(members, dict) or (members is not None and hasattr(members, "keys")):
+            out.append(f"class {n}(int):")
+            out += [f"    {m}: {n}" for m in members] or ["    ..."]
+            out.append("")
+            continue
+        out.append(f"class {n}:")
+        out.append("    def __init__(self, *args: Any, **kwargs: Any) -> None: ...")
+        out.append("    def __int__(self) -> int: ...")
+        try:
+            attrs = [a for a in dir(cls()) if not a.startswith("_")]
+        except Exception:  # noqa: BLE001 -- a type that cannot be made without arguments: attributes unknown
+            attrs = []
+        if attrs:
+            out += [f"    {a}: Any" for a in attrs if a.isidentifier()]
+        else:
+            out.append("    def __getattr__(self, name: str) -> Any: ...")
+        out.append("")
+    funcs = []
+    for n in sorted(dir(real)):
+        obj = getattr(real, n)
+        if n.startswith("_") or isinstance(obj, type) or not callable(obj):
+            continue
+        try:
+            sig = inspect.signature(obj)
+        except (TypeError, ValueError):
+            continue
+        params = []
+        for p in sig.parameters.values():
+            ann = p.annotation if isinstance(p.annotation, str) and p.annotation in classes else "Any"
+            default = " = ..." if p.default is not inspect.Parameter.empty else ""
+            prefix = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}.get(p.kind, "")
+            params.append(f"{prefix}{p.name}: {ann}{default}")
+        ret = "tuple[Any, ...]" if n.startswith("cuda") else "Any"
+        out.append(f"def {n}({', '.join(params)}) -> {ret}: ...")
+        funcs.append(n)
+    (root / "runtime.pyi").write_text("\n".join(out) + "\n")
+    return funcs

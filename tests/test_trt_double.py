@@ -2,12 +2,11 @@
 
 The double's surface is generated at test time from tensorrt-stubs 10.13 and each bindings wheel's ``tensorrt.so``
 (10.9, 10.16, 11.4); nothing generated is committed. These tests show that it refuses what TensorRT refuses (a
-method TensorRT lacks, a wrong argument count, a flag a version removed) and run ``build_engine`` through it: on the
-code before this change it failed at ``prof.is_valid()`` with the double's AttributeError.
+method TensorRT lacks, a wrong argument count, a flag a version removed). ``build_engine`` and the rest of the
+TensorRT path run through it in tests/test_trt_dry_run.py (which failed on the old code at ``prof.is_valid()``).
 """
 import pytest
 
-import cuda_double
 import trt_behaviour
 import trt_double as D
 
@@ -87,37 +86,3 @@ def test_stub_repairs_are_the_known_ones():
     assert len(lines) == 5
     src, dst = text.splitlines(), fixed_text.splitlines()
     assert [i + 1 for i, (a, b) in enumerate(zip(src, dst)) if a != b] == lines
-
-
-@pytest.fixture(scope="module")
-def portable_onnx(tmp_path_factory):
-    import torch
-
-    from wmoe.config import ModelConfig
-    from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
-    torch.manual_seed(0)
-    return export_onnx(WMoECLIP(ModelConfig.tiny(image_size=56)).eval(),
-                       tmp_path_factory.mktemp("onnx") / "m.onnx", threshold=0.3)
-
-
-@pytest.mark.parametrize("version", ["10.9", "11.4"])
-def test_build_engine_runs_under_the_double(version, portable_onnx, tmp_path, monkeypatch):
-    """``build_engine`` end to end on the generated TensorRT + CUDA doubles. Failed before the fix with
-    ``AttributeError: 'tensorrt.IOptimizationProfile' object has no attribute 'is_valid'``."""
-    from wmoe.contract import EngineSidecar
-    from wmoe.export.trt_build import build_engine
-    cuda_double.install(monkeypatch)
-    trt = D.load(version)
-    try:
-        out = build_engine(portable_onnx, tmp_path / "m.engine", precision="fp32", batch="1:2:4,8:8:8")
-        side = EngineSidecar.read(EngineSidecar.path_for(out))
-        assert side.tensorrt_version == trt.__version__ and side.gpu_name == cuda_double.DEVICE_NAME
-        assert side.batch_ranges == [[1, 2, 4], [8, 8, 8]] and side.compute_capability == "9.0"
-        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(out.read_bytes())
-        assert engine.num_optimization_profiles == 2
-        name = engine.get_tensor_name(0)
-        assert [list(d) for d in engine.get_tensor_profile_shape(name, 1)][0][0] == 8
-        assert (tmp_path / "m.timing.cache").is_file()
-    finally:
-        D.unload()

@@ -1,5 +1,6 @@
 """Conformance of the TensorRT plugins with TensorRT's REAL ``tensorrt.plugin`` frontend (the pure-Python part of
-the ``tensorrt-cu12-bindings`` wheel; only its compiled core is stood in for, see ``trt_standin.py``).
+the ``tensorrt-cu12-bindings`` wheel, and its ``__init__.py``); only the compiled core is the test double GENERATED
+from tensorrt-stubs and that wheel's ``tensorrt.so`` (``trt_double.py``; behaviour in ``trt_behaviour.py``).
 
 Run against every frontend installed: the dev extra's wheel (10.16, also JetPack 7.2's) and those ``make install``
 puts under ``.venv/trt-frontends`` (10.9, the first with ``aot_impl``; 11.4, the newest). It registers both plugins
@@ -13,7 +14,8 @@ import onnx
 import pytest
 import torch
 
-import trt_standin as S
+import trt_behaviour as TB
+import trt_double as D
 from wmoe.config import ModelConfig
 from wmoe.export.onnx_export import ExportError, export_onnx
 from wmoe.export.plugin_graph import DOMAIN, MOE_OP, WCMA_OP
@@ -21,7 +23,7 @@ from wmoe.export.trt_plugins import (PLUGINS, check_plugin_nodes, launch_plan, p
                                      register_plugins, unregister_plugins)
 from wmoe.model import WMoECLIP
 
-FRONTENDS = S.frontend_dirs()
+FRONTENDS = D.bindings_dirs()
 DRIVER_LIMIT = (8, 5)  # a CUDA 12.6 driver (JetPack 6.2 / many servers)
 TARGET = "sm_87"
 
@@ -45,11 +47,11 @@ def plugin_onnx(tmp_path_factory):
 
 @pytest.fixture(params=sorted(FRONTENDS))
 def frontend(request):
-    trt, trtp = S.load_frontend(FRONTENDS[request.param])
+    trt, trtp = D.frontend(request.param)
     unregister_plugins()
     yield trt, trtp
     unregister_plugins()
-    S.unload_frontend()
+    D.unload()
 
 
 def _set(node: onnx.NodeProto, **values) -> onnx.NodeProto:
@@ -70,7 +72,7 @@ def test_plugin_nodes_carry_what_the_onnx_parser_needs(frontend, store, plugin_o
     for node in custom:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs["plugin_namespace"] == DOMAIN.encode()  # the parser ignores the ONNX domain
-        creator, plugin = S.parse_plugin_node(trt, node)
+        creator, plugin = TB.import_plugin_node(node)
         assert creator.plugin_namespace == DOMAIN and creator.name == node.op_type
         # every field the creator declares is an attribute of the node (a missing one is only a parser warning)
         declared = {f.name for f in creator.field_names}
@@ -81,7 +83,7 @@ def test_plugin_nodes_carry_what_the_onnx_parser_needs(frontend, store, plugin_o
     bare.CopyFrom(custom[0])
     del bare.attribute[:]
     with pytest.raises(RuntimeError, match="Plugin not found"):
-        S.parse_plugin_node(trt, bare)
+        TB.import_plugin_node(bare)
 
 
 def test_build_checks_nodes_against_registered_creators(frontend, store, plugin_onnx, tmp_path):
@@ -114,9 +116,9 @@ def test_builder_calls_match_launch_plan(frontend, store, plugin_onnx, dtype):
     wcma = _set(nodes[WCMA_OP], hidden=D)
     router = _set(nodes[MOE_OP], top_k=K, n_experts=NE)
     for B, side in ((1, 24), (8, 37), (33, 37)):
-        creator, plugin = S.parse_plugin_node(trt, wcma)
+        creator, plugin = TB.import_plugin_node(wcma)
         ins = [((B, side, side, C), T), ((B, C), f32), ((D, C), T), ((D,), f32), ((C, D), T), ((C,), f32)]
-        got = S.build_plugin(trt, plugin, ins)
+        got = TB.drive_plugin(plugin, ins)
         # C = 768 and D = 192 are build-time multiples of 16: the 16-byte-aligned variant (vectorized loads)
         art = store.by_name[f"wcma_main_{dtype}_{TARGET}_a16"]
         assert art["variant"] == "a16" and art["vector_loads"] + art["cp_async_16"] > 0
@@ -134,8 +136,8 @@ def test_builder_calls_match_launch_plan(frontend, store, plugin_onnx, dtype):
         again = plugin.clone()
         assert again.get_output_data_types([t for _, t in ins], [len(s) for s, _ in ins]) == [T]
 
-        creator, plugin = S.parse_plugin_node(trt, router)
-        got = S.build_plugin(trt, plugin, [((B, C), T), ((NE, C), f32), ((NE,), f32)])
+        creator, plugin = TB.import_plugin_node(router)
+        got = TB.drive_plugin(plugin, [((B, C), T), ((NE, C), f32), ((NE,), f32)])
         art = store.by_name[f"moe_router_{dtype}_{TARGET}_a16"]
         assert got["ptx"] == store.kernel(MOE_OP, dtype, TARGET, DRIVER_LIMIT, aligned=True)[1]
         grid, threads, scalars = launch_plan(MOE_OP, dict(B=B, C=C, NE=NE, TOPK=K), art["constexprs"],
@@ -145,8 +147,9 @@ def test_builder_calls_match_launch_plan(frontend, store, plugin_onnx, dtype):
         assert got["shared_mem"] == art["shared_bytes"] and got["kernel"] == art["kernel"]
 
 
-def test_stand_in_is_not_lenient(frontend):
-    """The stand-in rejects what the real core would: non-int constants, unknown creators."""
+def test_core_double_is_not_lenient(frontend):
+    """The generated core rejects what the real core would: non-int constants, unknown creators, names and
+    argument counts outside TensorRT's API."""
     trt, _ = frontend
     b = trt.IExprBuilder()
     with pytest.raises(TypeError):
@@ -154,3 +157,7 @@ def test_stand_in_is_not_lenient(frontend):
     assert trt.get_plugin_registry().get_creator(WCMA_OP, "1", DOMAIN) is None
     f = trt.PluginField("hidden", np.array([192]), trt.PluginFieldType.INT32)
     assert f.data.dtype == np.int32 and f.data.shape == (1,)  # how the parser hands an ONNX INT to the creator
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        trt.PluginTensorDesc((1, 2), trt.float32)  # the old stand-in's constructor: TensorRT's takes no arguments
+    with pytest.raises(AttributeError, match="no attribute 'dim'"):
+        b.dim(3)  # a helper the old stand-in added to IExprBuilder

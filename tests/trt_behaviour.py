@@ -441,37 +441,50 @@ class OnnxParser:
         return True
 
     def _import_plugin(self, node: Any) -> Optional[str]:
-        """onnxOpImporters.cpp's fallback plugin importer, for an IPluginCreatorV3Quick creator."""
-        import onnx
-        core = T()
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        version = attrs.pop("plugin_version", b"1")
-        namespace = attrs.pop("plugin_namespace", b"")
-        version = version.decode() if isinstance(version, bytes) else str(version)
-        namespace = namespace.decode() if isinstance(namespace, bytes) else str(namespace)
-        creator = core.get_plugin_registry().get_creator(node.op_type, version, namespace)
-        if creator is None:
-            return (f"onnxOpImporters.cpp: Plugin not found, are the plugin name, version, and namespace correct? "
-                    f"({node.op_type}, version {version}, namespace {namespace!r})")
-        fields = []
-        for declared in creator.field_names:
-            if declared.name not in attrs:
-                _log(self._logger, "WARNING", f"Attribute {declared.name} not found in plugin node!")
-                continue
-            value = attrs[declared.name]
-            if declared.type == core.PluginFieldType.CHAR:
-                data = value if isinstance(value, bytes) else str(value).encode()
-                fields.append(core.PluginField(declared.name, data, core.PluginFieldType.CHAR))
-            else:
-                fields.append(core.PluginField(declared.name, np.atleast_1d(np.asarray(value)), declared.type))
-        # the quick-plugin bridge hands the creator its own name and namespace (the frontend keys its registry so)
-        plugin = creator.create_plugin(creator.name, namespace,
-                                       core.PluginFieldCollection_(core.PluginFieldCollection(fields)),
-                                       core.TensorRTPhase.BUILD, core.QuickPluginCreationRequest.PREFER_AOT)
-        if plugin is None:
-            return f"{node.op_type}: the plugin creator returned None"
+        try:
+            _, plugin = import_plugin_node(node, self._logger)
+        except RuntimeError as e:
+            return str(e)
         self._network._plugins.append((node, plugin))
         return None
+
+
+def import_plugin_node(node: Any, logger: Any = None) -> Tuple[Any, Any]:
+    """``(creator, plugin)`` for one custom ONNX node, as onnxOpImporters.cpp's fallback plugin importer makes it
+    for an ``IPluginCreatorV3Quick``: the creator looked up by op type, ``plugin_version`` (default "1") and the
+    ``plugin_namespace`` attribute (default ""), ignoring the ONNX domain; the node's attributes passed as fields
+    typed like the creator's declared fields (an ONNX INT becomes a one-element integer array). RuntimeError
+    "Plugin not found" when no creator matches."""
+    import onnx
+    core = T()
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    version = attrs.pop("plugin_version", b"1")
+    namespace = attrs.pop("plugin_namespace", b"")
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    namespace = namespace.decode() if isinstance(namespace, bytes) else str(namespace)
+    creator = core.get_plugin_registry().get_creator(node.op_type, version, namespace)
+    if creator is None:
+        raise RuntimeError(f"onnxOpImporters.cpp: Plugin not found, are the plugin name, version, and namespace "
+                           f"correct? ({node.op_type}, version {version}, namespace {namespace!r})")
+    fields = []
+    for declared in creator.field_names:
+        if declared.name not in attrs:
+            if logger is not None:
+                _log(logger, "WARNING", f"Attribute {declared.name} not found in plugin node!")
+            continue
+        value = attrs[declared.name]
+        if declared.type == core.PluginFieldType.CHAR:
+            data = value if isinstance(value, bytes) else str(value).encode()
+            fields.append(core.PluginField(declared.name, data, core.PluginFieldType.CHAR))
+        else:
+            fields.append(core.PluginField(declared.name, np.atleast_1d(np.asarray(value)), declared.type))
+    # the quick-plugin bridge hands the creator its own name and namespace (the frontend keys its registry so)
+    plugin = creator.create_plugin(creator.name, namespace,
+                                   core.PluginFieldCollection_(core.PluginFieldCollection(fields)),
+                                   core.TensorRTPhase.BUILD, core.QuickPluginCreationRequest.PREFER_AOT)
+    if plugin is None:
+        raise RuntimeError(f"{node.op_type}: the plugin creator returned None")
+    return creator, plugin
 
 
 class Builder:
@@ -589,7 +602,7 @@ def drive_plugin(plugin: Any, inputs: List[Tuple[Tuple[int, ...], Any]], dynamic
     plugin.configure_plugin(dyn[:n_in], dyn[n_in:])
     tactics = plugin.get_valid_tactics()
     plugin.set_tactic(tactics[0] if tactics else 0)
-    lp = core.KernelLaunchParams()
+    lp = new(core.KernelLaunchParams)  # made by TensorRT (no Python constructor)
     setter = new(core.ISymExprs)
     setter.nbSymExprs = 0
     plugin.get_launch_params(in_exprs, dyn, n_in, lp, setter, builder)

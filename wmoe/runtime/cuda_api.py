@@ -51,7 +51,7 @@ class CudaPython(CudaApi):
 
     def __init__(self, device: int = 0) -> None:
         try:
-            from cuda.bindings import runtime as cudart  # type: ignore
+            from cuda.bindings import runtime as cudart
         except ImportError:
             try:
                 from cuda import cudart  # type: ignore  # cuda-python < 12.6
@@ -59,10 +59,11 @@ class CudaPython(CudaApi):
                 raise ImportError(INSTALL_HINT) from e
         self.rt = cudart
         self.device = device
-        self._call("cudaSetDevice", device)
+        self._ok("cudaSetDevice", self.rt.cudaSetDevice(device))
 
-    def _call(self, fn: str, *args: Any) -> Any:
-        out = getattr(self.rt, fn)(*args)
+    # every call is written out (self.rt.cudaX(args)), so the type check holds it to cuda-python's signatures
+    def _ok(self, fn: str, out: Any) -> Any:
+        """cuda-python returns ``(cudaError_t, values...)``: raise on an error, return the value(s)."""
         err, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
         if int(err) != 0:
             msg = self.rt.cudaGetErrorString(err)
@@ -71,69 +72,70 @@ class CudaPython(CudaApi):
         return rest[0] if len(rest) == 1 else rest
 
     def device_name(self) -> str:
-        prop = self._call("cudaGetDeviceProperties", self.device)
+        prop = self._ok("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(self.device))
         name = prop.name
         return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
 
     def compute_capability(self) -> Tuple[int, int]:
-        prop = self._call("cudaGetDeviceProperties", self.device)
+        prop = self._ok("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(self.device))
         return int(prop.major), int(prop.minor)
 
     def driver_version(self) -> int:
-        return int(self._call("cudaDriverGetVersion"))
+        return int(self._ok("cudaDriverGetVersion", self.rt.cudaDriverGetVersion()))
 
     def stream_create(self) -> Any:
-        return self._call("cudaStreamCreate")
+        return self._ok("cudaStreamCreate", self.rt.cudaStreamCreate())
 
     def stream_handle(self, stream: Any) -> int:
         return int(stream)
 
     def stream_sync(self, stream: Any) -> None:
-        self._call("cudaStreamSynchronize", stream)
+        self._ok("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
 
     def stream_destroy(self, stream: Any) -> None:
-        self._call("cudaStreamDestroy", stream)
+        self._ok("cudaStreamDestroy", self.rt.cudaStreamDestroy(stream))
 
     def malloc(self, nbytes: int) -> Tuple[int, Any]:
-        p = int(self._call("cudaMalloc", nbytes))
+        p = int(self._ok("cudaMalloc", self.rt.cudaMalloc(nbytes)))
         return p, p
 
     def free(self, owner: Any) -> None:
-        self._call("cudaFree", owner)
+        self._ok("cudaFree", self.rt.cudaFree(owner))
 
     def pinned(self, nbytes: int) -> Tuple[np.ndarray, Any]:
-        p = int(self._call("cudaMallocHost", nbytes))
+        p = int(self._ok("cudaMallocHost", self.rt.cudaMallocHost(nbytes)))
         return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(p)), p
 
     def free_pinned(self, owner: Any) -> None:
-        self._call("cudaFreeHost", owner)
+        self._ok("cudaFreeHost", self.rt.cudaFreeHost(owner))
 
     def htod(self, dptr: int, host: np.ndarray, stream: Any) -> None:
-        self._call("cudaMemcpyAsync", dptr, host.ctypes.data, host.nbytes,
-                   self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+        self._ok("cudaMemcpyAsync", self.rt.cudaMemcpyAsync(dptr, host.ctypes.data, host.nbytes,
+                                                            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
 
     def dtoh(self, host: np.ndarray, dptr: int, stream: Any) -> None:
-        self._call("cudaMemcpyAsync", host.ctypes.data, dptr, host.nbytes,
-                   self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
+        self._ok("cudaMemcpyAsync", self.rt.cudaMemcpyAsync(host.ctypes.data, dptr, host.nbytes,
+                                                            self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
 
     def graph_begin(self, stream: Any) -> None:
-        self._call("cudaStreamBeginCapture", stream, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal)
+        self._ok("cudaStreamBeginCapture", self.rt.cudaStreamBeginCapture(
+            stream, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
 
     def graph_end(self, stream: Any) -> Tuple[Any, Any]:
-        graph = self._call("cudaStreamEndCapture", stream)
-        return graph, self._call("cudaGraphInstantiate", graph, 0)
+        graph = self._ok("cudaStreamEndCapture", self.rt.cudaStreamEndCapture(stream))
+        return graph, self._ok("cudaGraphInstantiate", self.rt.cudaGraphInstantiate(graph, 0))
 
     def graph_launch(self, graph_exec: Any, stream: Any) -> None:
-        self._call("cudaGraphLaunch", graph_exec, stream)
+        self._ok("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph_exec, stream))
 
     def graph_destroy(self, graph: Any, graph_exec: Any) -> None:
         if graph_exec is not None:
-            self._call("cudaGraphExecDestroy", graph_exec)
+            self._ok("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy(graph_exec))
         if graph is not None:
-            self._call("cudaGraphDestroy", graph)
+            self._ok("cudaGraphDestroy", self.rt.cudaGraphDestroy(graph))
 
     def mem_info(self) -> Tuple[int, int]:
-        free, total = self._call("cudaMemGetInfo")
+        free, total = self._ok("cudaMemGetInfo", self.rt.cudaMemGetInfo())
         return int(free), int(total)
 
 
@@ -155,7 +157,7 @@ class PyCuda(CudaApi):
         except cuda.Error as e:
             raise CudaError(f"pycuda device {device}: {e}") from e
 
-    def _wrap(self, what: str, fn, *args: Any) -> Any:
+    def _wrap(self, what: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
         except self.cuda.Error as e:
@@ -203,10 +205,17 @@ class PyCuda(CudaApi):
     def dtoh(self, host: np.ndarray, dptr: int, stream: Any) -> None:
         self._wrap("memcpy_dtoh_async", self.cuda.memcpy_dtoh_async, host, dptr, stream)
 
-    def _no_graphs(self, *args: Any) -> Any:
-        raise CudaError("pycuda has no CUDA-graph API: install cuda-python for cuda_graph=True")
+    def _no_graphs(self) -> CudaError:
+        return CudaError("pycuda has no CUDA-graph API: install cuda-python for cuda_graph=True")
 
-    graph_begin = graph_end = graph_launch = _no_graphs
+    def graph_begin(self, stream: Any) -> None:
+        raise self._no_graphs()
+
+    def graph_end(self, stream: Any) -> Tuple[Any, Any]:
+        raise self._no_graphs()
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        raise self._no_graphs()
 
     def graph_destroy(self, graph: Any, graph_exec: Any) -> None:
         pass
