@@ -33,7 +33,7 @@ from wmoe.contract import INPUT_FRAMES, META_PREFIX, ContractError, EngineCompat
 from wmoe.folder_lock import FolderLock
 from wmoe.runtime.triton_python import MODEL_FILE_PARAM, THREADS_PARAM, TritonPythonModel
 
-from wmoe.errors import ExportError
+from wmoe.errors import ExportError, OutputError, output_error
 
 from . import repo_commit
 
@@ -360,8 +360,7 @@ def write_repository(src: Union[str, Path], out: Union[str, Path], opts: Optiona
         spec = describe_engine(src) if kind == "engine" else describe_onnx(src)
         if kind == "engine":
             opts = _check_engine_batch(spec, opts)
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "model repository"):  # one export at a time writes a repository
+    with FolderLock(out, "model repository"):  # creates ``out`` (a read-only or full disk: one line)  # one export at a time writes a repository
         for m in models.values():
             for line in repo_commit.recover(out / m):
                 print(line)
@@ -369,16 +368,22 @@ def write_repository(src: Union[str, Path], out: Union[str, Path], opts: Optiona
         if taken and not opts.overwrite:
             raise ExportError(f"{taken[0]} exists: pass --version N for a new version or --overwrite to replace "
                               "it (the served version stays until its replacement is complete)")
-        staged = {b: repo_commit.new_stage(out / m, opts.version) for b, m in models.items()}
+        staged: Dict[str, repo_commit.StagedVersion] = {}
         try:
+            for b, m in models.items():
+                staged[b] = repo_commit.new_stage(out / m, opts.version)
             spec = _fill(src, kind, spec, staged, models, opts)
             repo_commit.fault_hook("staged")
             for b, s in staged.items():
                 verify_version(s.stage, b, spec, s.config.read_text(encoding="utf-8"), models[b], opts)
             repo_commit.fault_hook("verified")
-        except BaseException:
+        except BaseException as e:
             for s in staged.values():  # what serves keeps serving: only the staging is removed
                 repo_commit.discard(s)
+            where = getattr(e, "filename", None) or out
+            err = output_error(e, where, "nothing was written") if not isinstance(e, OutputError) else e
+            if err is not None:  # a full disk or a read-only folder: one line, and what still serves
+                raise OutputError(f"{err}; the repository {out} serves what it served") from None
             raise
         for s in staged.values():
             repo_commit.commit(s)

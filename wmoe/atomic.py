@@ -52,12 +52,19 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     The caller writes the whole file to the yielded path (with any library that takes a file name).
-    On an exception the temporary file is removed and ``path`` is left as it was. The file gets the permissions
-    of any new file (0666 less the umask), not mkstemp's private 0600.
+    On an exception the temporary file is removed and ``path`` is left as it was; a full disk (ENOSPC, EFBIG) or a
+    folder that cannot be written becomes one :class:`~wmoe.errors.OutputError` naming ``path`` and what was kept.
+    The file gets the permissions of any new file (0666 less the umask), not mkstemp's private 0600.
     """
+    from .errors import output_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written there"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as e:
+        raise (output_error(e, path, kept) or e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -65,9 +72,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        err = output_error(e, path, kept)  # a full disk or a read-only folder: one line naming the path
+        if err is not None:
+            raise err from None
         raise
 
 

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional
 
 from .atomic import atomic_write_text
 from .checkpoint import CheckpointError
+from .errors import output_error
 
 WEIGHTS = "last.safetensors"
 SIDECAR = "last.json"
@@ -80,15 +81,19 @@ def save(out_dir: Path, step: int, writers: Dict[str, Callable[[Path, str], None
     save_id = new_save_id(step)
     pending = {name: _pending(out_dir, name, save_id) for name in FILES}
     fault_hook("begin")
+    name = FILES[0]
     try:
         for name in FILES:
             writers[name](pending[name], save_id)
             _fsync_file(pending[name])
             fault_hook(f"written:{name}")
-    except BaseException:
+    except BaseException as e:
         for p in pending.values():
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+        err = output_error(e, out_dir / name, _kept(out_dir))  # a full disk: one line, what survives
+        if err is not None:
+            raise err from None
         raise
     atomic_write_text(out_dir / MANIFEST, json.dumps(
         {"format": FORMAT, "save_id": save_id, "step": step, "files": list(FILES)}, indent=2) + "\n")
@@ -100,6 +105,17 @@ def save(out_dir: Path, step: int, writers: Dict[str, Callable[[Path, str], None
     _fsync_dir(out_dir)
     fault_hook("done")
     return save_id
+
+
+def _kept(out_dir: Path) -> str:
+    """What a failed save leaves, in words (for the one-line error)."""
+    try:
+        doc = _read_manifest(out_dir)
+    except CheckpointError:
+        doc = None
+    if doc is not None:
+        return f"the checkpoint of step {doc.get('step')} in {out_dir} is kept (resume from it with --resume)"
+    return f"no checkpoint was saved in {out_dir}"
 
 
 def _read_manifest(out_dir: Path) -> Optional[dict]:

@@ -6,8 +6,10 @@ prints it as one line and exits with :attr:`WMoEError.exit_code`; ``--debug`` sh
 """
 from __future__ import annotations
 
+import errno
 import os
-from typing import Union
+import re
+from typing import Optional, Union
 
 
 class WMoEError(Exception):
@@ -38,6 +40,47 @@ class ExportError(WMoEError, RuntimeError):
 
 class NonFiniteError(WMoEError, ArithmeticError):
     """A NaN or infinite value where a finite one is required (weights, scores, maps, a loss, an input)."""
+
+
+class OutputError(WMoEError, OSError):
+    """A file could not be written: the disk is full (ENOSPC, or EFBIG: the file-size limit, which ``prlimit
+    --fsize`` and quotas give), or the folder is not writable (EACCES, EPERM, EROFS). The message names the path and
+    what was kept; made by :func:`output_error`."""
+
+
+#: errno values that mean "no room": a full disk, a file-size limit, a quota. One message for all of them.
+DISK_FULL_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOSPC", "EFBIG", "EDQUOT")) if e)
+#: errno values that mean "not allowed to write here"
+NO_WRITE_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("EACCES", "EPERM", "EROFS")) if e)
+
+
+def write_failure(e: BaseException) -> Optional[str]:
+    """What went wrong, in words, when ``e`` is a disk-full or permission failure of a write; None otherwise.
+
+    Libraries that wrap the OS error in their own type (safetensors' ``SafetensorError: ... File too large (os
+    error 27)``, protobuf, ONNX's C++ writer) are recognised by the errno in their message."""
+    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    if code is None:
+        m = re.search(r"\(os error (\d+)\)|\[Errno (\d+)\]", str(e))
+        if m:
+            code = int(m.group(1) or m.group(2))
+        elif "No space left on device" in str(e) or "File too large" in str(e):
+            code = errno.ENOSPC
+    if code in DISK_FULL_ERRNOS:
+        return "the disk is full (no space left, or the file-size limit reached)"
+    if code in NO_WRITE_ERRNOS:
+        return ("the folder is read-only" if code == getattr(errno, "EROFS", None)
+                else "permission denied")
+    return None
+
+
+def output_error(e: BaseException, path: Union[str, "os.PathLike[str]"], kept: str) -> Optional["OutputError"]:
+    """An :class:`OutputError` for a disk-full or permission failure ``e`` while writing ``path`` (None for any
+    other failure: the caller re-raises it). ``kept`` says what survives, e.g. "the previous file is kept"."""
+    why = write_failure(e)
+    if why is None:
+        return None
+    return OutputError(f"cannot write {printable(path)}: {why}; {kept}")
 
 
 def printable(text: Union[str, "os.PathLike[str]", BaseException]) -> str:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from .errors import WMoEError
+from .errors import WMoEError, output_error
 
 LOCK_NAME = ".wmoe.lock"
 
@@ -75,8 +75,12 @@ class FolderLock:
             import fcntl
         except ImportError:  # not POSIX: no advisory locks (documented)
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:  # a read-only or full folder: one line naming it
+            raise output_error(e, self.path, "nothing was written") or WMoEError(
+                f"cannot create the lock file {self.path} ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..atomic import atomic_write_bytes, atomic_write_text
+from ..errors import WMoEError
 from .images import DataError
 from .meta import write_meta
 
@@ -207,13 +208,18 @@ def _rng(seed: int, cat_idx: int, part: int, i: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, cat_idx, part, i])))
 
 
+class DemoFolderError(WMoEError, FileExistsError):
+    """The demo set's folder holds something else: refused in one line, nothing of it is touched."""
+
+
 def _prepare_out_dir(out: Path, categories: Sequence[str]) -> None:
     """Refuse to write into a non-empty folder unless it is a previous demo set, whose trees are replaced."""
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"demo output path exists and is not a folder: {out}")
+        raise DemoFolderError(f"{out} exists and is a file, not a folder: choose another folder for the demo set")
     if out.is_dir() and any(out.iterdir()):
         if not (out / INFO_FILE).is_file():
-            raise FileExistsError(f"demo output folder is not empty and is not a demo set: {out}")
+            raise DemoFolderError(f"{out} is not empty and is not a demo set (no {INFO_FILE}): its files are left "
+                                  "alone; choose an empty or new folder")
         for p in sorted(out.iterdir()):
             if p.is_dir() and p.name in DEMO_SOURCES:
                 shutil.rmtree(p)

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Dict, Optional, Union
 
-from ..errors import WMoEError
+from ..errors import WMoEError, write_failure
 
 #: The columns of a result line, in order (the CSV header; the JSON keys).
 FIELDS = ("source", "frame", "name", "time", "score", "verdict", "class", "threshold", "defect_area", "latency_ms",
@@ -117,8 +117,9 @@ class ResultFile:
             if self.fsync_every and (self.lines + 1) % self.fsync_every == 0:
                 os.fsync(self._f.fileno())
         except OSError as e:
-            raise ResultsError(f"{self.path}: writing a result failed ({e.strerror or e}); "
-                               f"{self.lines} lines written before") from None
+            why = write_failure(e) or (e.strerror or str(e))  # ENOSPC and EFBIG: one message
+            raise ResultsError(f"cannot write {self.path}: {why}; the {max(self.lines - 1, 0)} results written "
+                               "before are kept") from None
 
     def write(self, r: FrameResult) -> None:
         if self.csv:

@@ -76,7 +76,9 @@ def open_source(source: str, warn: Callable[[str], None]) -> Source:
     p = Path(source)
     live = is_live(source)
     if not live and p.is_dir():
-        files = sorted(f for f in p.iterdir() if is_image_name(f) and f.is_file())
+        # a dangling or self-looping symlink with an image name is kept: the loader warns and it counts as skipped
+        # (is_file() alone would drop it without a word)
+        files = sorted(f for f in p.iterdir() if is_image_name(f) and (f.is_file() or f.is_symlink()))
         if not files:
             raise SourceError(f"{p}: no image files found (looked for {', '.join(sorted({'.png', '.jpg', '.bmp'}))} "
                               f"and the other image suffixes)")
