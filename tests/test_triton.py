@@ -464,6 +464,84 @@ def test_overwrite_under_load_no_request_fails(exported, server, clients, tmp_pa
     assert "wmoe.threshold" in cfg.parameters and float(cfg.parameters["wmoe.threshold"].string_value) == 3.5
 
 
+def _tree_rss_mib(pid: int) -> float:
+    """RSS of the server and its children (the Python backend runs each model instance in a stub process)."""
+    import os
+
+    def rss(p):
+        try:
+            with open(f"/proc/{p}/status", encoding="ascii") as f:
+                return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+        except (OSError, StopIteration):
+            return 0.0
+
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", encoding="ascii", errors="replace") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return rss(pid) + sum(rss(k) for k in kids)
+
+
+#: RSS growth of server + stub allowed from the sample after a quarter of the run to the last: measured 0-4 MiB
+#: over 2 minutes (docs/reliability.md); a leak of 1 KiB per request would be ~10 MiB over the CI run
+TRITON_RSS_BOUND_MIB = 12.0
+
+
+def test_soak_8_clients(server, clients, capsys):
+    """8 clients send one-frame requests back to back for WMOE_TRITON_SOAK_S seconds (20 in make test; 120 is the
+    long run of docs/reliability.md): no request fails, and the server's RSS (with its Python-backend stub) does
+    not grow beyond the bound after warm-up."""
+    import os
+    import threading
+
+    seconds = float(os.environ.get("WMOE_TRITON_SOAK_S", "20"))
+    mod, g = clients["grpc"]
+    frame = np.random.default_rng(1).integers(0, 256, (1, *FRAME, 3), dtype=np.uint8)
+    stop, counts, errors = threading.Event(), [0] * 8, []
+
+    def client(i):
+        c = mod.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        inp = mod.InferInput("frames", list(frame.shape), "UINT8")
+        inp.set_data_from_numpy(frame)
+        while not stop.is_set():
+            try:
+                c.infer("wmoe_python", [inp])
+                counts[i] += 1
+            except Exception as e:  # noqa: BLE001 - every failure is reported
+                errors.append(str(e))
+        c.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    samples = []
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        while time.monotonic() - t0 < seconds:
+            time.sleep(min(seconds / 20, 5.0))
+            samples.append((round(time.monotonic() - t0, 1), sum(counts), _tree_rss_mib(server.proc.pid)))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    wall = time.monotonic() - t0
+    warm = next(r for t, _, r in samples if t >= seconds / 4)
+    growth = max(r for t, _, r in samples if t >= seconds / 4) - warm
+    with capsys.disabled():
+        print(f"\nTriton soak ({seconds:.0f} s, 8 clients, python backend, CPU, {FRAME[0]}x{FRAME[1]}): "
+              f"{sum(counts)} requests, {len(errors)} errors, {sum(counts) / wall:.1f} req/s; RSS MiB "
+              f"(server + stub) {[round(r, 1) for _, _, r in samples]}; growth after warm-up {growth:.2f} MiB "
+              f"(bound {TRITON_RSS_BOUND_MIB})")
+    assert not errors, errors[:3]
+    assert min(counts) > 0 and g.is_server_live()
+    assert growth <= TRITON_RSS_BOUND_MIB, samples
+
+
 def test_clean_shutdown(server, clients):
     """SIGTERM: the server unloads the model, stops the backend's stub and exits 0; the ports close. (Triton
     waits up to --exit-timeout-secs for open client connections: close them first.)"""
