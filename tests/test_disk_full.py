@@ -136,7 +136,7 @@ def test_efbig_at_the_results_file(tmp_path):
     r = subprocess.run(["prlimit", "--fsize=2000", PY, "-c", script, str(tmp_path / "r.jsonl")], capture_output=True,
                        text=True, timeout=120)
     assert "ResultsError: cannot write " + str(tmp_path / "r.jsonl") + ": the disk is full" in r.stderr, r.stderr
-    assert "results written before are kept" in r.stderr
+    assert "lines written before are kept" in r.stderr
 
 
 @needs_ns

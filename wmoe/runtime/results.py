@@ -118,8 +118,8 @@ class ResultFile:
                 os.fsync(self._f.fileno())
         except OSError as e:
             why = write_failure(e) or (e.strerror or str(e))  # ENOSPC and EFBIG: one message
-            raise ResultsError(f"cannot write {self.path}: {why}; the {max(self.lines - 1, 0)} results written "
-                               "before are kept") from None
+            raise ResultsError(f"cannot write {self.path}: {why}; the {self.lines} lines written before are "
+                               "kept") from None
 
     def write(self, r: FrameResult) -> None:
         if self.csv:
