@@ -122,8 +122,14 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
-    run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, seed=a.seed, device=a.device,
-                        max_steps=a.max_steps))
+    res = run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, seed=a.seed, device=a.device,
+                              max_steps=a.max_steps))
+    import shlex
+    from pathlib import Path
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "wmoe" else "wmoe"  # make demo runs .venv/bin/wmoe
+    app = [prog, "app", res["checkpoint"], "--demo", res["data"]] + (["--pretrained", a.pretrained] if a.pretrained
+                                                                      else [])
+    print(f"see it in a browser: {shlex.join(app)}   (then open http://127.0.0.1:8765/)")
     return 0
 
 

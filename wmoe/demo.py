@@ -85,5 +85,5 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     report = write_report(out, table, pred, times, model_cfg, cfg, train_usage=train_usage)
     print(table.to_markdown())
     print(f"report: {report}")
-    return {"report": str(report), "checkpoint": str(ckpt), "times": times,
+    return {"report": str(report), "checkpoint": str(ckpt), "data": str(root), "times": times,
             "mean": json.loads(table.to_json())["mean"]}

@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from pathlib import PurePath
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -196,8 +197,11 @@ class AppService:
 
     def overlay_png(self, entry: Entry, decision: Decision) -> bytes:
         """``wmoe predict``'s overlay picture of ``entry`` under ``decision``, as PNG bytes."""
+        verdict = decision.verdicts(np.array([entry.score]))[0]
+        # predict's call, label included (the file's name), so the page shows predict's picture
         panel = overlay_panel(entry.image, entry.amap, entry.score, decision.threshold,
-                              max_side=self.cfg.overlay_size)
+                              max_side=self.cfg.overlay_size, pixel_threshold=decision.pixel_threshold,
+                              verdict=verdict, label=PurePath(entry.name).name)
         self.count("rendered")
         buf = io.BytesIO()
         Image.fromarray(panel).save(buf, "PNG", compress_level=1)  # speed over size: it travels over loopback
