@@ -28,6 +28,7 @@ from app_server import AppProcess
 CHROMIUM = os.environ.get("WMOE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("WMOE_CHROMEDRIVER", "/usr/bin/chromedriver")
 THRESHOLD, PIXEL_THRESHOLD = 1.0, 0.6
+CLASS_THRESHOLDS = {"brick": 5.0, "cell": 0.5}  # per product (wmoe calibrate on a set with classes)
 UPLOAD_LIMIT_MB = 1.0
 
 pytestmark = pytest.mark.xdist_group("app_browser")
@@ -59,7 +60,7 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("app")
     torch.manual_seed(3)
     ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "model.safetensors")
-    threshold_path(ckpt).write_text(Decision(THRESHOLD, PIXEL_THRESHOLD).to_json())
+    threshold_path(ckpt).write_text(Decision(THRESHOLD, PIXEL_THRESHOLD, class_thresholds=CLASS_THRESHOLDS).to_json())
     root = make_demo_dataset(d / "demo", image_size=96, n_train_good=0, n_test_good=1, n_test_defect=2,
                              categories=("brick", "cell"))
     meta = json.loads((root / "meta.json").read_text())["test"]
@@ -243,17 +244,33 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(app, predicted, 
     assert after["failed"] == 0 and app.proc.poll() is None
 
 
-def test_demo_picker_scores_a_demo_image(app, predicted, browser, workdir):
+def test_demo_picker_and_the_class_selector(app, predicted, browser, workdir):
     from selenium.webdriver.support.ui import Select
 
     _open(browser, app)
     assert not _by_id(browser, "demo-box").get_attribute("hidden")
+    assert not _by_id(browser, "class-row").get_attribute("hidden")  # the model has per-class thresholds
+    classes = Select(_by_id(browser, "class-select"))
+    assert [o.get_attribute("value") for o in classes.options] == ["", "brick", "cell"]
     pick = Select(_by_id(browser, "demo-select"))
     assert {o.get_attribute("value") for o in pick.options} >= {workdir["defect_rel"]}
     pick.select_by_value(workdir["defect_rel"])
     _by_id(browser, "demo-score").click()
     _wait_result(browser, 1)
-    assert workdir["defect_rel"] in _by_id(browser, "image-name").text and "[brick]" in \
-        _by_id(browser, "image-name").text
-    assert float(_by_id(browser, "score").get_attribute("data-score")) == pytest.approx(predicted["score"],
-                                                                                        abs=1e-6)
+    name = _by_id(browser, "image-name").text
+    assert workdir["defect_rel"] in name and "[brick]" in name
+    assert float(_by_id(browser, "score").get_attribute("data-score")) == pytest.approx(predicted["score"], abs=1e-6)
+    # a brick image is judged by brick's own threshold (picked with the image), which passes this score
+    assert classes.first_selected_option.get_attribute("value") == "brick"
+    assert float(_by_id(browser, "score").get_attribute("data-threshold")) == CLASS_THRESHOLDS["brick"]
+    assert _by_id(browser, "verdict").get_attribute("data-verdict") == "normal"
+    before = app.stats()
+    classes.select_by_value("cell")
+    _wait(browser, lambda d: _by_id(d, "verdict").get_attribute("data-verdict") == "anomalous" and _idle(d),
+          "cell's threshold flags it")
+    assert float(_by_id(browser, "score").get_attribute("data-threshold")) == CLASS_THRESHOLDS["cell"]
+    assert float(_by_id(browser, "threshold-number").get_attribute("value")) == CLASS_THRESHOLDS["cell"]
+    classes.select_by_value("")
+    _wait(browser, lambda d: float(_by_id(d, "score").get_attribute("data-threshold")) == THRESHOLD and _idle(d)
+          and _by_id(d, "verdict").get_attribute("data-verdict") == "anomalous", "back to the global threshold")
+    assert app.stats()["scored"] == before["scored"]

@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..contract import Decision, decision_for_checkpoint
+from ..contract import Decision, read_decision
 from ..errors import NonFiniteError
 from ..overlay import fit_size
 
@@ -101,11 +101,12 @@ class CheckpointScorer(Scorer):
         super().__init__()
         from ..detector import Detector  # torch: only for checkpoints
         self.path = path
-        stored = decision_for_checkpoint(path)  # refuses a threshold file calibrated on another checkpoint
-        thr = stored.threshold if stored is not None else None
+        stored = read_decision(path)  # CKPT.threshold.json; refused when calibrated on another checkpoint
         self.detector = Detector.from_checkpoint(path, pretrained=pretrained, device=device, batch_size=1,
-                                                 threshold=thr)
-        self.decision = stored if stored is not None else Decision(threshold=self.detector.threshold)
+                                                 threshold=stored.threshold)
+        # a checkpoint from before threshold files kept its threshold inside: the Detector found it
+        self.decision = (stored if stored.threshold is not None or self.detector.threshold is None
+                         else Decision(threshold=self.detector.threshold, pixel_threshold=stored.pixel_threshold))
         self.kind = "checkpoint"
 
     def _score(self, image, max_side):

@@ -202,7 +202,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/api/overlay":
             entry = svc.get(q.get("id", ""))
             decision = svc.decision_for(q.get("cls", ""), q.get("threshold"), q.get("pixel_threshold"))
-            self._send(HTTPStatus.OK, svc.overlay_png(entry, decision), "image/png")
+            self._send(HTTPStatus.OK, svc.overlay_png(entry, decision, q.get("cls", "")), "image/png")
         else:
             raise _HttpError(HTTPStatus.NOT_FOUND, f"no such page: {printable(path)[:100]}")
 

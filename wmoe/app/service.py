@@ -100,23 +100,24 @@ class AppService:
     # --- what the page shows first ----------------------------------------------------------------------------
 
     def class_thresholds(self) -> Dict[str, Dict[str, Optional[float]]]:
-        """Per-class (per-product) thresholds of the stored decision: ``{class: {threshold, pixel_threshold}}``."""
-        return {}
+        """Per-class (per-product) thresholds of the stored decision (``wmoe calibrate`` on a set with classes):
+        ``{class: {threshold, pixel_threshold}}``, each the class's own or the global one."""
+        d = self.scorer.decision
+        return {c: {"threshold": d.threshold_for(c), "pixel_threshold": d.pixel_threshold_for(c)} for c in d.classes}
 
     def decision_for(self, cls: str = "", threshold: Any = None, pixel_threshold: Any = None) -> Decision:
-        """The stored decision (that of class ``cls`` when the model has per-class thresholds), with the page's
-        threshold / pixel threshold in place of the stored ones when given."""
+        """The decision an image is judged by: the stored one for class ``cls`` (its per-class thresholds; "" the
+        global ones), with the page's threshold / pixel threshold in place of the stored ones when given. Returned
+        with that class's numbers as its global ones, so one :class:`Decision` describes it."""
         base = self.scorer.decision
-        per_class = self.class_thresholds()
-        if cls and cls not in per_class:
+        if cls and cls not in base.classes:
             raise UsageError(f"class {printable(cls)[:80]!r} has no threshold of its own in this model "
-                             f"(known: {', '.join(sorted(per_class)) or 'none'})")
-        stored = per_class.get(cls, {"threshold": base.threshold, "pixel_threshold": base.pixel_threshold})
-        thr = _as_threshold(threshold, "threshold")
-        px = _as_threshold(pixel_threshold, "pixel threshold")
-        return Decision(threshold=stored["threshold"] if thr is None else thr,
-                        pixel_threshold=stored["pixel_threshold"] if px is None else px,
-                        score=base.score, calibration=base.calibration)
+                             f"(known: {', '.join(base.classes) or 'none'})")
+        d = base.with_overrides(_as_threshold(threshold, "threshold"),
+                                _as_threshold(pixel_threshold, "pixel threshold"))
+        c = cls or None
+        return Decision(threshold=d.threshold_for(c), pixel_threshold=d.pixel_threshold_for(c), score=d.score,
+                        calibration=d.calibration)
 
     def info(self) -> Dict[str, Any]:
         d = self.scorer.decision
@@ -195,13 +196,13 @@ class AppService:
                 "height": entry.size[0], "width": entry.size[1], "decode_ms": round(entry.decode_ms, 1),
                 "model_ms": round(entry.model_ms, 1), "notes": entry.notes}
 
-    def overlay_png(self, entry: Entry, decision: Decision) -> bytes:
-        """``wmoe predict``'s overlay picture of ``entry`` under ``decision``, as PNG bytes."""
+    def overlay_png(self, entry: Entry, decision: Decision, cls: str = "") -> bytes:
+        """``wmoe predict``'s overlay picture of ``entry`` under ``decision`` (of class ``cls``), as PNG bytes."""
         verdict = decision.verdicts(np.array([entry.score]))[0]
         # predict's call, label included (the file's name), so the page shows predict's picture
         panel = overlay_panel(entry.image, entry.amap, entry.score, decision.threshold,
                               max_side=self.cfg.overlay_size, pixel_threshold=decision.pixel_threshold,
-                              verdict=verdict, label=PurePath(entry.name).name)
+                              verdict=verdict, label=PurePath(entry.name).name + (f"  class {cls}" if cls else ""))
         self.count("rendered")
         buf = io.BytesIO()
         Image.fromarray(panel).save(buf, "PNG", compress_level=1)  # speed over size: it travels over loopback
