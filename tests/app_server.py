@@ -66,11 +66,11 @@ class AppProcess:
         return json.loads(body)
 
     def stop(self) -> int:
-        """SIGTERM (a clean shutdown, status 0); killed after 20 s."""
+        """SIGTERM (a clean shutdown, status 0); killed after 60 s."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

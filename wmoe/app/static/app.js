@@ -20,6 +20,18 @@ function setBusy(delta) {
   document.body.dataset.busy = state.busy > 0 ? "1" : "0";
 }
 
+// run a request with the page marked busy (tests wait for data-busy="0"); a failure becomes a message
+async function whileBusy(fn) {
+  setBusy(+1);
+  try {
+    await fn();
+  } catch (e) {
+    message(e.message);
+  } finally {
+    setBusy(-1);
+  }
+}
+
 function message(text, kind) {
   const li = document.createElement("li");
   li.className = kind || "error";
@@ -117,8 +129,7 @@ function scheduleRedecide() {
 async function redecide() {
   if (!state.order.length) return;
   const seq = ++state.decideSeq;
-  setBusy(+1);
-  try {
+  await whileBusy(async () => {
     const doc = await api("POST", "/api/decide", JSON.stringify({
       ids: state.order, threshold: state.threshold, pixel_threshold: state.pixelThreshold, cls: state.cls,
     }), { "Content-Type": "application/json" });
@@ -127,11 +138,7 @@ async function redecide() {
     for (const id of doc.missing) message(`result ${id} is no longer kept by the app: score the image again`);
     renderGallery();
     showSelected();
-  } catch (e) {
-    message(e.message);
-  } finally {
-    setBusy(-1);
-  }
+  });
 }
 
 // --- scoring ----------------------------------------------------------------------------------------------------
@@ -161,9 +168,8 @@ async function scoreDemo(path, cls) {
 }
 
 async function score(url, body) {
-  setBusy(+1);
   const t0 = performance.now();
-  try {
+  await whileBusy(async () => {
     const doc = await api("POST", url, body, body ? { "Content-Type": "application/octet-stream" } : {});
     const r = doc.result;
     r.round_trip_ms = performance.now() - t0;
@@ -174,11 +180,7 @@ async function score(url, body) {
     syncThresholdInputs();
     renderGallery();
     showSelected();
-  } catch (e) {
-    message(e.message);
-  } finally {
-    setBusy(-1);
-  }
+  });
 }
 
 async function scoreFiles(files) {
