@@ -44,6 +44,8 @@ class BenchConfig:
     seed: int = 0
     allow_compile: bool = False  # torch.compile on the CPU (minutes for a ViT-L); always allowed on CUDA
     records: List[dict] = field(default_factory=list)
+    reference: Optional[str] = None  # a wmoe fit-normal folder: bench the normal-reference mode of ``product``
+    product: Optional[str] = None
 
 
 def device_info() -> Dict[str, str]:
@@ -151,6 +153,10 @@ def _model_factory(cfg: BenchConfig, size: int):
             m2 = WMoECLIP(replace(m.cfg, image_size=size), pretrained=cfg.pretrained)
             m2.load_state_dict(read_checkpoint(cfg.checkpoint)[1], strict=False)
             m = m2
+        if cfg.reference:  # the normal-reference mode: the same model plus one product's memory (wmoe.reference)
+            from wmoe.reference import NormalReference, ReferenceModel
+            ref = NormalReference.load(cfg.reference, cfg.checkpoint)
+            m = ReferenceModel(m, ref.get(cfg.product), ref.config)
         return m.eval()
     return build
 
@@ -233,6 +239,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                           f"maps |diff| {parity['max_abs_maps']:.1e}", flush=True)
     doc = {"device": info, "matmul_flops_per_s": rate, "records": records, "skipped": skipped,
            "checkpoint": cfg.checkpoint}
+    if cfg.reference:
+        m = factory()
+        doc["reference"] = {"path": cfg.reference, **m.ref.summary(), "fusion_weight": m.weight}
     if cfg.parity_data:
         doc["auroc_parity"] = auroc_parity(cfg, skipped)
         doc["gate"] = cfg.gate.to_dict()
@@ -361,6 +370,11 @@ def to_markdown(doc: Dict) -> str:
                          f"{100 * v['delta_image_auroc']:+.2f} | {100 * v['delta_pixel_auroc']:+.2f} | "
                          f"{v['spearman_scores']:.4f} | {v['max_map_diff']:.1e} | {v['mean_map_diff']:.1e} | "
                          f"{'pass' if v['gate_passed'] else 'FAIL: ' + '; '.join(v['gate_failures'])} |")
+    if doc.get("reference"):
+        r = doc["reference"]
+        lines += ["", f"Normal-reference mode: product {r['class']!r}, k = {r['k']} good images, memory "
+                  f"{r['memory_rows']} rows x {r['feature_dim']} = {r['memory_bytes'] / 1024:.0f} KiB (a constant of "
+                  f"the ONNX), fusion weight {r['fusion_weight']}."]
     sources = sorted({r.get("peak_mem_source", "") for r in doc["records"]} - {""})
     if sources:
         lines += ["", "Peak MB from: " + "; ".join(sources) + "."]

@@ -9,7 +9,7 @@ from typing import List, Optional
 from wmoe.cli_run import run, standalone
 from wmoe.errors import UsageError
 from wmoe.cli_types import (checked, device, existing_file, finite_float, frame_size, int_list, non_negative_int,
-                            one_of, output_dir, output_file, positive_float, positive_int)
+                            one_of, output_dir, output_file, positive_float, positive_int, unit_float)
 
 
 def _batch_ranges(s: str):
@@ -24,7 +24,8 @@ def _onnx(a: argparse.Namespace) -> int:
         raise UsageError("--frame-size needs --input frames (the default)")
     path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=a.input == "frames", frame_size=frame,
                        opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor,
-                       threshold=a.threshold, pixel_threshold=a.pixel_threshold)
+                       threshold=a.threshold, pixel_threshold=a.pixel_threshold, reference=a.reference,
+                       product=a.product, fusion_weight=a.fusion_weight)
     from wmoe.contract import ModelMeta
     from wmoe.onnx_meta import read_onnx_metadata
     d = ModelMeta.from_metadata(read_onnx_metadata(path), str(path)).decision
@@ -119,6 +120,11 @@ def register(subparsers) -> None:
                    help="image threshold stored in the model (default: CHECKPOINT.threshold.json from wmoe eval)")
     o.add_argument("--pixel-threshold", type=finite_float, default=None,
                    help="map threshold for the defect mask stored in the model (default: none)")
+    o.add_argument("--reference", default=None, metavar="REF",
+                   help="normal-reference mode: a wmoe fit-normal folder; its product's memory goes into the graph")
+    o.add_argument("--product", default=None, help="with --reference: which product (default: its only one)")
+    o.add_argument("--fusion-weight", type=unit_float, default=None, metavar="W",
+                   help="with --reference: weight of the reference map (default: the reference's)")
     o.set_defaults(func=_onnx)
     t = sub.add_parser("trt", help="ONNX -> TensorRT engine (+ JSON sidecar)")
     t.add_argument("onnx", type=existing_file)

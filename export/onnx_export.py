@@ -49,7 +49,8 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
                 preprocess: bool = False, frame_size: Optional["tuple[int, int]"] = None, opset: int = DEFAULT_OPSET,
                 batch: int = 2, max_batch: int = 256, exporter: str = "dynamo", pretrained: Optional[str] = None,
                 flavor: str = "portable", allow_torchscript: bool = False, threshold: Optional[float] = None,
-                pixel_threshold: Optional[float] = None, decision: Optional[Decision] = None) -> Path:
+                pixel_threshold: Optional[float] = None, decision: Optional[Decision] = None,
+                reference=None, product: Optional[str] = None, fusion_weight: Optional[float] = None) -> Path:
     """Export to ``out`` (written atomically) and return its path.
 
     Args:
@@ -63,6 +64,10 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         threshold, pixel_threshold, decision: the decision stored in the metadata (:class:`wmoe.contract.Decision`).
             By default the one ``wmoe eval`` wrote beside the checkpoint (``<checkpoint>.threshold.json``) is
             used; ``threshold``/``pixel_threshold`` override its values.
+        reference, product, fusion_weight: the normal-reference mode (a ``wmoe fit-normal`` folder or a
+            :class:`wmoe.reference.NormalReference`) of one ``product``: its memory becomes a constant of the graph,
+            the inputs and outputs stay the same (:class:`wmoe.reference.ReferenceModel`). The zero-shot decision
+            stored beside the checkpoint is in other units and is not used: give the threshold explicitly.
     """
     import onnx
 
@@ -85,6 +90,12 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
         raise ExportError("the TorchScript exporter disturbs this model (its eager outputs change by ~0.1 after "
                           "export on torch 2.14): use exporter='dynamo' (the default)")
     ckpt_sha = "in-memory-model"
+    from wmoe.reference.model import ReferenceModel
+    if isinstance(ckpt_or_model, ReferenceModel):  # a model with its reference already attached (wmoe bench)
+        if reference is not None:
+            raise ExportError("the model already carries a reference: do not pass reference= as well")
+        ckpt_or_model, reference, product, fusion_weight = (ckpt_or_model.model, ckpt_or_model.reference_set(),
+                                                            ckpt_or_model.ref.name, ckpt_or_model.weight)
     if isinstance(ckpt_or_model, WMoECLIP):
         model = ckpt_or_model
     else:
@@ -96,6 +107,22 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
                 decision = decision_for_checkpoint(path, ckpt_sha)
             except ContractError as e:
                 raise ExportError(str(e)) from None
+    ref_summary = ""
+    if reference is not None:
+        import json
+
+        from wmoe.reference import FUSED_SCORE_MEANING, NormalReference, ReferenceError, ReferenceModel
+        try:
+            ref = (reference if isinstance(reference, NormalReference) else
+                   NormalReference.load(reference, None if isinstance(ckpt_or_model, WMoECLIP) else ckpt_or_model))
+            model = ReferenceModel(model, ref.get(product), ref.config, fusion_weight)
+        except ReferenceError as e:
+            raise ExportError(str(e)) from None
+        summary = ref.summary(model.ref.name)
+        summary["fusion_weight"] = model.weight
+        ref_summary = json.dumps(summary, sort_keys=True)
+        if decision is None or decision.score != FUSED_SCORE_MEANING:
+            decision = Decision(score=FUSED_SCORE_MEANING)  # a zero-shot threshold means nothing on fused scores
     decision = decision or Decision()
     try:
         decision = decision.with_overrides(threshold, pixel_threshold)
@@ -150,7 +177,7 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
             meta = ModelMeta(image_size=s, input=in_name, frame_size=tuple(frame_size) if preprocess else None,
                              flavor=flavor, precision=precision, decision=decision,
                              config=model.cfg.to_json(), checkpoint_sha256=ckpt_sha, version=__version__,
-                             exporter=exporter).to_metadata()
+                             exporter=exporter, reference=ref_summary).to_metadata()
             del proto.metadata_props[:]
             for k, v in sorted(meta.items()):
                 proto.metadata_props.add(key=k, value=v)

@@ -213,6 +213,18 @@ class CLIPBackbone(nn.Module):
         grids = [(v.ln_post(f[:, 1:]) @ v.proj).reshape(B, G, G, -1) for f in feats]
         return x_c, grids
 
+    def patch_embedding(self, images: Tensor) -> Tensor:
+        """The patch embedding ``conv1(images)`` as a grid ``(B, G, G, width)``, before the position embedding.
+
+        The normal-reference mode's memory holds these (:mod:`wmoe.reference.memory`): on the demo data they keep the
+        local structure best (nearest-neighbour pixel AUROC 0.93-0.98 with the tiny random backbone, against
+        0.68-0.95 for the later, normalized layers; ``bench/results/reference_cpu.md``). The position embedding is
+        left out so that a patch is compared with good patches anywhere in the image, not only at its own place.
+        """
+        v = self.clip.visual
+        x = v.conv1(images.to(v.conv1.weight.dtype))
+        return x.permute(0, 2, 3, 1)
+
     # ------------------------------------------------------------------------------------------ text tower
     def prompt_tokens(self, words: str) -> List[int]:
         """Token ids ``[SOT, words...]`` (without EOT) of a prompt prefix."""

@@ -159,6 +159,7 @@ def calibrate(model: PathLike, source: PathLike, cfg: CalibrationConfig = Calibr
         print(f"skipped {e['path']}: {e['error']}", file=sys.stderr)
     kind = decision_carrier(model)
     rec: Dict[str, object] = {"data": printable(source), "model": printable(model)}
+    meta = None
     if kind == "checkpoint":
         rec["checkpoint_sha256"] = sha256_file(model)
     else:
@@ -168,6 +169,8 @@ def calibrate(model: PathLike, source: PathLike, cfg: CalibrationConfig = Calibr
             rec["checkpoint_sha256"] = meta.checkpoint_sha256
         rec["model_sha256"] = sha256_file(model)  # the scored file, before its metadata is rewritten
     decision = decide(sc, cfg, **rec)
+    if meta is not None:  # what a score means is the model's (e.g. a normal-reference export), not calibration's
+        decision.score = meta.decision.score
     if errors:
         decision.calibration["skipped_images"] = len(errors)
     if scores_csv is not None:

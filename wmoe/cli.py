@@ -1,4 +1,4 @@
-"""The ``wmoe`` command line: data, train, eval, predict, demo, app (and export / bench when installed).
+"""The ``wmoe`` command line: data, train, eval, predict, demo (and export / bench when installed).
 
 Every option is validated while parsing (one line naming the option, exit status 2, before any work). Errors about
 the user's files (bad data, checkpoints, images) print one line and exit with status 2; ``--debug`` (before or
@@ -14,8 +14,9 @@ from typing import List, Optional
 from . import __version__
 from .cli_run import Parser, finish, run
 from .cli_types import (device, existing_file, finite_float, non_negative_float, non_negative_int, one_of,
-                        output_dir, output_file, patch_size_of, positive_float, positive_int)
+                        output_dir, output_file, patch_size_of, positive_float, positive_int, unit_float)
 from .errors import UsageError
+from .reference.fusion import DEFAULT_FUSION_WEIGHT
 
 
 def _formats() -> List[str]:
@@ -77,7 +78,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
     table = evaluate(a.checkpoint, a.data, meta=a.meta, classes=_classes(a.classes), batch_size=a.batch_size,
                      out_dir=a.out, pro=not a.no_pro, sigma=a.sigma, pretrained=a.pretrained, device=a.device,
-                     store_threshold=a.write_threshold)
+                     store_threshold=a.write_threshold, reference=a.reference,
+                     fusion_weight=a.fusion_weight)
     print(table.to_markdown())
     print(f"wrote {a.out}/metrics.md, .csv, .json and scores.csv (per image)")
     return 0
@@ -107,6 +109,16 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_normal(a: argparse.Namespace) -> int:
+    from .reference import ReferenceConfig, fit_normal, memory_table
+    cfg = ReferenceConfig(neighbourhood=a.neighbourhood, max_memory=a.max_memory, fusion_weight=a.fusion_weight)
+    ref = fit_normal(a.checkpoint, a.good_dir, a.out, cfg, classes=_classes(a.classes), k=a.k,
+                     batch_size=a.batch_size, device=a.device, pretrained=a.pretrained)
+    print(memory_table(ref))
+    print(f"wrote {a.out}/reference.json ({len(ref.classes)} product(s), fusion weight {cfg.fusion_weight})")
+    return 0
+
+
 def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict import predict
     doc = predict(a.checkpoint, a.images, a.out, threshold=a.threshold, pretrained=a.pretrained, device=a.device,
@@ -122,30 +134,9 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
-    res = run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, seed=a.seed, device=a.device,
-                              max_steps=a.max_steps))
-    import shlex
-    from pathlib import Path
-    prog = sys.argv[0] if Path(sys.argv[0]).name == "wmoe" else "wmoe"  # make demo runs .venv/bin/wmoe
-    app = [prog, "app", res["checkpoint"], "--demo", res["data"]] + (["--pretrained", a.pretrained] if a.pretrained
-                                                                      else [])
-    print(f"see it in a browser: {shlex.join(app)}   (then open http://127.0.0.1:8765/)")
+    run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, seed=a.seed, device=a.device,
+                        max_steps=a.max_steps))
     return 0
-
-
-def _cmd_app(a: argparse.Namespace) -> int:
-    from .app.demo_set import DemoSet
-    from .app.scoring import open_scorer
-    from .app.server import serve
-    from .app.service import AppConfig, AppService
-    demo = DemoSet(a.demo) if a.demo else None  # checked before the model loads: a typo fails fast
-    scorer = open_scorer(a.model, provider=a.provider, threads=a.threads, pretrained=a.pretrained, device=a.device)
-    cfg = AppConfig(max_upload_bytes=int(a.max_upload_mb * 1e6))
-    if a.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"wmoe app: warning: serving on {a.host}: anyone who reaches it can use the model (no login)",
-              file=sys.stderr)
-    return serve(AppService(scorer, demo, cfg), a.host, a.port, log_requests=a.log,
-                 announce=lambda line: print(line, flush=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the stored decision (CKPT.threshold.json) by this set's F1-max threshold; without "
                         "it evaluation only reports (wmoe calibrate sets the decision)")
     e.add_argument("--no-store-threshold", action="store_true", help=argparse.SUPPRESS)  # the old default's opt-out
+    e.add_argument("--reference", default=None, metavar="REF",
+                   help="evaluate the normal-reference mode with this wmoe fit-normal folder (zero-shot without it)")
+    e.add_argument("--fusion-weight", type=unit_float, default=None, metavar="W",
+                   help="with --reference: weight of the reference map in the fused map (default: the reference's)")
     model_args(e)
     e.set_defaults(func=_cmd_eval)
 
@@ -250,6 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(c)
     c.set_defaults(func=_cmd_calibrate)
 
+    fn = sub.add_parser("fit-normal", help="build a normal reference (memory of good patches) per product")
+    fn.add_argument("checkpoint", type=existing_file)
+    fn.add_argument("good_dir", help="good images: a folder of images, a folder of product folders, or a data root "
+                                     "with meta.json (its train split)")
+    fn.add_argument("--out", required=True, type=output_dir)
+    fn.add_argument("--classes", default=None, help="comma-separated products (default: all found)")
+    fn.add_argument("--k", type=positive_int, default=None, help="use the first K good images per product (default all)")
+    fn.add_argument("--max-memory", type=positive_int, default=4096,
+                    help="memory rows per product; a greedy coreset above it (default 4096)")
+    fn.add_argument("--neighbourhood", type=positive_int, default=3, help="local averaging window (odd, default 3)")
+    fn.add_argument("--fusion-weight", type=unit_float, default=DEFAULT_FUSION_WEIGHT, metavar="W",
+                    help=f"weight of the reference map in the fused map (default {DEFAULT_FUSION_WEIGHT}, measured)")
+    fn.add_argument("--batch-size", type=positive_int, default=8)
+    model_args(fn)
+    fn.set_defaults(func=_cmd_fit_normal)
+
     pr = sub.add_parser("predict", help="score images; CSV/JSON and heatmap overlays")
     pr.add_argument("checkpoint")
     pr.add_argument("images", nargs="+", help="image files or folders")
@@ -270,21 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--max-steps", type=positive_int, default=None)
     model_args(de)
     de.set_defaults(func=_cmd_demo)
-
-    ap = sub.add_parser("app", help="a local web page: drop images, see overlay, verdict, defect area, latency")
-    ap.add_argument("model", type=existing_file,
-                    help="a checkpoint (torch) or an exported .onnx / .engine (torch-free: pip install \"wmoe[app]\")")
-    ap.add_argument("--demo", default=None, metavar="DIR",
-                    help="a data root with meta.json (wmoe data demo DIR) whose test images the page offers")
-    ap.add_argument("--host", default="127.0.0.1", help="address to serve on (only this machine by default)")
-    ap.add_argument("--port", type=non_negative_int, default=8765, help="0 picks a free port")
-    ap.add_argument("--provider", default="cpu", type=one_of(["cpu", "cuda", "tensorrt"], "provider"),
-                    help="ONNX Runtime provider for an .onnx model")
-    ap.add_argument("--threads", type=non_negative_int, default=0, help="ONNX Runtime threads (0: its default)")
-    ap.add_argument("--max-upload-mb", type=positive_float, default=32.0, help="largest file accepted (MB)")
-    ap.add_argument("--log", action="store_true", help="print one line per request")
-    model_args(ap)
-    ap.set_defaults(func=_cmd_app)
 
     for mod in ("wmoe.export.cli", "wmoe.bench.cli"):
         try:

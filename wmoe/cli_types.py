@@ -59,6 +59,14 @@ for _f, _n in ((positive_int, "positive_int"), (non_negative_int, "non_negative_
     _f.__name__ = _n  # argparse names the type in some messages
 
 
+def unit_float(s: str) -> float:
+    """A number in [0, 1] (a weight or a share)."""
+    v = _float(s)
+    if not 0.0 <= v <= 1.0:
+        raise Bad(f"expected a number between 0 and 1, got {s!r}")
+    return v
+
+
 def int_list(s: str) -> List[int]:
     """Comma-separated positive integers, e.g. ``1,8,32``."""
     vals = [positive_int(v.strip()) for v in s.split(",") if v.strip()]

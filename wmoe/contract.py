@@ -416,6 +416,7 @@ class ModelMeta:
     version: str = ""
     exporter: str = ""
     quantization: str = ""  # Q/DQ models: JSON summary (tool, method, images, high precision, kept layer groups)
+    reference: str = ""  # normal-reference mode: JSON summary of the product's reference (wmoe.reference.store)
 
     def __post_init__(self) -> None:
         if self.preprocess is None:
@@ -450,6 +451,8 @@ class ModelMeta:
             m["frame_size"] = json.dumps([int(v) for v in self.frame_size])
         if self.quantization:
             m["quantization"] = self.quantization
+        if self.reference:
+            m["reference"] = self.reference
         return {META_PREFIX + k: v for k, v in m.items()}
 
     @classmethod
@@ -470,7 +473,7 @@ class ModelMeta:
                        flavor=g.get("flavor", "portable"), precision=g.get("precision", "fp32"), preprocess=spec,
                        decision=decision, config=g.get("config", ""), checkpoint_sha256=g.get("checkpoint_sha256", ""),
                        version=g.get("version", ""), exporter=g.get("exporter", ""),
-                       quantization=g.get("quantization", ""))
+                       quantization=g.get("quantization", ""), reference=g.get("reference", ""))
         except ContractError as e:
             raise ContractError(f"{source}: {e}") from None
         except (ValueError, TypeError, KeyError) as e:

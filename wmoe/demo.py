@@ -1,4 +1,5 @@
-"""The main job (``wmoe demo``): demo data -> training -> zero-shot evaluation -> predictions -> report.md.
+"""The main job (``wmoe demo``): demo data -> training -> zero-shot evaluation -> predictions -> normal-reference
+mode -> report.md.
 
 Trains on the demo set's auxiliary categories (their test split, as the peers train on an auxiliary set) and
 evaluates on categories the model never saw. With ``--pretrained`` the real ViT-L-14-336 backbone is used; without
@@ -29,6 +30,7 @@ class DemoConfig:
     n_test_good: int = 8
     n_test_defect: int = 12
     n_predict: int = 6
+    n_train_good: int = 32  # good images per category: the normal-reference section uses k = 1, 4, 16 and all
     device: Optional[str] = None
     max_steps: Optional[int] = None
 
@@ -44,16 +46,16 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     times: Dict[str, float] = {}
     t = time.time()
-    print(f"[1/4] demo data -> {out / 'data'}")
+    print(f"[1/5] demo data -> {out / 'data'}")
     root = make_demo_dataset(out / "data", seed=cfg.seed, image_size=cfg.data_size, n_test_good=cfg.n_test_good,
-                             n_test_defect=cfg.n_test_defect)
+                             n_test_defect=cfg.n_test_defect, n_train_good=cfg.n_train_good)
     times["data"] = time.time() - t
     if cfg.pretrained:
         model_cfg = ModelConfig(image_size=336)
     else:
         model_cfg = ModelConfig.tiny(image_size=cfg.image_size)
     t = time.time()
-    print(f"[2/4] training {model_cfg.backbone} on {', '.join(DEMO_TRAIN_CLASSES)} ({cfg.epochs} epochs)")
+    print(f"[2/5] training {model_cfg.backbone} on {', '.join(DEMO_TRAIN_CLASSES)} ({cfg.epochs} epochs)")
     ckpt = train(model_cfg, TrainConfig(str(root), out_dir=str(out / "run"), classes=list(DEMO_TRAIN_CLASSES),
                                         epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                                         device=cfg.device, max_steps=cfg.max_steps,
@@ -61,12 +63,12 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
                  pretrained=cfg.pretrained)
     times["train"] = time.time() - t
     t = time.time()
-    print(f"[3/4] zero-shot evaluation on {', '.join(DEMO_TEST_CLASSES)}")
+    print(f"[3/5] zero-shot evaluation on {', '.join(DEMO_TEST_CLASSES)}")
     table = evaluate(ckpt, root, classes=list(DEMO_TEST_CLASSES), out_dir=out / "eval", pretrained=cfg.pretrained,
                      device=cfg.device, store_threshold=True)
     times["eval"] = time.time() - t
     t = time.time()
-    print("[4/4] predictions and report")
+    print("[4/5] predictions and report")
     picks = []
     for cls in DEMO_TEST_CLASSES:
         test = root / cls / "test"
@@ -82,8 +84,16 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     from .expert_health import USAGE_FILE
     usage_log = out / "run" / USAGE_FILE
     train_usage = json.loads(usage_log.read_text())["epochs"] if usage_log.is_file() else []
-    report = write_report(out, table, pred, times, model_cfg, cfg, train_usage=train_usage)
+    t = time.time()
+    print("[5/5] normal-reference mode on the held-out categories (k = 1, 4, 16, all good images)")
+    from .checkpoint import load_model
+    from .reference.report import reference_section
+    ref_lines = reference_section(out, load_model(ckpt, pretrained=cfg.pretrained).eval(), root,
+                                  list(DEMO_TEST_CLASSES))
+    times["reference"] = time.time() - t
+    report = write_report(out, table, pred, times, model_cfg, cfg, train_usage=train_usage,
+                          extra_sections=ref_lines)
     print(table.to_markdown())
     print(f"report: {report}")
-    return {"report": str(report), "checkpoint": str(ckpt), "data": str(root), "times": times,
+    return {"report": str(report), "checkpoint": str(ckpt), "times": times,
             "mean": json.loads(table.to_json())["mean"]}

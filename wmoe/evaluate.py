@@ -65,7 +65,8 @@ def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: s
 def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Path], meta=None,
              classes: Optional[Sequence[str]] = None, batch_size: int = 8, out_dir: Optional[Union[str, Path]] = None,
              pro: bool = True, sigma: float = 4.0, pretrained: Optional[str] = None, device: Optional[str] = None,
-             store_threshold: bool = False, progress: bool = True) -> MetricsTable:
+             store_threshold: bool = False, progress: bool = True, reference=None,
+             fusion_weight: Optional[float] = None) -> MetricsTable:
     """Evaluate on the test split of ``data_root``; write metrics.md/.csv/.json, the per-image ``scores.csv``
     (path, class, label, score, verdict at the stored decision) and skipped.json to ``out_dir``.
 
@@ -74,6 +75,11 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     it is replaced only when asked: with ``store_threshold`` (``wmoe eval --write-threshold``) the F1-max threshold
     over all evaluated images is written there, recorded as method ``f1-max`` with its confusion counts, and the
     change is printed. The checkpoint itself is never rewritten (its SHA-256, recorded in exports, stays valid).
+
+    ``reference`` (a folder written by ``wmoe fit-normal`` or a :class:`wmoe.reference.NormalReference`) evaluates the
+    normal-reference mode: each class is scored with its own reference (:class:`wmoe.reference.ReferenceModel`,
+    fusion weight ``fusion_weight`` or the reference's). Its scores are in other units than zero-shot ones, so the
+    checkpoint's decision is neither applied nor replaced then (calibrate the reference-mode ONNX instead).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if out_dir is not None:
@@ -90,6 +96,12 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     if "test" not in meta_doc:
         raise DataError(f"{root}: meta has no 'test' split")
     chosen = list(classes) if classes else sorted(meta_doc["test"])
+    models = {c: model for c in chosen}
+    if reference is not None:
+        from .reference import NormalReference, ReferenceModel
+        ref = reference if isinstance(reference, NormalReference) else NormalReference.load(reference, ckpt_path)
+        models = {c: ReferenceModel(model, ref.get(c), ref.config, fusion_weight).eval() for c in chosen}
+        store_threshold = False
     datasets = [AnomalyDataset(root, meta_doc, split="test", classes=[c], image_size=model.image_size)
                 for c in chosen]
     total = sum(len(d) for d in datasets)
@@ -117,7 +129,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
             if bar is not None:
                 bar.set_postfix_str(cls)
             cls_paths: List[str] = []
-            labels, scores, maps, masks = _infer_class(model, ds, batch_size, device, skipped, bar, usages.get(cls),
+            labels, scores, maps, masks = _infer_class(models[cls], ds, batch_size, device, skipped, bar, usages.get(cls),
                                                        cls_paths)
             all_labels.append(labels)
             all_scores.append(scores)
@@ -147,6 +159,10 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         "seconds": round(time.time() - t0, 2), "checkpoint": str(ckpt_path) if ckpt_path else None,
         "image_size": model.image_size,
     })
+    if reference is not None:
+        w = next(iter(models.values())).weight if models else None
+        table.extra["reference"] = {"path": None if isinstance(reference, NormalReference) else str(reference),
+                                    "fusion_weight": w, "per_class": {c: ref.get(c).summary() for c in chosen}}
     appendix = ""
     if usages:
         total = ExpertUsage(model.samoe.w1.shape[0], model.samoe.top_k)
@@ -160,7 +176,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     if len(skipped):
         print(skipped.summary())
     stored = None
-    if ckpt_path is not None:
+    if ckpt_path is not None and reference is None:  # a zero-shot decision means nothing on fused scores
         try:
             stored = decision_for_checkpoint(ckpt_path)
         except ContractError as e:  # a stale decision: reported, not used (and replaced only when asked)
@@ -191,7 +207,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         was = f"was {stored.threshold:.6g} ({stored.record.method or 'unrecorded'})" if stored and \
             stored.threshold is not None else "no decision before"
         print(f"wrote the F1-max threshold {threshold:.6g} of this set to {path} ({was})")
-    elif ckpt_path is not None and not math.isnan(threshold) and progress:
+    elif ckpt_path is not None and reference is None and not math.isnan(threshold) and progress:
         print(f"F1-max threshold on this set: {threshold:.6g}; the stored decision is unchanged "
               f"({'none' if stored is None or stored.threshold is None else f'{stored.threshold:.6g}'}; "
               f"wmoe calibrate sets it, wmoe eval --write-threshold replaces it with this one)")

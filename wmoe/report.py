@@ -13,7 +13,8 @@ from .metrics import MetricsTable
 
 
 def write_report(out: Path, table: MetricsTable, pred: Dict[str, Any], times: Dict[str, float], model_cfg: Any,
-                 demo_cfg: Any, train_usage: Optional[List[Dict[str, Any]]] = None) -> Path:
+                 demo_cfg: Any, train_usage: Optional[List[Dict[str, Any]]] = None,
+                 extra_sections: Optional[List[str]] = None) -> Path:
     """``out/report.md``; ``train_usage`` = the per-epoch records of ``expert_usage.json`` (drawn with the
     evaluation's utilization into ``out/expert_usage.png``)."""
     lines = [
@@ -35,6 +36,7 @@ def write_report(out: Path, table: MetricsTable, pred: Dict[str, Any], times: Di
         "I-: image level, P-: pixel level. P-PRO is the MVTec reference PRO (integral to FPR 0.3); "
         "P-PRO(binned) is AnomalyCLIP's 200-threshold variant.", "",
         *_usage_section(out, table, model_cfg, train_usage or []),
+        *(extra_sections or []),
         "## Predictions", "",
         "| image | score | anomalous | heatmap |", "|---|---:|---|---|",
     ]
