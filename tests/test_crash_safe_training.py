@@ -18,6 +18,7 @@ from wmoe import checkpoint_set
 from wmoe.checkpoint import CheckpointError
 from wmoe.config import ModelConfig
 from wmoe.data import make_demo_dataset
+from wmoe.folder_lock import LOCK_NAME
 from wmoe.train import TrainConfig, train
 
 CFG = ModelConfig.tiny(image_size=112)
@@ -115,7 +116,8 @@ def test_sigkill_at_every_save_stage_then_resume_is_bit_exact(data, tmp_path):
     final = set(checkpoint_set.FILES) | {checkpoint_set.MANIFEST}
     for x in report:
         assert x["rc"] == 0 and x["bit_exact"], x
-        assert final <= set(x["after"]) and not [n for n in x["after"] if n.startswith(".")], x  # no temporaries
+        # no temporaries (the run's lock file stays: it is emptied, never deleted; see wmoe.folder_lock)
+        assert final <= set(x["after"]) and not [n for n in x["after"] if n.startswith(".") and n != LOCK_NAME], x
         if x["how"] != "resumed":  # refusing is only right when nothing was ever committed
             assert "does not exist" in x["how"] and checkpoint_set.MANIFEST not in x["before"], x
     # the kills really landed between the renames: mixed-looking directories that were rolled forward
@@ -158,7 +160,7 @@ def test_finished_run_is_not_replaced_without_resume_or_overwrite(data, tmp_path
     _run(data, out, epochs=2, overwrite=True)
     names = {p.name for p in out.iterdir()}
     assert set(checkpoint_set.FILES) | {checkpoint_set.MANIFEST, "notes.txt"} <= names
-    assert not [n for n in names if n.startswith(".")]  # the stale temporaries are gone
+    assert not [n for n in names if n.startswith(".") and n != LOCK_NAME]  # the stale temporaries are gone
     assert checkpoint_set.verify(out).step == 2
     (tmp_path / "afile").write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, current_umask
 from .checkpoint import CheckpointError
 from .errors import output_error
 
@@ -85,6 +85,7 @@ def save(out_dir: Path, step: int, writers: Dict[str, Callable[[Path, str], None
     try:
         for name in FILES:
             writers[name](pending[name], save_id)
+            os.chmod(pending[name], 0o666 & ~current_umask())  # safetensors creates 0600; outputs honour the umask
             _fsync_file(pending[name])
             fault_hook(f"written:{name}")
     except BaseException as e:

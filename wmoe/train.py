@@ -26,6 +26,7 @@ from .data import AnomalyDataset, DataError, SkippedFiles, collate
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .errors import NonFiniteError, UsageError
 from .expert_health import USAGE_FILE, TrainingHealth, usage_line
+from .folder_lock import FolderLock
 from .losses import total_loss
 from .model import WMoECLIP
 from .optim_state import load_optimizer, write_optimizer
@@ -102,11 +103,19 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str] = 
         device = f"cuda:{dist_info.local_rank}"
     out_dir = Path(cfg.out_dir)
     ckpt_path, optim_path = checkpoint_paths(out_dir)
+    lock = None
     try:
+        if dist_info.is_main and not (out_dir.exists() and not out_dir.is_dir()):
+            # one writer per run folder, held for the whole run (a second `wmoe train --out SAME` is refused)
+            lock = FolderLock(out_dir, "training run").acquire()
+            if lock.stale:
+                print(lock.stale)
         prepare_run_dir(out_dir, cfg.resume, cfg.overwrite, dist_info.is_main)
         barrier(dist_info)
         return _train(model_cfg, cfg, pretrained, device, dist_info, out_dir, ckpt_path, optim_path)
     finally:
+        if lock is not None:
+            lock.release()
         cleanup(dist_info)
 
 
@@ -121,6 +130,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
     start_step, history = 0, []
+    resume_changes: List[Dict[str, Any]] = []
     health = TrainingHealth(model.samoe, model_cfg.moe_balance, model_cfg.moe_repulsion)  # ESB/EIR, utilization
     if cfg.resume:
         if not ckpt_path.is_file():
@@ -130,6 +140,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
         if info.config.to_dict() != model_cfg.to_dict():
             raise DataError(f"cannot resume from {ckpt_path}: it was trained with another model config")
         model.load_state_dict(tensors, strict=False)
+        resume_changes = _resume_changes(info.extra, cfg, ckpt_path, dist_info.is_main)
         progress, rng = load_optimizer(opt, optim_path)
         start_step, history = int(progress["step"]), list(progress.get("history", []))
         health.load_state(progress.get("expert_health"))
@@ -197,13 +208,14 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
                 (bar.write if bar is not None else print)(f"epoch {epoch + 1}: {usage_line(usage)}")
             if end_of_epoch or step >= total_steps:
                 _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info,
-                      time.time() - t0, health)
+                      time.time() - t0, health, resume_changes)
             if step >= total_steps or end_of_epoch:
                 break
     if bar is not None:
         bar.close()
     if step == start_step and dist_info.is_main and not ckpt_path.exists():
-        _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info, 0.0, health)
+        _save(model, opt, cfg, ckpt_path, optim_path, step, steps_per_epoch, history, skipped, dist_info, 0.0, health,
+              resume_changes)
     if len(skipped) and dist_info.is_main:
         print(skipped.summary())
     barrier(dist_info)
@@ -212,13 +224,15 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
 
 def _save(model, opt, cfg: TrainConfig, ckpt_path: Path, optim_path: Path, step: int, steps_per_epoch: int,
           history: List[Dict[str, float]], skipped: SkippedFiles, dist_info: DistInfo, seconds: float,
-          health: TrainingHealth) -> None:
+          health: TrainingHealth, resume_changes: Optional[List[Dict[str, Any]]] = None) -> None:
     if not dist_info.is_main:
         return
     tc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     extra = {"step": step, "epoch": step / steps_per_epoch, "train_config": tc, "skipped_files": len(skipped),
              "final_loss": history[-1]["loss"] if history else None, "world_size": dist_info.world_size,
              "train_seconds": round(seconds, 2), **cfg.extra}
+    if resume_changes:
+        extra["resume_changes"] = resume_changes  # every resume that changed the training setup, with its step
     if health.epochs:
         extra["expert_usage"] = health.epochs[-1]  # the last complete epoch; every epoch: OUT/expert_usage.json
     for name, p in model.trainable_state_dict().items():
@@ -232,6 +246,28 @@ def _save(model, opt, cfg: TrainConfig, ckpt_path: Path, optim_path: Path, step:
         checkpoint_set.OPTIMIZER: lambda p, sid: write_optimizer(opt, p, progress, sid),
     })
     health.write(ckpt_path.parent / USAGE_FILE)  # a readable view of progress["expert_health"]
+
+
+#: training settings that a resume may change, but not silently: the data and its order, the step size
+RESUME_WATCHED = ("data_root", "meta", "classes", "split", "batch_size", "lr", "betas", "seed")
+
+
+def _resume_changes(extra: Dict[str, Any], cfg: TrainConfig, ckpt_path: Path, is_main: bool) -> List[Dict[str, Any]]:
+    """The run's record of setup changes at resumes, plus this one's (said as one line when there is one)."""
+    before = list(extra.get("resume_changes") or [])
+    prev = extra.get("train_config") or {}
+    now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    changed = {k: {"was": prev.get(k), "now": now.get(k)} for k in RESUME_WATCHED
+               if k in prev and prev.get(k) != now.get(k)}
+    if not changed:
+        return before
+    if is_main:
+        what = ", ".join(f"--{k.replace('_', '-')} {v['now']!r} (was {v['was']!r})" for k, v in changed.items())
+        note = (" the step count was in batches of the old size, so epochs and the data order shift from here;"
+                if "batch_size" in changed else "")
+        print(f"resuming {ckpt_path.parent} with a changed setup: {what};{note} recorded in the checkpoint as "
+              "resume_changes", flush=True)
+    return before + [{"step": int(extra.get("step", 0)), "changes": changed}]
 
 
 def _diverged(step: int, what: str, cfg: TrainConfig, out_dir: Path) -> NonFiniteError:
