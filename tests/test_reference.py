@@ -180,3 +180,12 @@ def test_cli_fit_normal_and_eval_reference(ckpt, data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # refused while parsing, before any work
         main(["fit-normal", str(ckpt), str(data), "--out", str(ref), "--fusion-weight", "1.5"])
     assert e.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
+
+
+def test_demo_report_section(ckpt, data, tmp_path):
+    from wmoe.reference.report import reference_section
+    lines = reference_section(tmp_path, load_model(ckpt).eval(), data, ["gravel", "cell"], ks=(1, 4))
+    rows = [ln for ln in lines if ln.startswith("| 1 |") or ln.startswith("| 4 |") or ln.startswith("| full (5)")]
+    assert len(rows) == 3 and all(len(r.split("|")) == 11 for r in rows)
+    doc = json.loads((tmp_path / "reference_mode.json").read_text())
+    assert set(doc["results"]) == {"gravel", "cell"} and doc["memory"]["cell"]["4"]["k"] == 4
