@@ -12,6 +12,7 @@ import torch
 from wmoe.contract import EngineSidecar, ModelMeta
 
 from .backend_names import ALL_BACKENDS  # noqa: F401 - torch-free, for the command line
+from .backend_names import MATMUL_PRECISION  # noqa: F401
 
 if TYPE_CHECKING:
     from wmoe.kernels.dispatch import Kernels
@@ -31,6 +32,7 @@ class Backend:
     #: normalized images (N,3,S,S) float32 or uint8 camera frames (N,H,W,3), and at which size. None: a PyTorch
     #: backend, which takes images at the bench size.
     meta: Optional[ModelMeta] = None
+    description: str = ""  # what runs (library, version, precision, hint), for the results
 
 
 def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: bool = False,
@@ -50,12 +52,26 @@ def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: 
                 "text_scores": o.text_scores.float().cpu().numpy()}
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    return Backend(name, run, device, sync)
+    what = "torch.compile" if compile_ else "eager"
+    return Backend(name, run, device, sync, description=f"torch {torch.__version__} {what} {str(dtype)[6:]} on "
+                   f"{device}" + (f" ({torch.get_num_threads()} threads)" if device == "cpu" else ""))
+
+
+def _export(model_factory: Callable[[], torch.nn.Module], workdir: Optional[Path],
+            export: Optional[Callable[[], Path]]) -> Path:
+    if export is not None:
+        return export()
+    from wmoe.export.onnx_export import export_onnx
+    wd = Path(workdir or tempfile.mkdtemp(prefix="wmoe-bench-"))
+    return export_onnx(model_factory(), wd / "model.onnx")
 
 
 def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onnx_path: Optional[Path] = None,
                  engine_path: Optional[Path] = None, aoti_path: Optional[Path] = None, allow_compile: bool = False,
-                 workdir: Optional[Path] = None, qdq_path: Optional[Path] = None) -> Backend:
+                 workdir: Optional[Path] = None, qdq_path: Optional[Path] = None,
+                 export: Optional[Callable[[], Path]] = None) -> Backend:
+    """Backend ``name``; ONNX backends run ``onnx_path`` (else the ONNX ``export()`` gives, else one exported
+    here)."""
     cuda = torch.cuda.is_available()
     if name == "torch-fp32":
         return _torch_backend(model_factory(), name, "cuda" if cuda else "cpu", torch.float32)
@@ -86,16 +102,34 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
             raise Skip(f"{provider} not available (installed: {ort.get_available_providers()}; "
                        f"pip install onnxruntime-gpu)")
         if onnx_path is None:
-            from wmoe.export.onnx_export import export_onnx
-            wd = Path(workdir or tempfile.mkdtemp(prefix="wmoe-bench-"))
-            onnx_path = export_onnx(model_factory(), wd / "model.onnx")
+            onnx_path = _export(model_factory, workdir, export)
         sess = make_session(onnx_path, provider=key, trt_cache_dir=Path(workdir) / "ort-trt" if workdir else None)
         names = [o.name for o in sess.get_outputs()]
         in_name = sess.get_inputs()[0].name
 
         def run(x: np.ndarray) -> Dict[str, np.ndarray]:
             return dict(zip(names, sess.run(None, {in_name: x})))
-        return Backend(name, run, "cpu" if key == "cpu" else "cuda", meta=onnx_meta(onnx_path))
+        return Backend(name, run, "cpu" if key == "cpu" else "cuda", meta=onnx_meta(onnx_path),
+                       description=f"onnxruntime {ort.__version__} {provider}")
+    if name.startswith("ov-cpu-"):  # OpenVINO on the CPU, the runtime's backend, precision asked explicitly
+        try:
+            from wmoe.runtime.openvino_backend import OpenVinoBackend, cpu_capabilities
+            caps = cpu_capabilities()
+        except ImportError as e:
+            raise Skip(f"OpenVINO is not installed ({e}): pip install 'wmoe[openvino]'")
+        prec = name.rsplit("-", 1)[1]
+        if prec == "bf16" and "BF16" not in caps:
+            raise Skip(f"this CPU has no bf16 (OpenVINO capabilities: {', '.join(caps)})")
+        if prec == "int8":
+            if qdq_path is None:
+                raise Skip("no --qdq model given (make one with wmoe export quantize --high-precision fp32)")
+            onnx_path = qdq_path
+        elif onnx_path is None:
+            onnx_path = _export(model_factory, workdir, export)
+        # the gate is what the bench measures: the backend runs the precision asked, gated or not
+        ovb = OpenVinoBackend(onnx_path, precision=prec, batch=1, allow_ungated=True,
+                              cache_dir=Path(workdir) / "openvino" if workdir else None)
+        return Backend(name, ovb.run, "cpu", meta=ovb.meta, description=ovb.description)
     if name == "trt-engine":
         if engine_path is None:
             raise Skip("no --engine given (build one with wmoe export trt on the target GPU)")

@@ -21,7 +21,8 @@ from wmoe.preprocess import frames_to_images
 
 from wmoe.export.gate import GateThresholds
 
-from .backends import Backend, Skip, engine_meta, make_backend
+from .backends import MATMUL_PRECISION, Backend, Skip, engine_meta, make_backend
+from .matmul import matmul_rates, rate_for
 
 
 @dataclass
@@ -62,24 +63,17 @@ def device_info() -> Dict[str, str]:
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
+    try:
+        import openvino
+        info["openvino"] = openvino.get_version()
+        info["cpu_capabilities"] = ", ".join(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except ImportError:
+        pass
+    try:
+        info["loadavg"] = open("/proc/loadavg").read().split(" ", 3)[:3]  # other jobs on the machine
+    except OSError:
+        pass
     return info
-
-
-def matmul_rate(seconds: float = 1.0) -> float:
-    """Measured dense matmul rate (FLOP/s) of the device in this run: the roofline the model is held to."""
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    n = 4096 if dev == "cuda" else 1024
-    dtype = torch.float16 if dev == "cuda" else torch.float32
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    a @ b
-    k, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * k / (time.perf_counter() - t0)
 
 
 def module_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> float:
@@ -161,14 +155,25 @@ def _model_factory(cfg: BenchConfig, size: int):
     return build
 
 
-def _make(cfg: BenchConfig, name: str, factory, base_size: bool) -> Backend:
-    """One backend; the given ONNX/AOTI files are built for the checkpoint's size only (other sizes export anew
-    or skip)."""
+_EXPORTED: Dict[tuple, Path] = {}
+
+
+def _make(cfg: BenchConfig, name: str, factory, base_size: bool, size: int = 0) -> Backend:
+    """One backend; the given ONNX/AOTI files are built for the checkpoint's size only (other sizes export anew,
+    once per size and run, or skip)."""
+    work = Path(cfg.out) / "work"
+
+    def export() -> Path:
+        key = (str(work), cfg.checkpoint, size)
+        if key not in _EXPORTED or not _EXPORTED[key].is_file():
+            from wmoe.export.onnx_export import export_onnx
+            _EXPORTED[key] = export_onnx(factory(), work / f"model_{size or 'base'}.onnx")
+        return _EXPORTED[key]
     return make_backend(name, factory, onnx_path=Path(cfg.onnx) if cfg.onnx and base_size else None,
                         engine_path=Path(cfg.engine) if cfg.engine else None,
                         aoti_path=Path(cfg.aoti) if cfg.aoti and base_size else None,
                         qdq_path=Path(cfg.qdq) if cfg.qdq and base_size else None,
-                        allow_compile=cfg.allow_compile, workdir=Path(cfg.out) / "work")
+                        allow_compile=cfg.allow_compile, workdir=work, export=export)
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
@@ -178,7 +183,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
     base_size = read_checkpoint(cfg.checkpoint)[0].config.image_size
     sizes = list(cfg.sizes or [base_size])
     info = device_info()
-    rate = matmul_rate()
+    rates = matmul_rates()
     records: List[dict] = []
     skipped: Dict[str, str] = {}
     rng = np.random.default_rng(cfg.seed)
@@ -198,13 +203,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                 torch.cuda.empty_cache()
             mem = PeakMemory(name, "cuda" if torch.cuda.is_available() else "cpu")
             try:
-                be = ref_be if name == "torch-fp32" else _make(cfg, name, factory, size == base_size)
+                be = ref_be if name == "torch-fp32" else _make(cfg, name, factory, size == base_size, size)
             except Skip as e:
                 skipped[name] = str(e)
                 continue
             mem.device = be.device
             feed = feeds.get(be.meta)
             got = be.run(feed.x)
+            prec = MATMUL_PRECISION.get(name, "fp16" if be.device == "cuda" else "fp32")
+            rate, rate_by = rate_for(rates, prec)
             parity = {f"max_abs_{k}": float(np.abs(got[k] - feed.ref[k]).max()) for k in OUTPUT_NAMES}
             for b in cfg.batches:
                 x = feed.batch(b)
@@ -229,6 +236,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                        "latency_p99_ms": float(np.percentile(t, 99) * 1e3), "peak_mem_mb": mem.mb(),
                        "peak_mem_source": mem.source,
                        "flops_per_image": flops, "fraction_of_matmul_rate": ips * flops / rate,
+                       "matmul_precision": prec, "matmul_rate_by": rate_by, "description": be.description,
                        "warmup": cfg.warmup, "repeats": cfg.repeats, **parity}
                 if power.mean_watts:
                     rec["power_w"] = power.mean_watts
@@ -237,7 +245,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
                 if progress:
                     print(f"{name:12s} {size}px batch {b:3d}: {ips:8.1f} img/s, p50 {rec['latency_p50_ms']:.1f} ms, "
                           f"maps |diff| {parity['max_abs_maps']:.1e}", flush=True)
-    doc = {"device": info, "matmul_flops_per_s": rate, "records": records, "skipped": skipped,
+    doc = {"device": info, "matmul_rates": rates, "records": records, "skipped": skipped,
            "checkpoint": cfg.checkpoint}
     if cfg.reference:
         m = factory()
@@ -245,6 +253,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
     if cfg.parity_data:
         doc["auroc_parity"] = auroc_parity(cfg, skipped)
         doc["gate"] = cfg.gate.to_dict()
+    try:
+        doc["device"]["loadavg_after"] = open("/proc/loadavg").read().split(" ", 3)[:3]
+    except OSError:
+        pass
     atomic_write_text(out / "bench.json", json.dumps(doc, indent=2) + "\n")
     atomic_write_text(out / "bench.md", to_markdown(doc))
     plot(doc, out / "bench.png")
@@ -306,7 +318,7 @@ def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
     from wmoe.export.gate import compare, failures, labeled_images
     size = read_checkpoint(cfg.checkpoint)[0].config.image_size
     factory = _model_factory(cfg, size)
-    ref_be = _make(cfg, "torch-fp32", factory, True)
+    ref_be = _make(cfg, "torch-fp32", factory, True, size)
 
     def run_all(be: Backend, x: np.ndarray) -> Dict[str, np.ndarray]:
         parts = [be.run(x[i:i + 8]) for i in range(0, len(x), 8)]
@@ -330,35 +342,52 @@ def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
         if name in skipped:
             continue
         try:
-            be = ref_be if name == "torch-fp32" else _make(cfg, name, factory, True)
+            be = ref_be if name == "torch-fp32" else _make(cfg, name, factory, True, size)
         except Skip as e:
             skipped[name] = str(e)
             continue
         x, ref, y, m = feed(be.meta)
-        fig = compare(ref, run_all(be, x), y, m)
+        # verdict agreement at the threshold the exported model carries (none for PyTorch)
+        fig = compare(ref, run_all(be, x), y, m, decision=be.meta.decision if be.meta is not None else None)
         why = failures(fig, cfg.gate)
         res[name] = {"image_auroc": fig.get("image_auroc", float("nan")),
                      "pixel_auroc": fig.get("pixel_auroc", float("nan")),
                      "delta_image_auroc": fig.get("image_auroc_change", float("nan")),
                      "delta_pixel_auroc": fig.get("pixel_auroc_change", float("nan")),
-                     **{k: fig[k] for k in ("n_images", "spearman_scores", "max_map_diff", "mean_map_diff")},
+                     **{k: fig[k] for k in ("n_images", "spearman_scores", "max_map_diff", "mean_map_diff",
+                                            "verdict_agreement", "verdict_flips") if k in fig},
                      "gate_passed": not why, "gate_failures": why}
     return res
 
 
 def to_markdown(doc: Dict) -> str:
     d = doc["device"]
+    rates = {k: v for k, v in doc.get("matmul_rates", {}).items() if not k.startswith("_")}
+    gate = doc.get("auroc_parity", {})
+    eager = {(r["size"], r["batch"]): r["images_per_s"] for r in doc["records"] if r["backend"] == "torch-fp32"}
     lines = [f"# wmoe bench — {d['device']}", "",
-             f"{d['date']}, torch {d['torch']}, onnxruntime {d.get('onnxruntime', '-')}, wmoe {d['wmoe']}; "
-             f"measured matmul rate {doc['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", "",
-             "| backend | size | batch | images/s | p50 ms | p99 ms | peak MB | GFLOP/img | % matmul rate | "
-             "max\\|Δ\\| maps | max\\|Δ\\| scores |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{d['date']}, torch {d['torch']}, onnxruntime {d.get('onnxruntime', '-')}, openvino "
+             f"{d.get('openvino', '-')}, wmoe {d['wmoe']}; load average {' '.join(d.get('loadavg', ['?']))} before, "
+             f"{' '.join(d.get('loadavg_after', ['?']))} after (other jobs share the machine: compare ratios within "
+             f"this run only)", "",
+             "Measured matmul rate per precision (the fastest GEMM available in this run):", ""]
+    lines += [f"- {p}: {v['flops_per_s'] / 1e9:.1f} G{'OP' if p == 'int8' else 'FLOP'}/s by {v['by']} (all: "
+              + ", ".join(f"{k} {x / 1e9:.1f}" for k, x in v.get("all", {}).items()) + ")" for p, v in rates.items()]
+    lines += ["", "| backend | size | batch | images/s | vs torch-fp32 | p50 ms | p99 ms | peak MB | GFLOP/img | "
+              "% matmul rate (precision) | max\\|Δ\\| maps | max\\|Δ\\| scores | gate |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["records"]:
-        lines.append(f"| {r['backend']} | {r['size']} | {r['batch']} | {r['images_per_s']:.1f} | "
+        e = eager.get((r["size"], r["batch"]))
+        g = gate.get(r["backend"])
+        verdict = "–" if g is None else "pass" if g["gate_passed"] else "FAIL"
+        lines.append(f"| {r['backend']} | {r['size']} | {r['batch']} | {r['images_per_s']:.2f} | "
+                     f"{r['images_per_s'] / e if e else float('nan'):.2f}× | "
                      f"{r['latency_p50_ms']:.2f} | {r['latency_p99_ms']:.2f} | {r['peak_mem_mb']:.0f} | "
-                     f"{r['flops_per_image'] / 1e9:.3f} | {100 * r['fraction_of_matmul_rate']:.1f} | "
-                     f"{r['max_abs_maps']:.1e} | {r['max_abs_scores']:.1e} |")
+                     f"{r['flops_per_image'] / 1e9:.3f} | {100 * r['fraction_of_matmul_rate']:.1f} "
+                     f"({r.get('matmul_precision', 'fp32')}) | "
+                     f"{r['max_abs_maps']:.1e} | {r['max_abs_scores']:.1e} | {verdict} |")
+    descr = {r["backend"]: r.get("description", "") for r in doc["records"]}
+    lines += ["", "Backends: " + "; ".join(f"{k} = {v}" for k, v in descr.items() if v) + "."]
     if doc.get("auroc_parity"):
         lines += ["", "Accuracy gate vs torch-fp32 (image AUROC drop ≤ "
                   f"{100 * doc.get('gate', {}).get('max_image_auroc_drop', 0.005):.1f} pt, score Spearman ≥ "

@@ -90,6 +90,16 @@ def _quantize(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_precision(a: argparse.Namespace) -> int:
+    from .cpu_precision import choose_cpu_precision
+    from .gate import GateThresholds
+    choose_cpu_precision(a.onnx, qdq=a.qdq, gate_data=a.gate_data, calib=a.calib, gate_images=a.gate_images or None,
+                         thresholds=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman,
+                                                   a.min_verdict_agreement / 100.0), batch=a.batch,
+                         repeats=a.repeats, seed=a.seed, write=not a.dry_run)
+    return 0
+
+
 def _reference(a: argparse.Namespace) -> int:
     from .parity import save_reference
     ins, outs = save_reference(a.onnx, a.out_dir, batch=a.batch, seed=a.seed)
@@ -213,6 +223,24 @@ def register(subparsers) -> None:
                    "(less memory, much slower)")
     q.add_argument("--seed", type=non_negative_int, default=0)
     q.set_defaults(func=_quantize)
+    cp = sub.add_parser("cpu-precision", help="measure f32 / bf16 / int8 under OpenVINO on your images with the "
+                        "accuracy gate and store the fastest that passes in the model (the CPU runtime's default)")
+    cp.add_argument("onnx", type=existing_file, help="the portable fp32 export (wmoe export onnx)")
+    cp.add_argument("--qdq", type=existing_file, default=None, help="its int8 Q/DQ model (wmoe export quantize "
+                    "--high-precision fp32), kept beside it: the int8 candidate")
+    cp.add_argument("--gate-data", default=None, help="labeled data root (meta.json): image AUROC change, score "
+                    "Spearman and verdicts at the stored threshold")
+    cp.add_argument("--calib", default=None, help="or a folder of normal images (Spearman and verdicts only)")
+    cp.add_argument("--gate-images", type=non_negative_int, default=200, help="images the gate runs on (0: all)")
+    cp.add_argument("--batch", type=positive_int, default=1, help="the batch the line runs (timed; default 1)")
+    cp.add_argument("--repeats", type=positive_int, default=5, help="timed runs per precision (median)")
+    cp.add_argument("--max-auroc-drop", type=finite_float, default=0.5, help="gate: image AUROC drop in points (0.5)")
+    cp.add_argument("--min-spearman", type=finite_float, default=0.99, help="gate: image score Spearman (0.99)")
+    cp.add_argument("--min-verdict-agreement", type=finite_float, default=99.0, metavar="PERCENT",
+                    help="gate: share of images judged alike at the model's stored threshold (99)")
+    cp.add_argument("--seed", type=non_negative_int, default=0)
+    cp.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
+    cp.set_defaults(func=_cpu_precision)
     r = sub.add_parser("reference", help="portable ONNX -> reference inputs/outputs (Polygraphy JSON) for "
                        "checking an engine on a device without ONNX Runtime GPU")
     r.add_argument("onnx")

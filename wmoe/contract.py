@@ -394,6 +394,61 @@ def decision_metadata(decision: Decision) -> Dict[str, str]:
 DECISION_METADATA_KEYS: Tuple[str, ...] = (META_PREFIX + "decision", META_PREFIX + "threshold")
 
 
+# --- the CPU precision decision -----------------------------------------------------------------------------------
+
+#: What the OpenVINO CPU backend can run (``wmoe.runtime.openvino_backend``): the fp32 graph exactly (``f32``), the
+#: fp32 graph in bf16 (CPUs with bf16), or the int8 Q/DQ model of ``wmoe export quantize``.
+CPU_PRECISIONS: Tuple[str, ...] = ("f32", "bf16", "int8")
+
+
+@dataclass
+class CpuPrecision:
+    """Which precision the OpenVINO CPU backend runs by default, decided once by ``wmoe export cpu-precision``: the
+    fastest of :data:`CPU_PRECISIONS` that passed the accuracy gate on the user's images (f32 always passes).
+
+    ``candidates``: per precision its gate figures (``passed``, ``failures``, Spearman, AUROC change, verdict
+    agreement) and measured ``images_per_s``; ``int8_model``: the Q/DQ file (a name beside this model) and its
+    SHA-256, so a replaced file is never run on an old verdict."""
+
+    choice: str = "f32"
+    candidates: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    int8_model: str = ""
+    int8_sha256: str = ""
+    gate_on: str = ""
+    cpu: str = ""
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        bad = sorted({self.choice, *self.candidates} - set(CPU_PRECISIONS))
+        if bad:
+            raise ContractError(f"unknown CPU precision(s) {bad} (known: {', '.join(CPU_PRECISIONS)})")
+        if self.choice != "f32" and not self.candidates.get(self.choice, {}).get("passed"):
+            raise ContractError(f"CPU precision {self.choice} is stored as the choice but did not pass the gate")
+
+    def order(self) -> List[str]:
+        """The precisions to try, in order: the choice, then the others that passed, fastest first; f32 (exact)
+        always ends the list."""
+        ok = [p for p, c in self.candidates.items() if c.get("passed") or p == self.choice]
+        ok.sort(key=lambda p: (p != self.choice, -float(self.candidates[p].get("images_per_s", 0.0))))
+        return ok + ([] if "f32" in ok else ["f32"])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "cpu precision") -> "CpuPrecision":
+        try:
+            d = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            if not isinstance(d, dict) or set(d) - known:
+                raise ValueError(f"expected an object with fields {sorted(known)}")
+            return cls(**d)
+        except ContractError as e:
+            raise ContractError(f"{source}: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise ContractError(f"{source}: damaged CPU precision record ({e})") from None
+
+
 # --- ONNX metadata ------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -417,6 +472,7 @@ class ModelMeta:
     exporter: str = ""
     quantization: str = ""  # Q/DQ models: JSON summary (tool, method, images, high precision, kept layer groups)
     reference: str = ""  # normal-reference mode: JSON summary of the product's reference (wmoe.reference.store)
+    cpu_precision: Optional[CpuPrecision] = None  # the OpenVINO CPU backend's gated default (wmoe export cpu-precision)
 
     def __post_init__(self) -> None:
         if self.preprocess is None:
@@ -453,6 +509,8 @@ class ModelMeta:
             m["quantization"] = self.quantization
         if self.reference:
             m["reference"] = self.reference
+        if self.cpu_precision is not None:
+            m["cpu_precision"] = self.cpu_precision.to_json()
         return {META_PREFIX + k: v for k, v in m.items()}
 
     @classmethod
@@ -473,7 +531,9 @@ class ModelMeta:
                        flavor=g.get("flavor", "portable"), precision=g.get("precision", "fp32"), preprocess=spec,
                        decision=decision, config=g.get("config", ""), checkpoint_sha256=g.get("checkpoint_sha256", ""),
                        version=g.get("version", ""), exporter=g.get("exporter", ""),
-                       quantization=g.get("quantization", ""), reference=g.get("reference", ""))
+                       quantization=g.get("quantization", ""), reference=g.get("reference", ""),
+                       cpu_precision=CpuPrecision.from_json(g["cpu_precision"], f"{source} cpu_precision")
+                       if "cpu_precision" in g else None)
         except ContractError as e:
             raise ContractError(f"{source}: {e}") from None
         except (ValueError, TypeError, KeyError) as e:

@@ -65,12 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source", required=True,
                     help="image folder, image file, video file, camera index or stream URL (rtsp://...)")
     ap.add_argument("--model", required=True, help="exported model: .onnx or TensorRT .engine (with its .json)")
-    ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
-                    help="ONNX Runtime provider (default: %(default)s); one that cannot be had is an error")
+    ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt", "openvino"],
+                    help="ONNX Runtime provider, or openvino: OpenVINO on the CPU (pip install 'wmoe[openvino]'); "
+                         "default: %(default)s; one that cannot be had is an error")
     ap.add_argument("--allow-cpu-fallback", action="store_true",
                     help="run on the CPU (with a warning) when --provider cannot be had, instead of failing")
     ap.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                     help="the product class whose thresholds judge the frames (a model calibrated per class)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16", "int8"],
+                    help="--provider openvino: auto runs the precision the accuracy gate chose and stored in the "
+                         "model (wmoe export cpu-precision; f32 without one); an explicit one the gate did not "
+                         "pass falls back to f32, saying why (default: %(default)s)")
     ap.add_argument("--batch", type=_positive("--batch"), default=4, help="frames per inference (default: %(default)s)")
     ap.add_argument("--queue", type=_positive("--queue"), default=8,
                     help="capture queue length, bounded (default: %(default)s)")
@@ -143,14 +148,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             source = open_source(a.source, warn)
             policy = resolve_drop(source, a.drop)
+            ov = {"precision": a.precision, "batch": a.batch} if a.provider == "openvino" else {}
             rt = opened.enter_context(Runtime.open(a.model, provider=a.provider, threshold=a.threshold,
                                                    pixel_threshold=a.pixel_threshold, class_name=a.class_name,
-                                                   allow_cpu_fallback=a.allow_cpu_fallback))
+                                                   allow_cpu_fallback=a.allow_cpu_fallback, **ov))
             results = opened.enter_context(ResultFile(a.results, append=a.results_append)) if a.results else None
             mqtt = _open_mqtt(a, warn) if a.mqtt else None
         except (WMoEError, FileNotFoundError, ValueError) as e:
             return error(e)
         thr = rt.decision.threshold_for(rt.class_name)
+        if getattr(rt.backend, "description", ""):  # the OpenVINO backend: which precision runs, and why
+            note = getattr(rt.backend, "note", "")
+            print(f"backend: {rt.backend.description}" + (f" ({note})" if note else ""), flush=True)
         print(f"model {a.model}: input {rt.meta.input} {rt.input_size}px, "
               f"threshold {thr if thr is not None else 'none (verdicts undecided: run wmoe calibrate, re-export)'}; "
               f"source {source.name} ({'live, drop policy ' + policy if source.live else 'file: nothing dropped'})",

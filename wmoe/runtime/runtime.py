@@ -43,7 +43,8 @@ class Result:
 
 
 class Runtime:
-    """``Runtime.open("model.onnx" | "model.engine")`` then ``rt.score(frames)``.
+    """``Runtime.open("model.onnx" | "model.engine")`` then ``rt.score(frames)``. ``provider="openvino"`` runs an
+    ONNX with OpenVINO on the CPU (``precision="auto"|"f32"|"bf16"|"int8"``, ``batch=``; docs/runtime.md).
 
     ``threshold`` / ``pixel_threshold`` override the decision stored in the model file (for every class).
     ``class_name``: the product this runtime judges by default, when the decision has per-class thresholds
@@ -65,6 +66,9 @@ class Runtime:
         path = Path(path)
         if not path.is_file():
             raise ContractError(f"{path}: no such model file")
+        if path.suffix == ".onnx" and provider == "openvino":  # precision=, batch=, cache_dir= (openvino_backend)
+            from .openvino_backend import OpenVinoBackend
+            return cls(OpenVinoBackend(path, threads=threads, **kw), threshold, pixel_threshold, class_name)
         if path.suffix == ".onnx":
             from .onnx_backend import OnnxBackend
             return cls(OnnxBackend(path, provider=provider, threads=threads, allow_cpu_fallback=allow_cpu_fallback,
