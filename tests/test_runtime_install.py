@@ -81,7 +81,12 @@ def runtime_venv(tmp_path_factory):
                         "-q", "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     wheel = next((tmp / "dist").glob("wmoe-*.whl"))
-    deps = _requires(wheel)
+    return _venv_with(wheel, ("runtime",), tmp)
+
+
+def _venv_with(wheel: Path, extras, tmp: Path) -> dict:
+    """An empty venv with ``wheel`` installed and only the distributions it declares for ``extras`` (linked)."""
+    deps = _requires(wheel, extras)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -174,6 +179,33 @@ def frames_onnx(tmp_path_factory):
     torch.manual_seed(2)
     ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "m.safetensors")
     return export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(60, 80), threshold=0.25, pixel_threshold=0.5)
+
+
+def test_openvino_extra_runs_the_camera_loop_without_torch(runtime_venv, frames_onnx, tmp_path):
+    """`pip install "wmoe[runtime,openvino]"`: wmoe-camera --provider openvino scores frames in a venv holding only
+    what the wheel declares for those extras (no torch), with the model's stored threshold."""
+    pytest.importorskip("openvino")
+    v = _venv_with(runtime_venv["wheel"], ("runtime", "openvino"), tmp_path / "ov")
+    assert "openvino" in v["deps"] and not v["closure"] & MODEL_STACK
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["WMOE_OV_CACHE"] = str(tmp_path / "cache")
+    src = tmp_path / "cam"
+    src.mkdir()
+    frames = np.random.default_rng(4).integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(src / f"{i}.png")
+    r = subprocess.run([str(v["bin"] / "wmoe-camera"), "--source", str(src), "--model", str(frames_onnx),
+                        "--provider", "openvino", "--batch", "2", "--results", str(tmp_path / "r.jsonl")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "backend: OpenVINO" in r.stdout and ", f32," in r.stdout and "final: frames 3:" in r.stdout
+    code = "import sys\ntry:\n    import torch\n    sys.exit('torch importable')\nexcept ImportError:\n    pass\n"
+    assert subprocess.run([str(v["python"]), "-I", "-c", code], env=env).returncode == 0
+    from wmoe.runtime import Runtime  # the same verdicts as ONNX Runtime in the development tree
+    want = Runtime.open(frames_onnx).score(frames)
+    got = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [g["verdict"] for g in got] == want.verdicts
+    assert np.allclose([g["score"] for g in got], want.scores, atol=1e-5)
 
 
 def test_installed_runtime_writes_a_triton_repository_from_an_onnx(runtime_venv, frames_onnx, tmp_path):
