@@ -23,7 +23,8 @@ def _run(a: argparse.Namespace) -> int:
                                 onnx=a.onnx, engine=a.engine, aoti=a.aoti, parity_data=a.parity_data,
                                 pretrained=a.pretrained, allow_compile=not auto, qdq=a.qdq,
                                 parity_images=a.parity_images or None,
-                                gate=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman),
+                                gate=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman,
+                                                    a.min_verdict_agreement / 100.0),
                                 reference=a.reference, product=a.product))
     for k, v in doc["skipped"].items():
         print(f"skipped {k}: {v}")
@@ -55,6 +56,8 @@ def register(subparsers) -> None:
                    help="a Q/DQ ONNX (wmoe export quantize) for the ort-qdq backend")
     p.add_argument("--max-auroc-drop", type=finite_float, default=0.5, help="gate: image AUROC drop in points (0.5)")
     p.add_argument("--min-spearman", type=finite_float, default=0.99, help="gate: image score Spearman (0.99)")
+    p.add_argument("--min-verdict-agreement", type=finite_float, default=99.0, metavar="PERCENT",
+                   help="gate: images judged alike at the model's stored threshold, in percent (99)")
     p.add_argument("--pretrained", default=None, type=existing_file)
     p.add_argument("--reference", default=None, metavar="REF",
                    help="bench the normal-reference mode with this wmoe fit-normal folder (memory size in bench.md)")
