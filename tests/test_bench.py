@@ -21,9 +21,12 @@ def test_bench_cli_cpu(tmp_path):
     out = tmp_path / "bench"
     r = subprocess.run([sys.executable, "-m", "wmoe", "bench", str(ckpt), "--out", str(out), "--backends", "auto",
                         "--batch", "1,2", "--warmup", "1", "--repeats", "3", "--parity-data", str(data)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
     doc = json.loads((out / "bench.json").read_text())
+    # a failed accuracy gate fails the command (bf16 on this random model may fail it; f32 backends must pass)
+    assert r.returncode == int(not all(g["gate_passed"] for g in doc["auroc_parity"].values())), r.stderr[-3000:]
+    assert all(doc["auroc_parity"][b]["gate_passed"] for b in ("torch-fp32", "ort-cpu"))
     got = {(x["backend"], x["batch"]) for x in doc["records"]}
     cpu = {"torch-fp32", "ort-cpu"} | ({"ov-cpu-f32", "ov-cpu-bf16"} - set(doc["skipped"]))  # OpenVINO: dev extra
     assert got == {(b, n) for b in cpu for n in (1, 2)}
