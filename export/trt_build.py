@@ -248,9 +248,10 @@ def _register_plugins(out: Path, kernels: Optional[Union[str, Path]]) -> None:
         cuda.close()
     target = f"sm_{cc_major}{cc_minor}"
     kdir = Path(kernels) if kernels else out.with_suffix(".kernels")
-    from wmoe.kernels.aot import TARGETS
-    if not kernels and target not in TARGETS:
-        raise ExportError(f"no AOT kernel target for {target} (have {sorted(TARGETS)}): build the portable flavor")
+    from wmoe.kernels.spec import AOT_TARGETS
+    if not kernels and target not in AOT_TARGETS:
+        raise ExportError(f"no AOT kernel target for {target} (have {sorted(AOT_TARGETS)}): build the portable "
+                          "flavor")
     if not (kdir / "manifest.json").is_file():
         from wmoe.kernels.aot import compile_all
         print(f"compiling the Triton kernels for {target} into {kdir}", flush=True)

@@ -15,8 +15,9 @@ entry. The PTX comes from :func:`wmoe.kernels.aot.compile_all` (its ``manifest.j
 256-byte aligned (``IExecutionContext::setTensorAddress`` requires it of I/O; an assumption for activations that no
 GPU here could check) -- the general variant otherwise. Every artifact is checked here
 before it goes into an engine (:func:`check_plugin_artifact`): arguments ordered inputs / int32 scalars / outputs
-and matching the plugin's I/O, no Triton global or profile scratch (TensorRT passes null for the two hidden
-trailing pointer arguments), no TMA descriptors, at most 48 KB of shared memory (:data:`PLUGIN_SMEM_LIMIT`), PTX
+and matching the plugin's I/O, no Triton global or profile scratch and a PTX ``.entry`` that declares exactly the
+launch arguments (Triton's hidden trailing scratch pointers removed by :func:`wmoe.kernels.aot.exact_entry`:
+TensorRT's AOT launch does not pass them, see docs/kernels.md), no TMA descriptors, at most 48 KB of shared memory (:data:`PLUGIN_SMEM_LIMIT`), PTX
 ``.version`` lowered to the lowest ISA that ptxas assembles the kernel at (:func:`lowest_ptx_isa`) and refused
 when the driver's JIT is older. Everything except :func:`register_plugins`
 runs without TensorRT and is unit-tested; :func:`register_plugins` runs in CI against TensorRT's real
@@ -214,8 +215,19 @@ def check_plugin_artifact(art: Dict[str, Any], ptx: str, plugin: PluginKernel,
     if counts != (plugin.n_inputs, plugin.n_scalars, plugin.n_outputs):
         problems.append(f"kernel has {counts} inputs/scalars/outputs, plugin {plugin.op} needs "
                         f"{(plugin.n_inputs, plugin.n_scalars, plugin.n_outputs)}")
-    if art.get("global_scratch_bytes", 0):
-        problems.append(f"needs {art['global_scratch_bytes']} B of Triton scratch (TensorRT passes null)")
+    scratch = (int(art.get("global_scratch_bytes", 0)), int(art.get("profile_scratch_bytes", 0)))
+    if any(scratch):
+        problems.append(f"needs {scratch[0]} B of global and {scratch[1]} B of profile scratch (a TensorRT AOT "
+                        "launch passes no scratch pointers)")
+    from wmoe.kernels.aot import entry_params
+    try:
+        n_params = len(entry_params(ptx))
+    except ValueError as e:
+        problems.append(str(e))
+    else:
+        if n_params != len(roles):  # Triton's hidden scratch pointers left in (a manifest from before exact_entry)
+            problems.append(f"PTX entry declares {n_params} parameters, the plugin launch passes {len(roles)} "
+                            "(recompile with python -m wmoe.kernels.aot: it removes Triton's hidden ones)")
     if _TMA.search(ptx):
         problems.append("uses TMA descriptors (not supported by TensorRT AOT plugins)")
     if driver_limit is not None and ptx_version(ptx) > tuple(driver_limit):
@@ -290,8 +302,17 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
         raise ExportError(f"TensorRT {trt.__version__} has no AOT Python plugins (needs >= 10.9): build the "
                           "portable flavor")
     import tensorrt.plugin as trtp  # type: ignore  # no stub: run against the real frontend (test_trt_frontend)
+    key = (str(store.dir.resolve()), target, tuple(driver_limit) if driver_limit is not None else None)
     if _REGISTERED.get("trtp") is trtp:
-        return
+        if _REGISTERED["key"] == key:
+            return
+        # tensorrt.plugin keeps the first definition of a plugin name for the life of the process (a second
+        # @register of the same name is refused or ignored): the closures below would keep serving the first
+        # store, target and driver limit, and an engine would embed kernels it was not asked for
+        (d0, t0, l0), (d1, t1, l1) = _REGISTERED["key"], key
+        raise ExportError(f"the wmoe TensorRT plugins are already registered in this process with kernels {d0}, "
+                          f"target {t0}, PTX limit {l0}; they cannot be registered again with kernels {d1}, target "
+                          f"{t1}, PTX limit {l1}: build each engine in its own process (one wmoe export trt each)")
     # int attributes are declared as int32 arrays: the ONNX parser passes an ONNX INT as a one-element array, and
     # TensorRT <= 11.1 turns a field annotated ``int`` into ``int(array)``, which numpy >= 2.4 refuses
     I32 = npt.NDArray[np.int32]
@@ -336,7 +357,7 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
         grid, threads, scalars = launch_plan(MOE_OP, dims, art["constexprs"], art["num_warps"])
         return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
 
-    _REGISTERED.update({"trtp": trtp, WCMA_OP: _wcma_aot, MOE_OP: _router_aot})
+    _REGISTERED.update({"trtp": trtp, "key": key, WCMA_OP: _wcma_aot, MOE_OP: _router_aot})
 
 
 def check_plugin_nodes(onnx_path: Union[str, Path], registry: Any) -> None:

@@ -1,14 +1,16 @@
 """Ahead-of-time compilation of the Triton kernels for the TensorRT plugin path, on any machine (no GPU needed).
 
 ``compile_all(out_dir)`` compiles every kernel of every stage spec (:func:`wmoe.kernels.dispatch.stage_specs`)
-× dtype × target (sm_80 A100, sm_87 Jetson Orin, sm_90 H100) × variant to PTX and cubin with
+× dtype × target (sm_80 A100, sm_86 A10/RTX 30, sm_87 Jetson Orin, sm_89 L4/RTX 40, sm_90 H100) × variant
+to PTX and cubin with
 ``triton.compile(ASTSource, target=GPUTarget(...))``, with each target's configuration from the spec, runs
 ``ptxas -v`` for registers / spills / shared memory, reads the PTX for the instruction mix (MMA kind, vector loads,
 ``cp.async``) and writes ``manifest.json``. Variants: ``general`` (any pointer alignment and sizes) and ``a16``
 (artifact name suffix ``_a16``: every pointer 16-byte aligned and the spec's ``aligned`` dims divisible by 16,
 which is what turns the scalar loads into vectorized ones and ``cp.async``). Each artifact is checked against what
-a TensorRT plugin can launch: arguments ordered inputs, int32 scalars, outputs; no global/profile scratch
-(TensorRT passes null for Triton's hidden scratch arguments); registers ≤ 255 per thread; shared memory within
+a TensorRT plugin can launch: arguments ordered inputs, int32 scalars, outputs; no global/profile scratch, and the
+PTX ``.entry`` declaring exactly those arguments (:func:`exact_entry` removes Triton's hidden trailing scratch
+pointers, which no plugin launch passes: docs/kernels.md); registers ≤ 255 per thread; shared memory within
 the target's per-block limit.
 
     python -m wmoe.kernels.aot --out build/kernels
@@ -25,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .spec import TARGETS, KernelSpec
+from .spec import AOT_TARGETS, KernelSpec
 
-SMEM_LIMIT = {80: 163 * 1024, 87: 163 * 1024, 90: 227 * 1024}  # max dynamic shared memory per block (bytes)
+# max dynamic shared memory per block (bytes; CUDA programming guide, compute capabilities table)
+SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 MAX_REGS = 255
 VARIANTS = ("general", "a16")
 
@@ -61,7 +64,10 @@ class KernelArtifact:
     registers: int
     stack_bytes: int
     spill_bytes: int  # ptxas spill stores + loads
-    global_scratch_bytes: int
+    global_scratch_bytes: int  # Triton's global scratch per launch (metadata.global_scratch_size)
+    profile_scratch_bytes: int  # Triton >= 3.5 profile scratch (metadata.profile_scratch_size)
+    hidden_params_removed: int  # Triton's hidden trailing entry parameters removed from the PTX (exact_entry)
+    entry_params: int  # parameters of the PTX .entry as written = len(signature)
     ptx_version: str
     mma: str  # wgmma / mma (mma.sync) / none
     vector_loads: int  # ld.global.v2/v4 in the PTX
@@ -99,6 +105,47 @@ def ptxas_usage(ptx_path: Path, arch: str) -> Dict[str, int]:
             "spill": sum(int(a) + int(b) for a, b in spill[-1:])}
 
 
+_ENTRY = re.compile(r"(\.entry\s+(\w+)\s*\()([^)]*)(\))")
+
+
+def entry_params(ptx: str) -> List[str]:
+    """The ``.param`` declarations of the PTX's (one) ``.entry``, in order."""
+    m = _ENTRY.search(ptx)
+    if not m:
+        raise ValueError("PTX has no .entry")
+    return [p.strip() for p in m.group(3).split(",") if p.strip()]
+
+
+def exact_entry(ptx: str, n_args: int) -> "tuple[str, int]":
+    """``(ptx, removed)``: the PTX with its ``.entry`` declaring exactly the ``n_args`` launch arguments.
+
+    Triton >= 3.3 appends hidden trailing pointer parameters to every kernel (global scratch, and from 3.5 profile
+    scratch) that a launcher other than Triton's does not know about. TensorRT's AOT plugin launch passes the
+    inputs, the int32 extra args and the outputs -- nothing else (docs/kernels.md: what TensorRT and
+    torch-tensorrt say). A kernel whose scratch sizes are 0 never reads these parameters, so they are removed from
+    the declaration; a PTX that reads one (``ld.param`` of it) is refused (ValueError): it needs scratch memory that
+    no plugin launch provides."""
+    m = _ENTRY.search(ptx)
+    if not m:
+        raise ValueError("PTX has no .entry")
+    params = entry_params(ptx)
+    if len(params) < n_args:
+        raise ValueError(f"the PTX entry {m.group(2)} has {len(params)} parameters, fewer than the {n_args} "
+                         "launch arguments")
+    hidden = params[n_args:]
+    for decl in hidden:
+        name = decl.split()[-1]
+        if not re.match(r"\.param\s+\.u64\b", decl):
+            raise ValueError(f"hidden parameter {name} of {m.group(2)} is not a pointer ({decl})")
+        if re.search(rf"\[{re.escape(name)}(?:\+\d+)?\]", ptx):
+            raise ValueError(f"{m.group(2)} reads its hidden parameter {name} (Triton scratch memory): no plugin "
+                             "launch passes it")
+    if not hidden:
+        return ptx, 0
+    body = ",\n".join("\t" + p for p in params[:n_args])
+    return ptx[:m.start(3)] + "\n" + body + "\n" + ptx[m.end(3):], len(hidden)
+
+
 def instruction_mix(ptx: str) -> Dict[str, Any]:
     """What the PTX does with the tensor cores and memory: the MMA kind, vectorized global loads, ``cp.async``."""
     mma = "wgmma" if re.search(r"\bwgmma\.mma_async", ptx) else "mma" if re.search(r"\bmma\.sync", ptx) else "none"
@@ -115,8 +162,11 @@ def check_artifact(a: KernelArtifact, cc: int) -> List[str]:
         problems.append("arguments are not ordered inputs, int32 scalars, outputs")
     if any(t not in ("i32",) and r == "scalar" for _, r, t in a.signature):
         problems.append("a scalar argument is not int32")
-    if a.global_scratch_bytes:
-        problems.append(f"needs {a.global_scratch_bytes} B of global scratch (TensorRT passes null)")
+    if a.global_scratch_bytes or a.profile_scratch_bytes:
+        problems.append(f"needs {a.global_scratch_bytes} B of global and {a.profile_scratch_bytes} B of profile "
+                        "scratch (a plugin launch passes no scratch pointers)")
+    if a.entry_params != len(a.signature):
+        problems.append(f"PTX entry has {a.entry_params} parameters, the launch passes {len(a.signature)}")
     if a.registers > MAX_REGS:
         problems.append(f"{a.registers} registers > {MAX_REGS}")
     if a.shared_bytes > SMEM_LIMIT[cc]:
@@ -153,7 +203,7 @@ def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Pa
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} ({VARIANTS})")
-    cc = TARGETS[target]
+    cc = AOT_TARGETS[target]
     cfg = k.config(target, dtype)
     consts = k.constexprs(target, dtype, dict(k.aot_dims), **options)
     sig = {a.name: a.type.replace("T", dtype) for a in k.args}
@@ -162,13 +212,20 @@ def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Pa
     c = triton.compile(ast_source(k.fn, sig, consts, attrs), target=GPUTarget("cuda", cc, 32),
                        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
     stem = artifact_name(k.name, dtype, target, variant)
-    ptx = c.asm["ptx"]
+    md = c.metadata
+    scratch = (int(getattr(md, "global_scratch_size", 0) or 0), int(getattr(md, "profile_scratch_size", 0) or 0))
+    try:
+        ptx, hidden = exact_entry(c.asm["ptx"], len(k.args))
+    except ValueError as e:  # reads its scratch: keep Triton's PTX, the artifact is marked unusable below
+        ptx, hidden = c.asm["ptx"], -1
+        scratch_problem = str(e)
+    else:
+        scratch_problem = ""
     ptx_path, cubin_path = out / f"{stem}.ptx", out / f"{stem}.cubin"
     ptx_path.write_text(ptx)
     cubin_path.write_bytes(c.asm["cubin"])
     tgt = re.search(r"^\.target\s+(\w+)", ptx, re.M)  # sm_90 -> Triton emits sm_90a
-    usage = ptxas_usage(ptx_path, tgt.group(1) if tgt else target)
-    md = c.metadata
+    usage = ptxas_usage(ptx_path, tgt.group(1) if tgt else target)  # also proves the exact entry assembles
     ver = re.search(r"^\.version\s+(\S+)", ptx, re.M)
     art = KernelArtifact(
         name=stem, kernel=md.name, spec=k.name, variant=variant, target=target, dtype=dtype, ptx=ptx_path.name,
@@ -176,16 +233,15 @@ def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Pa
         aligned=list(k.aligned) if variant == "a16" else [], num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         shared_bytes=int(md.shared), registers=usage["registers"], stack_bytes=usage["stack"],
         spill_bytes=usage["spill"],
-        global_scratch_bytes=int(getattr(md, "global_scratch_size", 0) or 0)
-        + int(getattr(md, "profile_scratch_size", 0) or 0),
-        ptx_version=ver.group(1) if ver else "?", **instruction_mix(ptx))
-    art.problems = check_artifact(art, cc)
+        global_scratch_bytes=scratch[0], profile_scratch_bytes=scratch[1], hidden_params_removed=hidden,
+        entry_params=len(entry_params(ptx)), ptx_version=ver.group(1) if ver else "?", **instruction_mix(ptx))
+    art.problems = check_artifact(art, cc) + ([scratch_problem] if scratch_problem else [])
     if art.stack_bytes or art.spill_bytes:
         art.warnings.append(f"{art.stack_bytes} B stack frame, {art.spill_bytes} B spilled (register spills)")
     return art
 
 
-def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(TARGETS),
+def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(AOT_TARGETS),
                 dtypes: Sequence[str] = ("fp16", "fp32"),
                 progress: bool = True, kernels: Optional[Sequence[str]] = None,
                 variants: Sequence[str] = VARIANTS) -> List[KernelArtifact]:
@@ -227,7 +283,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m wmoe.kernels.aot", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", default=",".join(AOT_TARGETS))
     ap.add_argument("--dtypes", default="fp16,fp32")
     ap.add_argument("--kernels", default=None, help="comma-separated subset (default: all)")
     ap.add_argument("--variants", default=",".join(VARIANTS))

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 TARGETS: Dict[str, int] = {"sm_80": 80, "sm_87": 87, "sm_90": 90}
+#: What the AOT compiler builds (TensorRT plugin kernels): the tuned targets, plus Ampere and Ada workstation/
+#: datacenter GPUs (sm_86: A10/A40/RTX 30xx, sm_89: L4/L40/RTX 40xx), which take the ``default`` tiles (as the
+#: Triton launcher gives them at run time, :func:`device_target`): 48 KB of shared memory at most, checked by ptxas.
+AOT_TARGETS: Dict[str, int] = {**TARGETS, "sm_86": 86, "sm_89": 89}
 DEFAULT = "default"
 ROLES = ("in", "scalar", "out")
 

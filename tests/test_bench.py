@@ -288,3 +288,14 @@ def test_bench_openvino_rows_per_precision_rate_and_gate(ov_model, tmp_path):
     md = (out / "bench.md").read_text()
     assert "| ov-cpu-f32 | 56 | 1 |" in md and "(fp32) |" in md and "| pass |" in md and "load average" in md
     assert "Measured matmul rate per precision" in md
+
+
+def test_gpu_check_skips_the_frontend_step_without_the_bindings_wheel(tmp_path):
+    """A GPU box whose Python has no tensorrt-cu12-bindings: the frontend step is skipped with its reason instead
+    of failing the run (it ran pytest there and failed)."""
+    from wmoe.bench.gpu_check import Check
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    check = Check(tmp_path, tmp_path)
+    check.py = str(tmp_path / "bare" / "bin" / "python")
+    status, reason, _, _ = check.trt_frontend(120)
+    assert status == "skipped" and "tensorrt-cu12-bindings" in reason, (status, reason)

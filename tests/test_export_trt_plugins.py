@@ -16,7 +16,7 @@ def store(plugin_kernels):
     return plugin_kernels
 
 
-@pytest.mark.parametrize("target", ["sm_80", "sm_87", "sm_90"])
+@pytest.mark.parametrize("target", ["sm_80", "sm_86", "sm_87", "sm_89", "sm_90"])
 def test_every_plugin_artifact_assembles_at_its_capped_isa_within_48kb(store, target):
     """Every AOT artifact that goes into a plugin: shared memory within PLUGIN_SMEM_LIMIT, PTX lowered to the lowest
     ISA ptxas (Triton's) assembles it at — and one ISA lower it does not assemble, so the cap is the lowest."""
@@ -61,10 +61,42 @@ def test_artifact_checks_catch_what_tensorrt_cannot_launch(store):
     swapped = dict(art, signature=[art["signature"][-1]] + art["signature"][:-1])
     assert any("ordered" in p for p in check_plugin_artifact(swapped, ptx, plugin))
     assert any("scratch" in p for p in check_plugin_artifact(dict(art, global_scratch_bytes=256), ptx, plugin))
+    assert any("profile scratch" in p for p in check_plugin_artifact(dict(art, profile_scratch_bytes=64), ptx,
+                                                                     plugin))
     assert any("TMA" in p for p in check_plugin_artifact(art, ptx + "\n.param .align 64 .b8 desc[128]; "
                                                          "cp.async.bulk.tensor.2d.shared", plugin))
     assert any("newer than the driver" in p for p in check_plugin_artifact(art, ptx, plugin, (8, 0)))
     assert any("inputs/scalars/outputs" in p for p in check_plugin_artifact(art, ptx, PLUGINS[MOE_OP]))
+
+
+def test_plugin_ptx_entry_declares_exactly_the_launch_arguments(store):
+    """TensorRT's AOT launch passes inputs, int32 extra args and outputs, and no Triton scratch pointers
+    (docs/kernels.md): every shipped plugin PTX -- every target, dtype and variant -- declares exactly those, and its
+    global and profile scratch are 0. Before, the PTX kept Triton's two hidden trailing pointers (16 parameters for
+    the WCMA kernel's 14 arguments, 11 for the router's 9) and the profile scratch size was not even recorded."""
+    from wmoe.kernels.aot import entry_params, exact_entry
+    arts = [a for a in store.manifest["artifacts"] if a["spec"] in {p.kernel for p in PLUGINS.values()}]
+    assert {a["target"] for a in arts} == {"sm_80", "sm_86", "sm_87", "sm_89", "sm_90"}
+    assert {a["variant"] for a in arts} == {"general", "a16"} and {a["dtype"] for a in arts} == {"fp16", "fp32"}
+    for a in arts:
+        ptx = (store.dir / a["ptx"]).read_text()
+        assert len(entry_params(ptx)) == len(a["signature"]) == a["entry_params"], a["name"]
+        assert a["global_scratch_bytes"] == 0 and a["profile_scratch_bytes"] == 0, a["name"]
+        assert a["hidden_params_removed"] >= 0 and a["problems"] == [], (a["name"], a["problems"])
+    # a Triton PTX with its hidden pointers (the old artifacts) is refused as a plugin kernel ...
+    art = store.by_name["moe_router_fp16_sm_87"]
+    ptx = (store.dir / art["ptx"]).read_text()
+    name = entry_params(ptx)[-1].split()[-1].rsplit("_", 1)[0]
+    hidden = ",\n\t.param .u64 .ptr .global .align 1 {0}_9,\n\t.param .u64 .ptr .global .align 1 {0}_10\n)".format(name)
+    old = ptx.replace(entry_params(ptx)[-1] + "\n)", entry_params(ptx)[-1] + hidden, 1)
+    assert len(entry_params(old)) == 11
+    assert any("declares 11 parameters, the plugin launch passes 9" in p
+               for p in check_plugin_artifact(art, old, PLUGINS[MOE_OP]))
+    assert exact_entry(old, 9) == (ptx, 2)  # ... and made exact again
+    # a kernel that reads a hidden pointer needs scratch memory no plugin launch provides: refused, not stripped
+    reads = old.replace("ret;", f"ld.param.u64 %rd1, [{name}_10];\n\tret;", 1)
+    with pytest.raises(ValueError, match="reads its hidden parameter"):
+        exact_entry(reads, 9)
 
 
 def test_ptx_cap_and_driver_table():

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from wmoe.kernels.aot import SMEM_LIMIT
-from wmoe.kernels.spec import TARGETS
+from wmoe.kernels.spec import AOT_TARGETS
 
 ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 SHIPPED = {"wcma_pool", "wcma_gemv", "wcma_main", "wcma_attn", "wcma_attn_combine", "moe_router", "moe_up",
@@ -46,8 +46,12 @@ def _check_artifact(a, d):
     ptx = (d / a["ptx"]).read_text()
     assert ".entry" in ptx and a["kernel"] in ptx
     assert (d / a["cubin"]).read_bytes()[:4] == b"\x7fELF"
-    assert 0 < a["registers"] <= 255 and a["shared_bytes"] <= SMEM_LIMIT[TARGETS[a["target"]]]
-    assert a["global_scratch_bytes"] == 0  # TensorRT passes null for Triton's scratch arguments
+    assert 0 < a["registers"] <= 255 and a["shared_bytes"] <= SMEM_LIMIT[AOT_TARGETS[a["target"]]]
+    # no Triton scratch, and the PTX entry declares exactly the launch arguments (no hidden scratch pointers: a
+    # TensorRT AOT launch does not pass them, docs/kernels.md)
+    assert a["global_scratch_bytes"] == 0 and a["profile_scratch_bytes"] == 0, a["name"]
+    from wmoe.kernels.aot import entry_params
+    assert len(entry_params(ptx)) == len(a["signature"]) == a["entry_params"], a["name"]
     roles = [role for _, role, _ in a["signature"]]
     assert roles == sorted(roles, key=["in", "scalar", "out"].index)
     assert all(t == "i32" for _, role, t in a["signature"] if role == "scalar")
@@ -59,9 +63,9 @@ def test_compile_all_targets_and_variants(shipped):
     from wmoe.kernels.aot import kernel_specs
     names = {a["spec"] for a, _ in shipped.values()}
     assert names == set(kernel_specs()) and SHIPPED <= names  # every kernel of every stage spec
-    assert {a["target"] for a, _ in shipped.values()} == set(TARGETS)
+    assert {a["target"] for a, _ in shipped.values()} == set(AOT_TARGETS)
     for spec in names:  # every kernel in both variants on every target
-        for t in TARGETS:
+        for t in AOT_TARGETS:
             assert {a["variant"] for a, _ in shipped.values() if a["spec"] == spec and a["target"] == t
                     and a["dtype"] == "fp16"} == {"general", "a16"}, (spec, t)
     for a, d in shipped.values():

@@ -263,3 +263,25 @@ print(res.scores.tolist())
                        cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+def test_installed_runtime_says_what_to_install_for_an_engine(runtime_venv, frames_onnx, tmp_path):
+    """`wmoe-camera --model x.engine` where TensorRT is not installed: one line naming the engine and the install
+    command (a raw ImportError traceback before)."""
+    from wmoe.contract import EngineSidecar
+    from wmoe.onnx_meta import read_onnx_metadata
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    eng = tmp_path / "x.engine"
+    eng.write_bytes(b"an engine built elsewhere")
+    EngineSidecar(engine=eng.name, onnx_sha256="", checkpoint_sha256="", precision="fp16", tensorrt_version="10.16.1",
+                  gpu_name="-", compute_capability="8.7", inputs={"frames": [-1, 60, 80, 3]},
+                  outputs={"scores": [-1], "maps": [-1, 112, 112], "text_scores": [-1]}, batch_ranges=[[1, 2, 4]],
+                  metadata=read_onnx_metadata(frames_onnx)).write(EngineSidecar.path_for(eng))
+    src = tmp_path / "cam"
+    src.mkdir()
+    Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(src / "0.png")
+    r = subprocess.run([str(runtime_venv["bin"] / "wmoe-camera"), "--source", str(src), "--model", str(eng)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert "x.engine" in lines[0] and "pip install \"wmoe[trt]\"" in lines[0] and "python3-libnvinfer" in lines[0]

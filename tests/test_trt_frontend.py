@@ -86,6 +86,21 @@ def test_plugin_nodes_carry_what_the_onnx_parser_needs(frontend, store, plugin_o
         TB.import_plugin_node(bare)
 
 
+def test_second_registration_with_other_kernels_is_refused(frontend, store, tmp_path):
+    """tensorrt.plugin keeps a process's first plugin definitions: registering again with another kernel store,
+    target or PTX limit must fail loudly (it was silently ignored: the engine got the first call's kernels)."""
+    register_plugins(store, TARGET, DRIVER_LIMIT)
+    register_plugins(store, TARGET, DRIVER_LIMIT)  # the same registration again: nothing to do
+    with pytest.raises(ExportError, match=r"already registered .*target sm_87.*target sm_90.*own process"):
+        register_plugins(store, "sm_90", DRIVER_LIMIT)
+    with pytest.raises(ExportError, match=r"PTX limit \(8, 5\).*PTX limit \(8, 8\)"):
+        register_plugins(store, TARGET, (8, 8))
+    other = type(store)(store.dir)  # another store object over the same directory is the same registration
+    register_plugins(other, TARGET, DRIVER_LIMIT)
+    (tmp_path / "k").symlink_to(store.dir)  # ... and so is the same directory under another name
+    register_plugins(type(store)(tmp_path / "k"), TARGET, DRIVER_LIMIT)
+
+
 def test_build_checks_nodes_against_registered_creators(frontend, store, plugin_onnx, tmp_path):
     trt, _ = frontend
     register_plugins(store, TARGET, DRIVER_LIMIT)

@@ -26,10 +26,10 @@ class UsageError(WMoEError, ValueError):
 class MissingDependencyError(WMoEError, ImportError):
     """An optional dependency is not installed; the message gives the command that installs it."""
 
-    def __init__(self, module: str, extra: str, purpose: str) -> None:
+    def __init__(self, module: str, extra: str, purpose: str, hint: str = "") -> None:
         self.module, self.extra = module, extra
         super().__init__(f"{purpose} needs the '{module}' package, which is not installed; "
-                         f"install it with: pip install \"wmoe[{extra}]\"")
+                         f"install it with: pip install \"wmoe[{extra}]\"" + (f" ({hint})" if hint else ""))
 
 
 class ExportError(WMoEError, RuntimeError):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..contract import EngineCompatError, EngineSidecar, check_engine_compat
+from ..errors import MissingDependencyError
 from .cuda_api import CudaApi, open_cuda
 
 if TYPE_CHECKING:  # the type check (tests/test_typecheck.py) holds the calls below to tensorrt-stubs
@@ -33,9 +34,8 @@ if TYPE_CHECKING:  # the type check (tests/test_typecheck.py) holds the calls be
 #: Batch sizes whose buffers (and CUDA graphs) are kept at once (least recently used out); see the module docstring.
 MAX_BATCH_SIZES = 8
 
-INSTALL_HINT = ("the TensorRT backend needs tensorrt and cuda-python (or pycuda): pip install 'wmoe[trt]' "
-                "(CUDA 12 drivers) or 'wmoe[trt-cu13]' (CUDA 13); Jetson: JetPack's python3-libnvinfer and "
-                "pip install cuda-python")
+TRT_INSTALL_DETAIL = ("CUDA 12 drivers; 'wmoe[trt-cu13]' for CUDA 13; on a Jetson: sudo apt install "
+                      "python3-libnvinfer (JetPack) and pip install cuda-python")
 
 
 def pick_profile(ranges: Sequence[Tuple[int, int, int]], batch: int) -> int:
@@ -58,8 +58,9 @@ class TrtBackend:
                  max_batch_sizes: int = MAX_BATCH_SIZES) -> None:
         try:
             import tensorrt as trt
-        except ImportError as e:
-            raise ImportError(INSTALL_HINT) from e
+        except ImportError:  # one line (wmoe-camera, wmoe predict): what to install, on x86-64 and on a Jetson
+            raise MissingDependencyError("tensorrt", "trt", f"{path}: a TensorRT engine",
+                                         hint=TRT_INSTALL_DETAIL) from None
         if max_batch_sizes < 1:
             raise ValueError(f"max_batch_sizes must be >= 1, got {max_batch_sizes}")
         self.trt, self.path = trt, Path(path)
