@@ -30,9 +30,8 @@ import torch
 from onnx.defs import OpSchema
 from onnx.reference.op_run import OpRun
 
-DOMAIN = "wmoe"
-WCMA_OP = "WmoeWcmaFrequency"
-MOE_OP = "WmoeMoeRouter"
+from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
+
 PLUGIN_OPS = (WCMA_OP, MOE_OP)
 # The ONNX parser's fallback plugin importer looks the creator up by op type, "plugin_version" (default "1") and
 # this string attribute (default ""), ignoring the ONNX domain: without it our creators (namespace "wmoe") are

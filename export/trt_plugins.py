@@ -39,7 +39,7 @@ import numpy.typing as npt
 from wmoe.kernels.spec import cdiv
 
 from wmoe.errors import ExportError
-from .plugin_graph import DOMAIN, MOE_OP, WCMA_OP
+from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
 
 MIN_TRT_AOT = (10, 9)  # tensorrt.plugin.aot_impl
 # Dynamic shared memory a plugin kernel may use: above 48 KB a kernel needs cudaFuncSetAttribute(

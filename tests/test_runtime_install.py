@@ -154,7 +154,8 @@ def test_engine_and_repository_builders_import_without_torch():
     """Building an engine or a Triton repository from an ONNX must not need torch (a Jetson builds its engine on
     the device, in JetPack's Python): these modules and the error class they raise are torch-free."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import wmoe.export.trt_build, wmoe.export.triton_repo, wmoe.export.parity\n"
+            "import wmoe.export.trt_build, wmoe.export.triton_repo, wmoe.export.parity, wmoe.export.trt_plugins\n"
+            "import wmoe.kernels.spec, wmoe.kernels.aot\n"
             "from wmoe.errors import ExportError\n"
             "assert wmoe.export.trt_build.ExportError is ExportError is wmoe.export.triton_repo.ExportError\n"
             "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.export.onnx_export') if m in sys.modules]\n")
@@ -285,3 +286,36 @@ def test_installed_runtime_says_what_to_install_for_an_engine(runtime_venv, fram
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
     assert "x.engine" in lines[0] and "pip install \"wmoe[trt]\"" in lines[0] and "python3-libnvinfer" in lines[0]
+    # building the engine from the ONNX in the same torch-free venv gets as far as TensorRT (no torch, no onnx
+    # needed before it): the one line says what to install
+    r = subprocess.run([str(runtime_venv["bin"] / "wmoe-export"), "trt", str(frames_onnx), "--out",
+                        str(tmp_path / "m.engine"), "--precision", "fp16"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "TensorRT is not installed" in lines[0], r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("version", ["10.9", "11.4"])
+def test_engine_builds_without_torch_under_the_tensorrt_double(frames_onnx, tmp_path, version):
+    """`wmoe-export trt` from a frames ONNX to a serialized engine + sidecar with torch blocked, under the generated
+    TensorRT double (tests/trt_double.py) and the CUDA double: the portable build path imports no torch. It failed
+    before: the engine build imported the plugin module, which imported wmoe.kernels (torch) and the plugin
+    graph writer (torch) for three names."""
+    out = tmp_path / "m.engine"
+    code = (f"import sys; sys.modules['torch'] = None\n"
+            f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+            "from _pytest.monkeypatch import MonkeyPatch\n"
+            "import cuda_double, trt_double\n"
+            f"cuda_double.install(MonkeyPatch()); trt_double.load({version!r})\n"
+            "from wmoe.export.cli import main\n"
+            f"rc = main(['trt', {str(frames_onnx)!r}, '--out', {str(out)!r}, '--precision', 'fp32', "
+            "'--batch', '1:2:4'])\n"
+            "assert sys.modules['torch'] is None and 'open_clip' not in sys.modules and 'wmoe.model' not in "
+            "sys.modules\n"
+            "sys.exit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    from wmoe.contract import EngineSidecar
+    side = EngineSidecar.read(EngineSidecar.path_for(out))
+    assert side.inputs == {"frames": [-1, 60, 80, 3]} and side.flavor == "portable"
+    assert side.tensorrt_version.startswith(version) and side.model_meta.decision.threshold == 0.25

@@ -43,6 +43,11 @@ OUTPUT_NAMES: Tuple[str, ...] = ("scores", "maps", "text_scores")
 
 #: Export flavors: ``portable`` (standard ONNX ops) or ``plugin`` (fused stages as TensorRT plugin nodes).
 FLAVORS: Tuple[str, ...] = ("portable", "plugin")
+#: The plugin flavor's custom nodes = TensorRT plugin names (namespace, op types): written by the exporter
+#: (wmoe.export.plugin_graph), registered by the engine build (wmoe.export.trt_plugins), which runs without torch.
+PLUGIN_DOMAIN = "wmoe"
+PLUGIN_WCMA_OP = "WmoeWcmaFrequency"
+PLUGIN_MOE_OP = "WmoeMoeRouter"
 
 #: The precision vocabulary. Which path supports which is checked where it is used (ONNX export: fp32/fp16;
 #: ``wmoe export quantize``: int8/fp8 Q/DQ graphs).
