@@ -155,15 +155,51 @@ def markdown(doc: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def latency(ckpt: str, ref_dirs: Sequence[str], product: str, repeats: int = 20) -> List[str]:
+    """Per-image latency (batch 1, torch fp32, this CPU) of the zero-shot model and of the reference mode with each
+    reference in ``ref_dirs``, interleaved in one run so that the ratios are comparable under a shared load."""
+    from wmoe.reference import NormalReference, ReferenceModel
+    base = load_model(ckpt).eval()
+    models = {"zero-shot": base}
+    for d in ref_dirs:
+        ref = NormalReference.load(d)
+        c = ref.get(product)
+        models[f"reference k={c.n_images} ({c.bank.shape[0]} rows, {c.memory_bytes / 1024:.0f} KiB)"] = \
+            ReferenceModel(base, c, ref.config).eval()
+    x = torch.randn(1, 3, base.image_size, base.image_size)
+    times: Dict[str, List[float]] = {k: [] for k in models}
+    for _ in range(2):
+        for m in models.values():
+            m(x)
+    for _ in range(repeats):
+        for k, m in models.items():
+            t = time.perf_counter()
+            m(x)
+            times[k].append(time.perf_counter() - t)
+    z = float(np.median(times["zero-shot"]))
+    lines = ["| model | p50 ms / image | ratio to zero-shot |", "|---|---:|---:|"]
+    for k, v in times.items():
+        lines.append(f"| {k} | {1e3 * float(np.median(v)):.1f} | {float(np.median(v)) / z:.2f} |")
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wmoe.bench.reference", description=__doc__.split("\n")[0])
     p.add_argument("--run", action="append", default=[], metavar="DATA:CKPT", help="one seed (repeat)")
+    p.add_argument("--latency", nargs="+", metavar="ARG", help="CKPT PRODUCT REF...: per-image latency table")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="combine seeds run separately")
     p.add_argument("--k", default="1,4,16", help="good-image counts besides the full set")
     p.add_argument("--weight-k", type=int, default=4)
     p.add_argument("--max-memory", type=int, default=4096)
     p.add_argument("--out", default="bench/results/reference_cpu")
     a = p.parse_args(argv)
+    if a.latency:
+        ckpt, product, *dirs = a.latency
+        load0 = os.getloadavg()
+        lines = latency(ckpt, dirs, product)
+        print("\n".join(lines) + f"\n\nload average before {load0}, after {os.getloadavg()}")
+        return 0
     if not a.run and not a.merge:
         p.error("give --run DATA:CKPT (one per seed) or --merge JSON...")
     doc = (merge(a.merge, Path(a.out)) if a.merge else

@@ -47,7 +47,7 @@ def reference_section(out: Path, model: WMoECLIP, root: Path, classes: Sequence[
         k_label = key if key != "full" else f"full ({memory[classes[0]]['full']['k']})"
         lines.append(f"| {k_label} | {rows} | {kib:.0f} | " + " | ".join(
             mean(wt, m) for m in ("image_auroc", "pixel_auroc") for wt in (0.0, 1.0, w)) + " |")
-    lines += ["", f"({time.time() - t0:.0f} s; three seeds and the fusion-weight curve: "
+    lines += ["", f"({time.time() - t0:.0f} s; the seeds and the fusion-weight curve: "
               "bench/results/reference_cpu.md)", ""]
     atomic_write_text(out / "reference_mode.json", json.dumps({"results": results, "memory": memory,
                                                                "fusion_weight": w}, indent=1, default=str) + "\n")
