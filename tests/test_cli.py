@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 WMOE = Path(sys.executable).with_name("wmoe")
 
@@ -66,7 +67,30 @@ def test_demo_end_to_end(tmp_path):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| **mean** |" in report and "![](predictions/" in report
     assert "## SA-MoE expert utilization" in report and (tmp_path / "demo" / "expert_usage.png").is_file()
+    check_demo_report(tmp_path / "demo")
     for line in report.splitlines():
         if "](predictions/" in line:
             name = line.split("](predictions/")[1].split(")")[0]
             assert (tmp_path / "demo" / "predictions" / name).is_file()
+
+
+def check_demo_report(demo):
+    """Issue 20 item 5 (fails on the old demo): the report shows what a quality engineer reads."""
+    report = (demo / "report.md").read_text()
+    # issue 20: what a quality engineer reads — the decision calibrated on good parts, the false-reject rate it
+    # gives on held-out good images, confusion counts, curves and histograms, per-image scores, and whether the
+    # head learns (trained vs untrained on fresh images of the training categories; zero-shot at chance level)
+    assert "## The decision (calibrated on good parts)" in report and "finite-sample conformal quantile" in report
+    assert "**False-reject rate on 120 held-out good images**" in report and "target 5%" in report
+    assert "On the zero-shot evaluation set at these thresholds: **TP" in report
+    png = demo / "decision.png"
+    assert "![](decision.png)" in report and png.is_file() and Image.open(png).size[1] > 3 * 150
+    assert "## Does the pipeline learn?" in report and "| training categories, fresh images |" in report
+    assert "chance level" in report
+    rows = (demo / "eval" / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,class,label,score,verdict" and len(rows) == 1 + 3 * 20
+    assert {r.rsplit(",", 1)[1] for r in rows[1:]} <= {"anomalous", "normal"}
+    from wmoe.contract import read_decision
+    d = read_decision(demo / "run" / "last.safetensors")
+    assert set(d.class_thresholds) == {"cell", "gravel", "ihc"} and d.record.target == 0.05
+    assert d.record.n_good == 3 * 39

@@ -148,6 +148,26 @@ assert not [m for m in ("torch", "onnx", "open_clip", "triton") if m in sys.modu
     r = subprocess.run([str(runtime_venv["bin"] / "wmoe"), "train", str(tmp_path)], capture_output=True, text=True,
                        env=env, cwd=tmp_path)
     assert r.returncode == 2 and 'pip install "wmoe[model]"' in r.stderr, r.stderr[-3000:]
+    # issue 20: wmoe-bench --help there is one line saying what to install (it was a torch ImportError traceback)
+    r = subprocess.run([str(runtime_venv["bin"] / "wmoe-bench"), "--help"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    assert 'pip install "wmoe[bench]"' in r.stderr and "Traceback" not in r.stderr
+    # issue 20: the decision of an exported model is calibrated in the runtime-only install (no torch, no onnx)
+    import shutil
+    model = tmp_path / "calibrated.onnx"
+    shutil.copy(onnx_path, model)
+    for i in range(6, 9):  # 9 good frames: enough for a 10 % false-reject rate (n >= 1/rate - 1)
+        Image.fromarray(np.roll(frames[i % 3], i, axis=1)).save(src / f"{i}.png")
+    for i in range(3, 6):
+        Image.fromarray(frames[i % 3][::-1]).save(src / f"{i}.png")
+    r = subprocess.run([str(runtime_venv["bin"] / "wmoe"), "calibrate", str(model), str(src),
+                        "--false-reject-rate", "0.1"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0 and "wrote the decision to" in r.stdout, r.stdout + r.stderr[-3000:]
+    from wmoe.contract import read_decision
+    d = read_decision(model)
+    assert d.record.method == "false-reject-rate" and d.record.n_good == 9 and d.threshold is not None
 
 
 def test_engine_and_repository_builders_import_without_torch():

@@ -122,7 +122,8 @@ def _cmd_fit_normal(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict import predict
     doc = predict(a.checkpoint, a.images, a.out, threshold=a.threshold, pretrained=a.pretrained, device=a.device,
-                  batch_size=a.batch_size, overlays=not a.no_overlays, pixel_threshold=a.pixel_threshold)
+                  batch_size=a.batch_size, overlays=not a.no_overlays, pixel_threshold=a.pixel_threshold,
+                  class_name=a.class_name)
     for r in doc["results"]:
         verdict = "" if "anomalous" not in r else ("  ANOMALOUS" if r["anomalous"] else "  ok")
         print(f"{r['score']:.4f}{verdict}  {r['path']}")
@@ -134,7 +135,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
-    run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, seed=a.seed, device=a.device,
+    run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, lr=a.lr, seed=a.seed, device=a.device,
                         max_steps=a.max_steps))
     return 0
 
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decision threshold on the score (default: the one stored by wmoe eval)")
     pr.add_argument("--pixel-threshold", type=finite_float, default=None,
                     help="draw the predicted defect contour where the map >= this (default: the stored one)")
+    pr.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                    help="the product class whose stored thresholds judge the images (a per-class decision)")
     pr.add_argument("--batch-size", type=positive_int, default=8)
     pr.add_argument("--no-overlays", action="store_true")
     model_args(pr)
@@ -276,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="the end-to-end demo: data, training, evaluation, predictions, report")
     de.add_argument("--out", default="demo_out", type=output_dir)
-    de.add_argument("--epochs", type=positive_int, default=20)
+    de.add_argument("--epochs", type=positive_int, default=60)
+    de.add_argument("--lr", type=positive_float, default=1e-3)
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--max-steps", type=positive_int, default=None)
     model_args(de)

@@ -59,13 +59,14 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
             threshold: Optional[float] = None, pretrained: Optional[str] = None, device: Optional[str] = None,
             batch_size: int = 8, overlays: bool = True, progress: bool = True,
             overlay_size: int = 512, masks: Optional[Mapping[Union[str, Path], Union[str, Path]]] = None,
-            pixel_threshold: Optional[float] = None) -> Dict[str, object]:
+            pixel_threshold: Optional[float] = None, class_name: Optional[str] = None) -> Dict[str, object]:
     """Score ``inputs`` (files or folders); return the JSON document also written to ``OUT/scores.json``.
 
     An image the model scores NaN/inf gets no verdict: it is listed under ``errors`` ("undecided"), never judged
     normal. Overlays (image | heatmap with the decision) are at most ``overlay_size`` px per panel; ``masks`` maps
     an input path to its ground-truth mask file, whose contour is then drawn on the heatmap; the predicted defect
-    contour is drawn at ``pixel_threshold`` (default: the one stored beside the checkpoint, if any). The overlay is
+    contour is drawn at ``pixel_threshold`` (default: the one stored beside the checkpoint, if any). ``class_name``:
+    the product class whose stored thresholds judge the images (a decision calibrated per class). The overlay is
     :func:`wmoe.overlay.overlay_panel`, the same picture ``wmoe-camera --overlays`` writes.
     """
     from .detector import Detector
@@ -74,11 +75,14 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
     det = Detector.from_checkpoint(ckpt, pretrained=pretrained, device=device, batch_size=batch_size)
     errors: List[Dict[str, str]] = []
     paths = expand_inputs(inputs, unreadable=errors)
-    thr = threshold if threshold is not None else det.threshold
+    from .contract import decision_for_checkpoint
+    stored = decision_for_checkpoint(ckpt)
+    if stored is not None:
+        stored.check_class(class_name)
+    thr = threshold if threshold is not None else (
+        stored.threshold_for(class_name) if stored is not None else det.threshold)
     if pixel_threshold is None:
-        from .contract import decision_for_checkpoint
-        stored = decision_for_checkpoint(ckpt)
-        pixel_threshold = stored.pixel_threshold if stored is not None else None
+        pixel_threshold = stored.pixel_threshold_for(class_name) if stored is not None else None
     if thr is not None and not math.isfinite(thr):
         raise NonFiniteError(f"the decision threshold is {thr}; pass a finite --threshold")
     results: List[Dict[str, object]] = []
@@ -129,7 +133,7 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
                 rec["overlay"] = name
             results.append(rec)
         del imgs, res
-    doc = {"checkpoint": printable(ckpt), "threshold": thr, "pixel_threshold": pixel_threshold, "n_scored": len(results), "n_failed": len(errors),
+    doc = {"checkpoint": printable(ckpt), "class": class_name, "threshold": thr, "pixel_threshold": pixel_threshold, "n_scored": len(results), "n_failed": len(errors),
            "results": results, "errors": errors}
     atomic_write_text(out / "scores.json", json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()
