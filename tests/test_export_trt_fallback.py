@@ -20,7 +20,7 @@ def plugin_frames(tmp_path_factory):
     d = tmp_path_factory.mktemp("fallback")
     torch.manual_seed(5)
     ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "m.safetensors")
-    dec = Decision(0.3, 0.6, calibration={"n_images": 12, "method": "test"})
+    dec = Decision(0.3, 0.6, calibration={"n_images": 12, "method": "given"}, class_thresholds={"pcb": 0.4})
     onnx_path = export_onnx(ckpt, d / "plugin.onnx", flavor="plugin", preprocess=True, frame_size=(60, 80),
                             decision=dec)
     return {"ckpt": ckpt, "onnx": onnx_path, "dir": d, "decision": dec}
@@ -35,7 +35,7 @@ def test_fallback_keeps_the_whole_contract(plugin_frames, tmp_path):
     got = ModelMeta.from_metadata(read_onnx_metadata(out))
     assert src.flavor == "plugin" and got.flavor == "portable"
     assert got.input == INPUT_FRAMES and tuple(got.frame_size) == (60, 80)
-    assert got.decision == plugin_frames["decision"]  # threshold 0.3, pixel threshold 0.6, calibration record
+    assert got.decision == plugin_frames["decision"]  # thresholds (image, pixel, per class), calibration record
     assert (got.image_size, got.precision, got.config, got.checkpoint_sha256, got.preprocess) == (
         src.image_size, src.precision, src.config, src.checkpoint_sha256, src.preprocess)
     # the portable file runs where the plugin one cannot (ONNX Runtime) and takes what the camera delivers
