@@ -16,7 +16,7 @@ PYTHON312    ?= $(shell for c in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bi
   2>/dev/null && echo "$$c" && break; done)
 TRITON_PINS  ?= nvidia-pytriton==0.7.0
 
-.PHONY: install triton-env mosquitto demo test test-fast bench-cpu gpu-check wheelhouse clean
+.PHONY: install triton-env mosquitto browser demo test test-fast bench-cpu gpu-check wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,8 @@ $(TRITON_STAMP): pyproject.toml
 
 triton-env: $(TRITON_STAMP)
 
-## The main job: demo data -> short training -> zero-shot evaluation -> predictions -> report (CPU, a few minutes).
+## The main job: demo data -> short training -> zero-shot evaluation -> predictions -> report (CPU, a few minutes);
+## it ends by printing the command that opens the app (wmoe app) on the demo model.
 demo: install
 	$(BIN)/wmoe demo --out demo_out
 
@@ -57,8 +58,17 @@ mosquitto:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto openssl >/dev/null; \
 	fi
 
+## The app's browser test drives Debian's chromium through its chromedriver (Selenium, no browser download). If
+## they cannot be installed (not root, no apt), the test is skipped and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing the Debian packages chromium and chromium-driver (the app's browser test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null; } || echo "could not install chromium: the browser test will be skipped"; \
+	fi
+
 ## The test suite (CPU; Triton kernels run under the interpreter).
-test: install triton-env mosquitto
+test: install triton-env mosquitto browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --timeout 900 $(PYTEST_ARGS)
 
 bench-cpu: install

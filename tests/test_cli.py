@@ -1,6 +1,7 @@
 """The workflow through the real entry points: data demo, train, eval, predict, demo, and their errors."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,12 @@ def test_demo_end_to_end(tmp_path):
         if "](predictions/" in line:
             name = line.split("](predictions/")[1].split(")")[0]
             assert (tmp_path / "demo" / "predictions" / name).is_file()
+    # it ends with the command that opens the app on the demo model (make demo prints it last)
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("see it in a browser: ") and " app " in last, r.stdout[-500:]
+    cmd = shlex.split(last.split(": ", 1)[1].split("   (")[0])
+    assert cmd[1] == "app" and Path(cmd[2]) == tmp_path / "demo" / "run" / "last.safetensors" and cmd[3] == "--demo"
+    assert Path(cmd[2]).is_file() and (Path(cmd[4]) / "meta.json").is_file()
 
 
 def check_demo_report(demo):

@@ -170,6 +170,36 @@ assert not [m for m in ("torch", "onnx", "open_clip", "triton") if m in sys.modu
     assert d.record.method == "false-reject-rate" and d.record.n_good == 9 and d.threshold is not None
 
 
+def test_installed_app_serves_an_exported_model_without_torch(runtime_venv, tiny_onnx, tmp_path):
+    """wmoe[app] is wmoe[runtime]: the installed `wmoe app` serves its page and scores an upload through the
+    runtime, in a venv where torch cannot be imported (the browser test drives the page: test_app_browser.py)."""
+    import io
+
+    from app_server import AppProcess
+    from wmoe.runtime import Runtime
+
+    wheel = runtime_venv["wheel"]
+    assert set(_requires(wheel, extras=("app",))) - {"wmoe"} == {"numpy", "pillow"}  # nothing beyond [runtime]
+    assert any(n.endswith("wmoe/app/static/app.js") for n in zipfile.ZipFile(wheel).namelist())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    app = AppProcess([tiny_onnx[1]], command=[str(runtime_venv["bin"] / "wmoe")], env=env, cwd=tmp_path)
+    try:
+        status, page = app.get("/")
+        assert status == 200 and b'src="/static/app.js"' in page
+        assert app.get("/static/app.js")[0] == 200
+        frame = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, "PNG")
+        status, doc = app.post("/api/score?name=frame.png", buf.getvalue())
+        assert status == 200, doc
+        want = Runtime.open(tiny_onnx[1]).score([frame])
+        assert doc["result"]["score"] == float(want.scores[0]) and doc["result"]["verdict"] == want.verdicts[0]
+        assert json.loads(app.get("/api/info")[1])["kind"] == "onnx"
+    finally:
+        assert app.stop() == 0
+    assert "Traceback" not in "".join(app.stderr), "".join(app.stderr)[-3000:]
+
+
 def test_engine_and_repository_builders_import_without_torch():
     """Building an engine or a Triton repository from an ONNX must not need torch (a Jetson builds its engine on
     the device, in JetPack's Python): these modules and the error class they raise are torch-free."""

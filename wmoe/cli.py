@@ -1,4 +1,4 @@
-"""The ``wmoe`` command line: data, train, eval, predict, demo (and export / bench when installed).
+"""The ``wmoe`` command line: data, train, eval, predict, demo, app (and export / bench when installed).
 
 Every option is validated while parsing (one line naming the option, exit status 2, before any work). Errors about
 the user's files (bad data, checkpoints, images) print one line and exit with status 2; ``--debug`` (before or
@@ -135,9 +135,30 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
-    run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, lr=a.lr, seed=a.seed, device=a.device,
-                        max_steps=a.max_steps))
+    res = run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, lr=a.lr, seed=a.seed,
+                              device=a.device, max_steps=a.max_steps))
+    import shlex
+    from pathlib import Path
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "wmoe" else "wmoe"  # make demo runs .venv/bin/wmoe
+    app = [prog, "app", res["checkpoint"], "--demo", res["data"]] + (["--pretrained", a.pretrained] if a.pretrained
+                                                                      else [])
+    print(f"see it in a browser: {shlex.join(app)}   (then open http://127.0.0.1:8765/)")
     return 0
+
+
+def _cmd_app(a: argparse.Namespace) -> int:
+    from .app.demo_set import DemoSet
+    from .app.scoring import open_scorer
+    from .app.server import serve
+    from .app.service import AppConfig, AppService
+    demo = DemoSet(a.demo) if a.demo else None  # checked before the model loads: a typo fails fast
+    scorer = open_scorer(a.model, provider=a.provider, threads=a.threads, pretrained=a.pretrained, device=a.device)
+    cfg = AppConfig(max_upload_bytes=int(a.max_upload_mb * 1e6))
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"wmoe app: warning: serving on {a.host}: anyone who reaches it can use the model (no login)",
+              file=sys.stderr)
+    return serve(AppService(scorer, demo, cfg), a.host, a.port, log_requests=a.log,
+                 announce=lambda line: print(line, flush=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--max-steps", type=positive_int, default=None)
     model_args(de)
     de.set_defaults(func=_cmd_demo)
+
+    ap = sub.add_parser("app", help="a local web page: drop images, see overlay, verdict, defect area, latency")
+    ap.add_argument("model", type=existing_file,
+                    help="a checkpoint (torch) or an exported .onnx / .engine (torch-free: pip install \"wmoe[app]\")")
+    ap.add_argument("--demo", default=None, metavar="DIR",
+                    help="a data root with meta.json (wmoe data demo DIR) whose test images the page offers")
+    ap.add_argument("--host", default="127.0.0.1", help="address to serve on (only this machine by default)")
+    ap.add_argument("--port", type=non_negative_int, default=8765, help="0 picks a free port")
+    ap.add_argument("--provider", default="cpu", type=one_of(["cpu", "cuda", "tensorrt"], "provider"),
+                    help="ONNX Runtime provider for an .onnx model")
+    ap.add_argument("--threads", type=non_negative_int, default=0, help="ONNX Runtime threads (0: its default)")
+    ap.add_argument("--max-upload-mb", type=positive_float, default=32.0, help="largest file accepted (MB)")
+    ap.add_argument("--log", action="store_true", help="print one line per request")
+    model_args(ap)
+    ap.set_defaults(func=_cmd_app)
 
     for mod in ("wmoe.export.cli", "wmoe.bench.cli"):
         try:

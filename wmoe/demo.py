@@ -152,6 +152,6 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
                           extra_sections=ref_lines, decision=decision, holdout=holdout, learning=learning)
     print(table.to_markdown())
     print(f"report: {report}")
-    return {"report": str(report), "checkpoint": str(ckpt), "times": times,
+    return {"report": str(report), "checkpoint": str(ckpt), "data": str(root), "times": times,
             "mean": json.loads(table.to_json())["mean"], "decision": decision.to_dict(), "holdout": holdout,
             "learning": {k: json.loads(v.to_json())["mean"] for k, v in learning.items()}}

@@ -8,10 +8,11 @@ images above :data:`MAX_IMAGE_PIXELS` are decoded reduced (JPEG) or refused.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -51,23 +52,27 @@ def _bound_size(img: Image.Image, p: Path, what: str) -> None:
                     f"downscale it first")
 
 
-def _open_decoded(path: PathLike, what: str) -> Image.Image:
-    """Open and fully decode ``path``; every failure becomes a DataError naming the file and the problem."""
+def _open_decoded(path: PathLike, what: str, data: Optional[bytes] = None) -> Image.Image:
+    """Open and fully decode ``path`` — or ``data``, the bytes of a file named ``path`` (an upload); every failure
+    becomes a DataError naming the file and the problem."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise DataError(f"{what} file not found: {p}") from None
-    except OSError as e:
-        raise DataError(f"{what} file cannot be accessed: {p} ({e})") from None
-    if p.is_dir():
-        raise DataError(f"{what} path is a directory, not a file: {p}")
+    if data is None:
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"{what} file not found: {p}") from None
+        except OSError as e:
+            raise DataError(f"{what} file cannot be accessed: {p} ({e})") from None
+        if p.is_dir():
+            raise DataError(f"{what} path is a directory, not a file: {p}")
+    else:
+        size = len(data)
     if size == 0:
         raise DataError(f"{what} file is empty (0 bytes): {p}")
     try:
         with warnings.catch_warnings():  # Pillow's bomb warning: our own, lower limit is checked next
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(p)
+            img = Image.open(p if data is None else io.BytesIO(data))
     except UnidentifiedImageError:
         raise DataError(f"{what} file is not a readable image (unknown format or not an image): {p}") from None
     except Image.DecompressionBombError as e:
@@ -120,6 +125,13 @@ def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
 def load_image(path: PathLike) -> np.ndarray:
     """Read an image file as RGB uint8 HxWx3 (grayscale, RGBA, palette and 16-bit are converted)."""
     with _open_decoded(path, "image") as img:
+        return pil_to_rgb_array(img)
+
+
+def load_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """The bytes of an image file (an upload) as RGB uint8 HxWx3, under exactly :func:`load_image`'s policy;
+    errors name ``name``."""
+    with _open_decoded(name, "image", data=bytes(data)) as img:
         return pil_to_rgb_array(img)
 
 
