@@ -181,27 +181,32 @@ def test_upload_shows_predicts_score_verdict_and_picture(app, predicted, browser
     print(f"\nscreenshot of the page: {shot} (upload to verdict in the browser: {elapsed:.2f} s)")
 
 
-def test_dropped_file_and_several_files_at_once(app, predicted, browser, workdir):
+def _drop(browser, files) -> None:
+    """Drop ``files`` (paths) on the drop zone: real Files in a real DataTransfer, through the page's handler."""
     import base64
 
-    _open(browser, app)
-    # a drop on the drop zone: a real File in a real DataTransfer, through the page's own drop handler
     browser.execute_script("""
-        const [b64, name] = arguments;
-        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
         const dt = new DataTransfer();
-        dt.items.add(new File([bytes], name, {type: "image/png"}));
+        for (const [b64, name] of arguments[0]) {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            dt.items.add(new File([bytes], name, {type: "image/png"}));
+        }
         document.getElementById("drop-zone").dispatchEvent(
             new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
-    """, base64.b64encode(workdir["defect"].read_bytes()).decode(), "dropped.png")
+    """, [[base64.b64encode(Path(f).read_bytes()).decode(), Path(f).name] for f in files])
+
+
+def test_dropped_files_one_and_several_at_once(app, predicted, browser, workdir):
+    _open(browser, app)
+    _drop(browser, [workdir["defect"]])
     _wait_result(browser, 1)
-    assert _by_id(browser, "image-name").text == "dropped.png"
+    assert _by_id(browser, "image-name").text == workdir["defect"].name
     assert float(_by_id(browser, "score").get_attribute("data-score")) == pytest.approx(predicted["score"], abs=1e-6)
     good = sorted((workdir["root"] / "brick" / "test" / "good").glob("*.png"))[0]
-    _upload(browser, good, workdir["defect"])  # two files in one choice: scored one after the other
+    _drop(browser, [good, workdir["defect"]])  # two files in one drop: scored one after the other
     _wait_result(browser, 3)
     names = [r.find_element("tag name", "td").text for r in _rows(browser)]
-    assert names == [workdir["defect"].name, good.name, "dropped.png"]  # newest first
+    assert names == [workdir["defect"].name, good.name, workdir["defect"].name]  # newest first
 
 
 def test_threshold_slider_redecides_without_rescoring(app, predicted, browser, workdir):
