@@ -12,6 +12,7 @@ const state = {
   pixelThreshold: null,
   cls: "",
   busy: 0,
+  overlayLoading: false,
   decideSeq: 0,
 };
 
@@ -217,11 +218,17 @@ function showSelected() {
   q.set("id", r.id);
   const src = `/api/overlay?${q}`;
   if (img.dataset.src !== src) {
+    // a newer picture may replace one still loading (the old one then fires no event): busy is counted once
+    // per loading spell and ended by the handlers of the latest picture only
     img.dataset.src = src;
     img.dataset.loaded = "0";
-    setBusy(+1);
-    img.onload = () => { img.dataset.loaded = "1"; setBusy(-1); };
-    img.onerror = () => { message(`${r.name}: the overlay could not be drawn`); setBusy(-1); };
+    if (!state.overlayLoading) {
+      state.overlayLoading = true;
+      setBusy(+1);
+    }
+    const done = () => { state.overlayLoading = false; setBusy(-1); };
+    img.onload = () => { img.dataset.loaded = "1"; done(); };
+    img.onerror = () => { message(`${r.name}: the overlay could not be drawn`); done(); };
     img.src = src;
   }
   img.hidden = false;
