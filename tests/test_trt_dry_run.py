@@ -142,7 +142,7 @@ def test_dry_run(flavor, kind, version, exported, frames, plugin_kernels, double
 def portable_engine(exported, doubles, tmp_path):
     from wmoe.export.trt_build import build_engine
     doubles("10.9")
-    return build_engine(exported("portable", "images"), tmp_path / "m.engine", precision="fp32", batch="1:4:8")
+    return build_engine(exported("portable", "images"), tmp_path / "m.engine", precision="fp32", batch="1:4:12")
 
 
 def _allocs():
@@ -150,12 +150,21 @@ def _allocs():
 
 
 def test_backend_bounds_the_batch_sizes_it_keeps(portable_engine):
-    from wmoe.runtime.trt_backend import MAX_BATCH_SIZES, TrtBackend
+    from wmoe.runtime.trt_backend import TrtBackend
+    x = np.random.default_rng(0).standard_normal((10, 3, SIZE, SIZE)).astype(np.float32)
+    be = TrtBackend(portable_engine)  # the default bound: 8 batch sizes (the old code kept all 10)
+    try:
+        n_io = 1 + len(be.output_names)
+        for n in range(1, 11):
+            be.run(x[:n])
+        assert _allocs() == (8 * n_io, 8 * n_io)
+    finally:
+        be.close()
+    assert _allocs() == (0, 0)
+    from wmoe.runtime.trt_backend import MAX_BATCH_SIZES
     assert MAX_BATCH_SIZES == 8
     be = TrtBackend(portable_engine, max_batch_sizes=2)
     try:
-        n_io = 1 + len(be.output_names)
-        x = np.random.default_rng(0).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
         first = be.run(x[:1])
         for n in (2, 3):
             be.run(x[:n])
@@ -191,9 +200,9 @@ def test_failed_buffer_setup_leaves_nothing_behind(portable_engine, monkeypatch)
         x = np.zeros((2, 3, SIZE, SIZE), np.float32)
         with pytest.raises(CudaError, match="cudaMalloc"):
             be.run(x)
-        assert be.cached_batch_sizes == [] and _allocs() == (0, 0)  # nothing half-built, nothing leaked
-        out = be.run(x)  # the third allocation succeeds now: set up afresh
-        assert be.cached_batch_sizes == [2] and all(v.shape[0] == 2 for v in out.values())
+        assert _allocs() == (0, 0)  # nothing leaked (the old code kept the first buffers)
+        out = be.run(x)  # the third allocation succeeds now: set up afresh (the old code reused the half-built entry)
+        assert all(v.shape[0] == 2 for v in out.values()) and be.cached_batch_sizes == [2]
     finally:
         be.close()
 
