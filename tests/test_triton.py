@@ -407,13 +407,33 @@ def test_new_version_served_after_reload(exported, clients):
     assert infer(*clients["grpc"], np.zeros((1, *FRAME, 3), np.uint8))["scores"].shape == (1, 1)
 
 
+def _load_clients(mod, port: int, frame: np.ndarray, n: int = 8):
+    """``n`` gRPC client threads (not started) sending ``frame`` to wmoe_python until ``stop`` is set; each success
+    counts in ``counts[i]``, each failure's message lands in ``errors``."""
+    import threading
+
+    stop, counts, errors = threading.Event(), [0] * n, []
+
+    def client(i):
+        c = mod.InferenceServerClient(f"127.0.0.1:{port}")
+        inp = mod.InferInput("frames", list(frame.shape), "UINT8")
+        inp.set_data_from_numpy(frame)
+        while not stop.is_set():
+            try:
+                c.infer("wmoe_python", [inp])
+                counts[i] += 1
+            except Exception as e:  # noqa: BLE001 - every failure is reported
+                errors.append(str(e))
+        c.close()
+
+    return stop, counts, errors, [threading.Thread(target=client, args=(i,)) for i in range(n)]
+
+
 def test_overwrite_under_load_no_request_fails(exported, server, clients, tmp_path):
     """`wmoe export triton --overwrite` of the served version while 8 clients keep sending, then a load request:
     no request fails, and afterwards the server serves the new file (its threshold reaches the clients). The
     version folder is swapped in one rename (export/repo_commit.py); Triton keeps the loaded model serving until
     the reloaded one is ready."""
-    import threading
-
     import onnx
 
     mod, g = clients["grpc"]
@@ -427,21 +447,7 @@ def test_overwrite_under_load_no_request_fails(exported, server, clients, tmp_pa
             p.value = Decision(threshold=3.5).to_json()
     onnx.save(m, str(new))
     frame = np.zeros((1, *FRAME, 3), np.uint8)
-    stop, counts, errors = threading.Event(), [0] * 8, []
-
-    def client(i):
-        c = mod.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-        inp = mod.InferInput("frames", list(frame.shape), "UINT8")
-        inp.set_data_from_numpy(frame)
-        while not stop.is_set():
-            try:
-                c.infer("wmoe_python", [inp])
-                counts[i] += 1
-            except Exception as e:  # noqa: BLE001 - every failure is reported
-                errors.append(str(e))
-        c.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    stop, counts, errors, threads = _load_clients(mod, server.grpc_port, frame)
     for t in threads:
         t.start()
     try:
@@ -497,26 +503,11 @@ def test_soak_8_clients(server, clients, capsys):
     long run of docs/reliability.md): no request fails, and the server's RSS (with its Python-backend stub) does
     not grow beyond the bound after warm-up."""
     import os
-    import threading
 
     seconds = float(os.environ.get("WMOE_TRITON_SOAK_S", "20"))
     mod, g = clients["grpc"]
     frame = np.random.default_rng(1).integers(0, 256, (1, *FRAME, 3), dtype=np.uint8)
-    stop, counts, errors = threading.Event(), [0] * 8, []
-
-    def client(i):
-        c = mod.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-        inp = mod.InferInput("frames", list(frame.shape), "UINT8")
-        inp.set_data_from_numpy(frame)
-        while not stop.is_set():
-            try:
-                c.infer("wmoe_python", [inp])
-                counts[i] += 1
-            except Exception as e:  # noqa: BLE001 - every failure is reported
-                errors.append(str(e))
-        c.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    stop, counts, errors, threads = _load_clients(mod, server.grpc_port, frame)
     samples = []
     t0 = time.monotonic()
     for t in threads:
