@@ -37,6 +37,7 @@ from wmoe.atomic import atomic_path, atomic_write_text
 
 from .calib import DEFAULT_MAX_IMAGES, CalibrationSet, load_calibration
 from .gate import GateThresholds, compare, format_figures, gate, labeled_images, run_session
+from .onnx_write import write_model
 from wmoe.contract import HIGH_PRECISIONS, INPUT_FRAMES, ContractError, Decision, ModelMeta, decision_metadata, sha256_file
 from wmoe.contract import QUANTIZED_PRECISIONS as PRECISIONS
 from wmoe.onnx_meta import read_onnx_metadata
@@ -248,10 +249,9 @@ class _Evaluator:
         self.workdir, self.batch, self.calls = workdir, batch, 0
 
     def run(self, model, x: np.ndarray) -> Dict[str, np.ndarray]:
-        import onnx
         path = self.workdir / f"candidate{self.calls}.onnx"
         self.calls += 1
-        onnx.save(model, str(path))
+        write_model(model, path)
         try:
             return run_session(make_session(path), x, self.batch)
         finally:
@@ -456,7 +456,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
                           RuntimeWarning, stacklevel=2)
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as t:
-            onnx.save(final, str(t))
+            write_model(final, t)
         if recalibrate is not None:
             from wmoe.calibrate import calibrate
             from wmoe.calibration import recalibration_config

@@ -59,3 +59,35 @@ def plugin_kernels(tmp_path_factory):
                         "--dtypes", "fp16,fp32"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and (d / "manifest.json").is_file(), (r.stdout + r.stderr)[-3000:]
     return KernelStore(d)
+
+
+def _memory_report() -> str:
+    """What the machine's memory looked like when a worker died: MemAvailable and the largest processes (an
+    out-of-memory kill leaves no traceback, so this is the only trace CI keeps of it)."""
+    lines = []
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/meminfo", encoding="ascii"))
+        lines.append("MemTotal %s, MemAvailable %s" % (info["MemTotal"].strip(), info["MemAvailable"].strip()))
+    except (OSError, KeyError, ValueError):
+        pass
+    procs = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = open(f"/proc/{pid}/status", encoding="ascii", errors="replace").read()
+            rss = int(status.split("VmRSS:")[1].split()[0]) if "VmRSS:" in status else 0
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        procs.append((rss, pid, cmd[:160]))
+    for rss, pid, cmd in sorted(procs, reverse=True)[:8]:
+        lines.append(f"  {rss // 1024:6d} MiB  pid {pid}  {cmd}")
+    return "\n".join(lines)
+
+
+def pytest_testnodedown(node, error):
+    """xdist: a worker died (``make test`` runs with --max-worker-restart=0, so the run stops here and names the test
+    instead of hanging in xdist's rescheduling). Print the memory state beside xdist's 'crashed while running'."""
+    if error:
+        import sys
+        print(f"\n[{node.gateway.id}] worker down ({error}); memory now:\n{_memory_report()}", file=sys.stderr,
+              flush=True)
