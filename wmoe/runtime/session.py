@@ -25,6 +25,9 @@ from ..onnx_meta import read_onnx_metadata
 
 PROVIDERS: Dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                              "tensorrt": "TensorrtExecutionProvider"}
+#: ONNX Runtime's graph optimization levels by wmoe's name (``all`` = ONNX Runtime's default).
+GRAPH_OPTIMIZATION: Dict[str, str] = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
+                                      "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
 #: Default batch profile (min, opt, max) the TensorRT EP builds its engine for.
 DEFAULT_TRT_BATCH: Tuple[int, int, int] = (1, 8, 32)
 INSTALL_GPU = "pip install onnxruntime-gpu (CUDA/TensorRT providers; TensorRT itself: pip install tensorrt)"
@@ -99,11 +102,13 @@ def provider_chain(provider: str, available: Sequence[str], meta: Optional[Model
 
 def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0, *,
                  trt_cache_dir: Optional[Union[str, Path]] = None, trt_batch: Sequence[int] = DEFAULT_TRT_BATCH,
-                 trt_fp16: Optional[bool] = None, allow_cpu_fallback: bool = False):
+                 trt_fp16: Optional[bool] = None, allow_cpu_fallback: bool = False, optimization: str = "all"):
     """An ``onnxruntime.InferenceSession`` for the ONNX file at ``path`` on ``provider`` (see the module doc:
     a provider that cannot be had is an error unless ``allow_cpu_fallback``).
 
-    ``threads``: intra-op threads (0: ONNX Runtime's default). Raises :class:`wmoe.contract.ContractError` naming
+    ``threads``: intra-op threads (0: ONNX Runtime's default, one per physical core). ``optimization``: ONNX
+    Runtime's graph optimization level (:data:`GRAPH_OPTIMIZATION`; ``all`` is its default and what the runtime
+    ships, measured against the others by ``python -m wmoe.bench.ort_settings``). Raises :class:`wmoe.contract.ContractError` naming
     the file when it is missing, not ONNX, or a plugin-flavor wmoe model.
     """
     try:
@@ -119,7 +124,10 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
                             f"portable flavor for ONNX Runtime (wmoe export onnx --flavor portable)")
     chain = provider_chain(provider, ort.get_available_providers(), meta, trt_cache_dir, trt_batch, trt_fp16,
                            allow_cpu_fallback)
+    if optimization not in GRAPH_OPTIMIZATION:
+        raise ValueError(f"optimization must be one of {', '.join(GRAPH_OPTIMIZATION)}, got {optimization!r}")
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[optimization])
     if threads:
         opts.intra_op_num_threads = int(threads)
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=chain)
@@ -135,5 +143,5 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
     return sess
 
 
-__all__ = ["PROVIDERS", "DEFAULT_TRT_BATCH", "make_session", "provider_chain", "tensorrt_options",
+__all__ = ["PROVIDERS", "GRAPH_OPTIMIZATION", "DEFAULT_TRT_BATCH", "make_session", "provider_chain", "tensorrt_options",
            "default_trt_cache_dir"]
