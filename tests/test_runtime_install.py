@@ -78,10 +78,10 @@ def runtime_venv(tmp_path_factory):
     for d in ("wmoe", "kernels", "export", "bench"):
         shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                        "-q", "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+                        "-v", "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True)  # -v: the backend's
+    assert r.returncode == 0, r.stderr[-3000:]  # warnings (test_wheel_builds_without_warnings)
     wheel = next((tmp / "dist").glob("wmoe-*.whl"))
-    return _venv_with(wheel, ("runtime",), tmp)
+    return {**_venv_with(wheel, ("runtime",), tmp), "build_log": r.stdout + r.stderr}
 
 
 def _venv_with(wheel: Path, extras, tmp: Path) -> dict:
@@ -99,6 +99,25 @@ def _venv_with(wheel: Path, extras, tmp: Path) -> dict:
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "wmoe_runtime_deps.pth").write_text(str(tmp / "deps") + "\n")
     return {"python": py, "bin": venv / "bin", "wheel": wheel, "deps": deps, "closure": closure, "tmp": tmp}
+
+
+def test_wheel_builds_without_warnings_and_ships_every_package_and_data_file(runtime_venv):
+    """issue 22: the build printed three warnings: the deprecated `project.license` table (setuptools stops
+    accepting it 2027-02-18) and 'wmoe.app.static' / 'wmoe.configs' absent from `packages`."""
+    import tomllib
+
+    log = runtime_venv["build_log"]
+    warned = [ln.strip() for ln in log.splitlines() if re.search(r"Warning|deprecated|absent from", ln)]
+    assert not warned, "\n".join(warned)
+    names = set(zipfile.ZipFile(runtime_venv["wheel"]).namelist())
+    meta = zipfile.ZipFile(runtime_venv["wheel"]).read(next(n for n in names if n.endswith("dist-info/METADATA")))
+    assert b"\nLicense-Expression: Apache-2.0\n" in meta
+    package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, folder in package_dir.items():  # every module of the tree ships (the package list is typed)
+        for f in (ROOT / folder).rglob("*.py"):
+            assert "/".join([*package.split("."), *f.relative_to(ROOT / folder).parts]) in names, f
+    for f in [*(ROOT / "wmoe" / "app" / "static").iterdir(), *(ROOT / "wmoe" / "configs").glob("*.json")]:
+        assert f.relative_to(ROOT).as_posix() in names, f  # what the app serves and open_clip's tiny config
 
 
 def test_wheel_declares_a_torch_free_runtime(runtime_venv):
