@@ -15,22 +15,12 @@ from typing import BinaryIO, Union
 
 import onnx
 
+from wmoe.onnx_meta import encode_varint as _varint
+
 # field numbers of onnx.proto3 (ModelProto.graph = 7, GraphProto.initializer = 5); wire type 2 = length-delimited
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
 _LEN = 2
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _key(field: int) -> bytes:

@@ -163,7 +163,8 @@ def read_onnx_external_files(path: Union[str, Path]) -> List[str]:
     return sorted(names)
 
 
-def _encode_varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of ``n`` >= 0 (also used by export/onnx_write.py)."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -178,8 +179,8 @@ def _encode_varint(n: int) -> bytes:
 def _encode_entry(key: str, value: str) -> bytes:
     """A top-level ``metadata_props`` field holding ``StringStringEntryProto{key, value}``."""
     k, v = key.encode("utf-8"), value.encode("utf-8")
-    body = b"\x0a" + _encode_varint(len(k)) + k + b"\x12" + _encode_varint(len(v)) + v
-    return _encode_varint(_METADATA_PROPS << 3 | 2) + _encode_varint(len(body)) + body
+    body = b"\x0a" + encode_varint(len(k)) + k + b"\x12" + encode_varint(len(v)) + v
+    return encode_varint(_METADATA_PROPS << 3 | 2) + encode_varint(len(body)) + body
 
 
 def write_onnx_metadata(path: Union[str, Path], updates: Dict[str, str], remove=(),
