@@ -92,11 +92,54 @@ def test_cli_bad_sources_and_options(tiny_onnx, tmp_path, capsys):
     assert "nope: no such file, folder or camera index" in capsys.readouterr().err
     assert main(["--source", str(tmp_path / "empty"), "--model", str(tiny_onnx[1])]) == 2
     assert "no image files found" in capsys.readouterr().err
-    for opt in (["--batch", "0"], ["--batch", "-2"], ["--queue", "0"], ["--drop", "sideways"]):
-        with pytest.raises(SystemExit) as e:
+    for opt, fragment in ((["--batch", "0"], "must be a positive integer, got 0"),
+                          (["--batch", "-2"], "must be a positive integer, got -2"),
+                          (["--queue", "0"], "must be a positive integer"),
+                          (["--drop", "sideways"], "unknown drop policy 'sideways'; choose from oldest, newest, block"),
+                          (["--provider", "openvno"], "unknown provider 'openvno' (did you mean 'openvino'?)"),
+                          (["--precision", "fp32"], "unknown precision 'fp32' (did you mean 'f32'?)"),
+                          (["--threshold", "nan"], "expected a finite number, got 'nan'"),
+                          (["--mqtt-drain", "-1"], "must be 0 or more"),
+                          (["--results", str(tmp_path / "r.txt")], "results go to a .jsonl or .csv file"),
+                          (["--results", str(tmp_path)], "is a folder, not a results file")):
+        with pytest.raises(SystemExit) as e:  # issue 22: one line naming the option, not a usage block
             main(["--source", str(tmp_path), "--model", str(tiny_onnx[1]), *opt])
-        assert e.value.code == 2
-        assert opt[0] in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"wmoe-camera: error: argument {opt[0]}: ") and fragment in err, err
+
+
+def test_cli_version_and_choices_from_one_definition(capsys):
+    """issue 22: --version like every wmoe command; the choices are the runtime's and the contract's own lists,
+    and the camera stays torch-free with the shared CLI kit (wmoe.cli_run, wmoe.cli_types)."""
+    import subprocess
+    import sys
+
+    from wmoe.contract import CPU_PRECISIONS
+    from wmoe.runtime.camera import build_parser
+    from wmoe.runtime.loop import DROP_POLICIES
+    from wmoe.runtime.results import RESULT_SUFFIXES
+    from wmoe.runtime.runtime import RUNTIME_PROVIDERS
+    from wmoe.runtime.session import PROVIDERS
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("wmoe-camera (wmoe) ")
+    assert RUNTIME_PROVIDERS == (*PROVIDERS, "openvino")
+    p = build_parser()
+    for opt, names in (("--provider", RUNTIME_PROVIDERS), ("--precision", ("auto", *CPU_PRECISIONS)),
+                       ("--drop", DROP_POLICIES), ("--results", [f"r{s}" for s in RESULT_SUFFIXES])):
+        for n in names:  # every name of the one definition parses
+            assert getattr(p.parse_args(["--source", "s", "--model", "m", opt, n]), p._option_string_actions[
+                opt].dest) == n
+    text = p.format_help()
+    assert "--debug" in text and "(default: 4)" in text
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from wmoe.runtime.camera import main\n"
+            "sys.exit(main(['--source', 'nowhere', '--model', 'm.onnx', '--batch', 'x']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "wmoe-camera: error: argument --batch: expected an integer, got 'x' (see wmoe-camera --help)"], r.stderr
 
 
 def test_display_without_gui_opencv_is_a_message(tiny_onnx, tmp_path, capsys):

@@ -17,6 +17,7 @@ from .cli_types import (device, existing_file, finite_float, non_negative_float,
                         output_dir, output_file, patch_size_of, positive_float, positive_int, unit_float)
 from .errors import UsageError
 from .reference.fusion import DEFAULT_FUSION_WEIGHT
+from .runtime.session import PROVIDERS
 
 
 def _formats() -> List[str]:
@@ -260,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="print the decision, store nothing")
     c.add_argument("--scores-csv", default=None, type=output_file, help="per-image scores as CSV")
     c.add_argument("--batch-size", type=positive_int, default=8)
-    c.add_argument("--provider", default="cpu", type=one_of(["cpu", "cuda", "tensorrt"], "provider"),
+    c.add_argument("--provider", default="cpu", type=one_of(tuple(PROVIDERS), "provider"),
                    help="ONNX Runtime provider for an exported model")
     c.add_argument("--allow-cpu-fallback", action="store_true",
                    help="run on the CPU when --provider cannot be had (default: an error)")
@@ -314,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a data root with meta.json (wmoe data demo DIR) whose test images the page offers")
     ap.add_argument("--host", default="127.0.0.1", help="address to serve on (only this machine by default)")
     ap.add_argument("--port", type=non_negative_int, default=8765, help="0 picks a free port")
-    ap.add_argument("--provider", default="cpu", type=one_of(["cpu", "cuda", "tensorrt"], "provider"),
+    ap.add_argument("--provider", default="cpu", type=one_of(tuple(PROVIDERS), "provider"),
                     help="ONNX Runtime provider for an .onnx model")
     ap.add_argument("--threads", type=non_negative_int, default=0, help="ONNX Runtime threads (0: its default)")
     ap.add_argument("--max-upload-mb", type=positive_float, default=32.0, help="largest file accepted (MB)")

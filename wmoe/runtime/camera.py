@@ -31,23 +31,17 @@ from typing import List, Optional
 
 import numpy as np
 
+from .. import __version__
+from ..cli_run import Parser, finish, run
+from ..cli_types import checked, finite_float, non_negative_float, non_negative_int, one_of, positive_int
+from ..contract import CPU_PRECISIONS
 from ..errors import WMoEError
 from .loop import DROP_POLICIES, LoopStats, frame_result, resolve_drop, run_loop
+from .results import RESULT_SUFFIXES, check_results_path
+from .runtime import RUNTIME_PROVIDERS
 from .sources import Frame, SourceError, _cv2, open_source
 
 __all__ = ["main", "build_parser", "Frame", "SourceError", "open_source", "run_loop", "LoopStats", "DROP_POLICIES"]
-
-
-def _positive(name: str, minimum: int = 1):
-    def parse(v: str) -> int:
-        try:
-            n = int(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {v!r}") from None
-        if n < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {n}")
-        return n
-    return parse
 
 
 class _RefusePassword(argparse.Action):
@@ -60,39 +54,41 @@ class _RefusePassword(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="wmoe-camera", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The ``wmoe-camera`` parser, with the conventions of every wmoe command (:mod:`wmoe.cli_run`): a bad value is
+    one line naming the option (exit status 2), ``--version``, ``--debug``, defaults shown in ``--help``."""
+    ap = Parser(prog="wmoe-camera", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"wmoe-camera (wmoe) {__version__}")
     ap.add_argument("--source", required=True,
                     help="image folder, image file, video file, camera index or stream URL (rtsp://...)")
     ap.add_argument("--model", required=True, help="exported model: .onnx or TensorRT .engine (with its .json)")
-    ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt", "openvino"],
-                    help="ONNX Runtime provider, or openvino: OpenVINO on the CPU (pip install 'wmoe[openvino]'); "
-                         "default: %(default)s; one that cannot be had is an error")
+    ap.add_argument("--provider", default="cpu", type=one_of(RUNTIME_PROVIDERS, "provider"),
+                    help=f"{', '.join(RUNTIME_PROVIDERS[:-1])}: the ONNX Runtime provider; openvino: OpenVINO on the "
+                         "CPU (pip install 'wmoe[openvino]'); one that cannot be had is an error")
     ap.add_argument("--allow-cpu-fallback", action="store_true",
                     help="run on the CPU (with a warning) when --provider cannot be had, instead of failing")
     ap.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                     help="the product class whose thresholds judge the frames (a model calibrated per class)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16", "int8"],
-                    help="--provider openvino: auto runs the precision the accuracy gate chose and stored in the "
-                         "model (wmoe export cpu-precision; f32 without one); an explicit one the gate did not "
-                         "pass falls back to f32, saying why (default: %(default)s)")
-    ap.add_argument("--batch", type=_positive("--batch"), default=4, help="frames per inference (default: %(default)s)")
-    ap.add_argument("--queue", type=_positive("--queue"), default=8,
-                    help="capture queue length, bounded (default: %(default)s)")
-    ap.add_argument("--drop", choices=DROP_POLICIES, default=None,
+    ap.add_argument("--precision", default="auto", type=one_of(("auto", *CPU_PRECISIONS), "precision"),
+                    help=f"--provider openvino: {', '.join(CPU_PRECISIONS)}, or auto: the precision the accuracy "
+                         "gate chose and stored in the model (wmoe export cpu-precision; f32 without one); an "
+                         "explicit one the gate did not pass falls back to f32, saying why")
+    ap.add_argument("--batch", type=positive_int, default=4, help="frames per inference")
+    ap.add_argument("--queue", type=positive_int, default=8, help="capture queue length, bounded")
+    ap.add_argument("--drop", type=one_of(DROP_POLICIES, "drop policy"), default=None,
                     help="live sources only (camera, stream), when the queue is full: drop the oldest queued frame "
                          "(default), drop the newest, or block the capture. Folders and files always block")
     ap.add_argument("--fail-on-drop", action="store_true",
                     help="exit with status 3 when a frame was dropped (a live source faster than inference)")
-    ap.add_argument("--max-frames", type=_positive("--max-frames", 0), default=0,
+    ap.add_argument("--max-frames", type=non_negative_int, default=0,
                     help="stop after N frames read (0: until the source ends)")
-    ap.add_argument("--threshold", type=float, default=None,
+    ap.add_argument("--threshold", type=finite_float, default=None,
                     help="override the image threshold stored in the model")
-    ap.add_argument("--pixel-threshold", type=float, default=None,
+    ap.add_argument("--pixel-threshold", type=finite_float, default=None,
                     help="override the defect-mask threshold stored in the model (defect area, overlay contour)")
-    ap.add_argument("--results", default=None, metavar="FILE",
-                    help="one line per frame to FILE.jsonl or FILE.csv (source, frame, time, score, verdict, class, "
-                         "threshold, defect area, latency); flushed per line, never overwritten")
+    ap.add_argument("--results", default=None, metavar="FILE", type=checked(check_results_path, "results file",
+                                                                             keep_text=True),
+                    help=f"one line per frame to FILE{'|'.join(RESULT_SUFFIXES)} (source, frame, time, score, "
+                         "verdict, class, threshold, defect area, latency); flushed per line, never overwritten")
     ap.add_argument("--results-append", action="store_true", help="append to an existing --results file")
     ap.add_argument("--mqtt", default=None, metavar="HOST:PORT/TOPIC",
                     help="publish each frame's result (JSON, QoS 1) to this MQTT broker and topic")
@@ -106,20 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mqtt-cert", default=None, metavar="PEM", help="client certificate for TLS (with --mqtt-key)")
     ap.add_argument("--mqtt-key", default=None, metavar="PEM", help="client key for TLS")
     ap.add_argument("--mqtt-client-id", default="", help="MQTT client id (default: random)")
-    ap.add_argument("--mqtt-buffer", type=_positive("--mqtt-buffer"), default=10000,
-                    help="results held while the broker is away; beyond, the oldest is discarded and counted "
-                         "(default: %(default)s)")
-    ap.add_argument("--mqtt-drain", type=float, default=30.0, metavar="S",
-                    help="at the end, wait up to S seconds for the broker to acknowledge every result "
-                         "(default: %(default)s)")
+    ap.add_argument("--mqtt-buffer", type=positive_int, default=10000,
+                    help="results held while the broker is away; beyond, the oldest is discarded and counted")
+    ap.add_argument("--mqtt-drain", type=non_negative_float, default=30.0, metavar="S",
+                    help="at the end, wait up to S seconds for the broker to acknowledge every result")
     ap.add_argument("--overlays", "--out", dest="overlays", default=None, metavar="DIR",
                     help="write one overlay per frame here: the picture of wmoe predict (image | fixed-scale heatmap "
                          "with colour bar and the defect contour at the pixel threshold, banner with verdict, score "
                          "and threshold); --out is the older name")
     ap.add_argument("--display", action="store_true", help="show overlays in a window (needs opencv-python)")
-    ap.add_argument("--report-every", type=_positive("--report-every", 0), default=50,
+    ap.add_argument("--report-every", type=non_negative_int, default=50,
                     help="print a progress line every N scored frames (0: only the final report)")
-    return ap
+    ap.set_defaults(func=_camera)
+    return finish(ap, "wmoe-camera")
 
 
 def _open_mqtt(a: argparse.Namespace, warn):
@@ -133,7 +128,11 @@ def _open_mqtt(a: argparse.Namespace, warn):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    a = build_parser().parse_args(argv)
+    """``wmoe-camera`` (the exit statuses are in the module doc)."""
+    return run(build_parser(), argv)
+
+
+def _camera(a: argparse.Namespace) -> int:
     from .results import ResultFile
     from .runtime import Runtime
 

@@ -83,22 +83,30 @@ def finite_or_none(v: float, digits: int = 6) -> Optional[float]:
     return round(v, digits) if math.isfinite(v) else None
 
 
+def check_results_path(path: Union[str, Path]) -> Path:
+    """``path`` as a results file name: a suffix of :data:`RESULT_SUFFIXES`, not a folder (``wmoe-camera
+    --results`` checks it while parsing; :class:`ResultFile` again when it opens)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResultsError(f"{path}: is a folder, not a results file")
+    suffix = path.suffix.lower()
+    if suffix not in RESULT_SUFFIXES:
+        raise ResultsError(f"{path}: results go to a {' or '.join(RESULT_SUFFIXES)} file "
+                           f"(got {suffix or 'no suffix'!r})")
+    return path
+
+
 class ResultFile:
     """Append one line per result to ``path`` (``.jsonl`` or ``.csv``); see the module doc for durability."""
 
     def __init__(self, path: Union[str, Path], append: bool = False, fsync_every: int = 50) -> None:
-        self.path = Path(path)
-        suffix = self.path.suffix.lower()
-        if suffix not in RESULT_SUFFIXES:
-            raise ResultsError(f"{self.path}: results go to a .jsonl or .csv file (got {suffix or 'no suffix'!r})")
-        if self.path.is_dir():
-            raise ResultsError(f"{self.path}: is a folder, not a results file")
+        self.path = check_results_path(path)
         if self.path.exists() and not append:
             raise ResultsError(f"{self.path}: exists (results are never overwritten): remove it, choose another "
                                f"name, or append with --results-append")
         if not self.path.parent.is_dir():
             raise ResultsError(f"{self.path}: folder {self.path.parent} does not exist")
-        self.csv = suffix == ".csv"
+        self.csv = self.path.suffix.lower() == ".csv"
         self.fsync_every = max(int(fsync_every), 0)
         self.lines = 0
         try:  # unbuffered: each line is one write() to the OS, so nothing waits in this process's memory

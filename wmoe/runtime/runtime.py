@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..contract import INPUT_FRAMES, ContractError, Decision, ModelMeta
 from .frames import FrameError, check_frames, frames_to_size, preprocess_frames, resize_map
+from .session import PROVIDERS as ORT_PROVIDERS
+
+#: every ``provider=`` of :meth:`Runtime.open` for an ONNX model: ONNX Runtime's execution providers, and
+#: ``openvino`` (the OpenVINO CPU backend). The CLIs take their choices from here.
+RUNTIME_PROVIDERS: Tuple[str, ...] = (*ORT_PROVIDERS, "openvino")
 
 
 @dataclass
