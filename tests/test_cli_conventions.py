@@ -117,6 +117,73 @@ def test_out_is_checked_before_any_work(capsys, tmp_path, ckpt):
     assert "is an existing folder" in line
 
 
+def test_misspelt_command_or_choice_gets_a_suggestion(capsys):
+    """issue 22: argparse said "argument command: invalid choice: 'trian' (choose from 'data', 'train', ...)"."""
+    line = _usage_error(capsys, wmoe_main, ["trian", "data"])
+    assert line.startswith("wmoe: error: unknown command 'trian' (did you mean 'train'?); choose from data, train,")
+    line = _usage_error(capsys, wmoe_main, ["export", "onx", "m"])
+    assert line.startswith("wmoe export: error: unknown command 'onx' (did you mean 'onnx'?); choose from onnx, ")
+    line = _usage_error(capsys, export_cli.main, ["onx", "m"])
+    assert line.startswith("wmoe-export: error: unknown command 'onx' (did you mean 'onnx'?)")
+    line = _usage_error(capsys, wmoe_main, ["export", "triton", "m", "--out", "r", "--backend", "onnxrt"])
+    assert "argument --backend: unknown choice 'onnxrt' (did you mean 'onnxruntime'?)" in line
+    assert "did you mean" not in _usage_error(capsys, wmoe_main, ["zzz"])
+
+
+def test_no_empty_output_folder_is_left_by_a_failed_command(capsys, tmp_path):
+    """issue 22: train (its run-folder lock), eval and predict made their --out folders and left them empty when
+    they failed before writing; a folder that existed before is kept, and so is one with something in it."""
+    missing = str(tmp_path / "missing.safetensors")
+    for argv in (["train", str(tmp_path / "no-data"), "--tiny", "--out", str(tmp_path / "runs" / "a")],
+                 ["eval", missing, str(tmp_path), "--out", str(tmp_path / "ev" / "a")],
+                 ["predict", missing, str(tmp_path), "--out", str(tmp_path / "pr")],
+                 ["export", "trt", __file__, "--out", str(tmp_path / "eng" / "m.engine")]):
+        assert wmoe_main(argv) == 2, argv
+        assert "error: " in capsys.readouterr().err
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == [], (argv, left)
+    (tmp_path / "mine").mkdir()
+    assert wmoe_main(["predict", missing, str(tmp_path), "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir()  # the user's own folder stays
+
+
+def test_folder_lock_discards_only_the_folder_it_made_empty(tmp_path):
+    from wmoe.folder_lock import LOCK_NAME, FolderLock
+
+    with pytest.raises(RuntimeError):
+        with FolderLock(tmp_path / "a"):
+            raise RuntimeError("failed before writing")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(RuntimeError):
+        with FolderLock(tmp_path / "b"):
+            (tmp_path / "b" / "half.bin").write_bytes(b"x")
+            raise RuntimeError("failed after writing")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [LOCK_NAME, "half.bin"]
+    with FolderLock(tmp_path / "c"):
+        pass
+    assert (tmp_path / "c" / LOCK_NAME).is_file()  # success: the folder is the command's output, kept
+    # a taker that opened the lock file just before its folder was discarded locks the new file, not the old one
+    first = FolderLock(tmp_path / "d").acquire()
+    second = FolderLock(tmp_path / "d")
+    stale_fd = os.open(first.path, os.O_RDWR)
+    first.release(discard_if_empty=True)
+    assert not (tmp_path / "d").exists()
+    real_lock = second._lock
+    calls = []
+
+    def lock_stale_first(f):
+        if not calls:
+            calls.append(1)
+            f.flock(stale_fd, f.LOCK_EX | f.LOCK_NB)
+            return stale_fd  # the unlinked file
+        return real_lock(f)
+
+    second._lock = lock_stale_first
+    second.acquire()
+    assert os.path.samestat(os.fstat(second.fd), os.stat(tmp_path / "d" / LOCK_NAME))
+    second.release()
+
+
 def test_debug_after_the_subcommand_shows_the_traceback(capsys, tmp_path):
     from wmoe.checkpoint import CheckpointError
 

@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from . import __version__
+from .cli_types import output_dir, output_file, suggest
 from .errors import MissingDependencyError, WMoEError, printable
 
 #: optional packages -> (extra of pyproject.toml, what needs them)
@@ -33,10 +36,20 @@ MODEL_STACK = {"torch", "open_clip", "safetensors", "scipy", "sklearn", "skimage
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit status 2)."""
+    """argparse with one-line usage errors (exit status 2) and a "did you mean" for a misspelt command or choice."""
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined] # noqa: F821
         self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        # argparse's own message names the subcommand's dest ("argument export_command: invalid choice: 'onx'")
+        # and suggests nothing (before Python 3.14's suggest_on_error)
+        if action.choices is None or value in action.choices:
+            return
+        names = [str(c) for c in action.choices]
+        what, arg = ("command", None) if isinstance(action, argparse._SubParsersAction) else ("choice", action)
+        raise argparse.ArgumentError(arg, f"unknown {what} {value!r}{suggest(str(value), names)}; choose from "
+                                          f"{', '.join(names)}")
 
 
 def _subparsers(p: argparse.ArgumentParser) -> Iterator[Tuple[str, argparse.ArgumentParser]]:
@@ -126,10 +139,14 @@ def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> in
     debug, command = "--debug" in argv, parser.prog
     if not debug:
         _one_line_warnings()
+    made: List[Path] = []
+    code = 1
     try:
         a = parser.parse_args(argv)  # inside: an option's check may import what a small install lacks
         command = getattr(a, "_command", command)
-        return int(a.func(a) or 0)
+        made = _missing_output_folders(parser, a)
+        code = int(a.func(a) or 0)
+        return code
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - sorted by describe(); bugs are re-raised
         found = None if debug else describe(e)
         if found is None:
@@ -138,6 +155,46 @@ def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> in
         _close_progress_bars()
         print(f"{command}: error: {msg}", file=sys.stderr)
         return code
+    finally:
+        if code != 0:
+            _remove_empty(made)
+
+
+def _missing_output_folders(parser: argparse.ArgumentParser, a: argparse.Namespace) -> List[Path]:
+    """For each output option (an :func:`~wmoe.cli_types.output_dir` / :func:`~wmoe.cli_types.output_file`) of
+    the command that ``a`` runs: the topmost folder of its path that does not exist yet (the command may create it)."""
+    chosen = next((p for p in _tree(parser) if p._defaults.get("_command") == getattr(a, "_command", None)), parser)
+    made = []
+    for act in chosen._actions:
+        value = getattr(a, act.dest, None)
+        if act.type not in (output_dir, output_file) or not isinstance(value, str):
+            continue
+        p = Path(value).absolute()
+        p = p if act.type is output_dir else p.parent
+        if p.exists():
+            continue
+        while not p.parent.exists():
+            p = p.parent
+        made.append(p)
+    return made
+
+
+def _remove_empty(folders: List[Path]) -> None:
+    """Remove what a failed command left of ``folders`` (they did not exist before it) where nothing is inside."""
+    for top in folders:
+        if not top.is_dir():
+            continue
+        for d, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):  # deepest first
+            try:
+                os.rmdir(d)  # only an empty folder
+            except OSError:
+                pass
+
+
+def _tree(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield p
+    for _, sp in _subparsers(p):
+        yield from _tree(sp)
 
 
 def _close_progress_bars() -> None:

@@ -103,7 +103,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str] = 
         device = f"cuda:{dist_info.local_rank}"
     out_dir = Path(cfg.out_dir)
     ckpt_path, optim_path = checkpoint_paths(out_dir)
-    lock = None
+    lock, failed = None, True
     try:
         if dist_info.is_main and not (out_dir.exists() and not out_dir.is_dir()):
             # one writer per run folder, held for the whole run (a second `wmoe train --out SAME` is refused)
@@ -112,10 +112,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str] = 
                 print(lock.stale)
         prepare_run_dir(out_dir, cfg.resume, cfg.overwrite, dist_info.is_main)
         barrier(dist_info)
-        return _train(model_cfg, cfg, pretrained, device, dist_info, out_dir, ckpt_path, optim_path)
+        path = _train(model_cfg, cfg, pretrained, device, dist_info, out_dir, ckpt_path, optim_path)
+        failed = False
+        return path
     finally:
-        if lock is not None:
-            lock.release()
+        if lock is not None:  # a run that failed before writing anything leaves no folder it made
+            lock.release(discard_if_empty=failed)
         cleanup(dist_info)
 
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from .. import __version__
 from ..cli_run import Parser, finish, run
-from ..cli_types import checked, finite_float, non_negative_float, non_negative_int, one_of, positive_int
+from ..cli_types import (checked, finite_float, non_negative_float, non_negative_int, one_of, output_dir,
+                         positive_int)
 from ..contract import CPU_PRECISIONS
 from ..errors import WMoEError
 from .loop import DROP_POLICIES, LoopStats, frame_result, resolve_drop, run_loop
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="results held while the broker is away; beyond, the oldest is discarded and counted")
     ap.add_argument("--mqtt-drain", type=non_negative_float, default=30.0, metavar="S",
                     help="at the end, wait up to S seconds for the broker to acknowledge every result")
-    ap.add_argument("--overlays", "--out", dest="overlays", default=None, metavar="DIR",
+    ap.add_argument("--overlays", "--out", dest="overlays", default=None, metavar="DIR", type=output_dir,
                     help="write one overlay per frame here: the picture of wmoe predict (image | fixed-scale heatmap "
                          "with colour bar and the defect contour at the pixel threshold, banner with verdict, score "
                          "and threshold); --out is the older name")
