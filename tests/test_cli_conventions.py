@@ -8,6 +8,7 @@ Mostly in-process (``main(argv)``) to stay cheap; the real console scripts are r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -145,6 +146,43 @@ def test_no_empty_output_folder_is_left_by_a_failed_command(capsys, tmp_path):
     (tmp_path / "mine").mkdir()
     assert wmoe_main(["predict", missing, str(tmp_path), "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine").is_dir()  # the user's own folder stays
+
+
+def test_config_file_print_config_and_the_run_folder_keeps_the_resolved_config(capsys, tmp_path):
+    """issue 22: `wmoe train --config run.yaml` (LightningCLI's convention), --print-config on every command, the
+    resolved config kept as OUT/config.yaml; the command line wins over the file, the file over the defaults."""
+    data = tmp_path / "data"
+    assert wmoe_main(["data", "demo", str(data), "--size", "48"]) == 0
+    run = tmp_path / "run.yaml"
+    run.write_text(f"# a run\ndata: {data}\ntiny: true\nimage-size: 112\nclasses: [brick, grass]\n"
+                   f"batch_size: 4\nmax_steps: 1\nlr: 0.001\nout: {tmp_path / 'runs' / 'a'}\n")
+    capsys.readouterr()
+    assert wmoe_main(["train", "--config", str(run), "--lr", "0.005", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# wmoe train: every option, resolved") and not (tmp_path / "runs").exists()
+    import yaml
+
+    doc = yaml.safe_load(printed)
+    assert doc["data"] == str(data) and doc["classes"] == "brick,grass" and doc["batch_size"] == 4
+    assert doc["lr"] == 0.005 and doc["epochs"] == 20 and doc["tiny"] is True  # command line > file > default
+    assert wmoe_main(["train", "--config", str(run)]) == 0
+    kept = tmp_path / "runs" / "a" / "config.yaml"
+    assert yaml.safe_load(kept.read_text()) == {**doc, "lr": 0.001}
+    capsys.readouterr()
+    (tmp_path / "again.json").write_text(json.dumps(yaml.safe_load(kept.read_text())))
+    assert wmoe_main(["train", "--config", str(tmp_path / "again.json"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {**doc, "lr": 0.001}  # JSON too; the kept file replays the run
+    for text, fragment in (("batch_size: 0", "--config BAD: batch_size: must be a positive integer, got 0"),
+                           ("batchsize: 3", "unknown option 'batchsize' (did you mean 'batch_size'?)"),
+                           ("tiny: 3", "tiny: expected true or false, got 3"),
+                           ("[1, 2", "not valid YAML at line 1"),
+                           ("- a", "expected a mapping of option names to values")):
+        (tmp_path / "bad.yaml").write_text(text)
+        line = _usage_error(capsys, wmoe_main, ["train", str(data), "--config", str(tmp_path / "bad.yaml")])
+        assert line.startswith("wmoe train: error: ") and fragment.replace("BAD", str(tmp_path / "bad.yaml")) \
+            in line, line
+    line = _usage_error(capsys, export_cli.main, ["onnx", "--config", str(tmp_path / "none.yaml")])
+    assert "--config " + str(tmp_path / "none.yaml") + ": no such file" in line
 
 
 def test_folder_lock_discards_only_the_folder_it_made_empty(tmp_path):

@@ -69,7 +69,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(a.data, out_dir=a.out, meta=a.meta, classes=_classes(a.classes), epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, seed=a.seed, num_workers=a.workers, device=a.device,
                       max_steps=a.max_steps, resume=a.resume, overwrite=a.overwrite,
-                      amp=False if a.no_amp else None)
+                      amp=False if a.no_amp else None, run_config=getattr(a, "_resolved", None))
     path = train(_model_cfg(a), cfg, pretrained=a.pretrained)
     print(f"checkpoint: {path}")
     return 0

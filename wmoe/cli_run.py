@@ -1,14 +1,17 @@
-"""The one command-line error handler and parser conventions of ``wmoe``, ``wmoe-export`` and ``wmoe-bench``.
+"""The one command-line error handler and parser conventions of ``wmoe``, ``wmoe-export``, ``wmoe-bench`` and
+``wmoe-camera``.
 
 - :class:`Parser`: a usage error is one line, ``PROG: error: argument --opt: what is wrong``, exit status 2.
-- :func:`finish`: every (sub)command gets ``--debug`` (so it works after the subcommand too) and every option
-  with a default shows it in ``--help``. It walks the whole tree, so subcommands that other modules register
+- :func:`finish`: every (sub)command gets ``--debug`` (so it works after the subcommand too), every command that
+  runs gets ``--config FILE`` and ``--print-config`` (:mod:`wmoe.cli_config`), and every option with a default
+  shows it in ``--help``. It walks the whole tree, so subcommands that other modules register
   (``register(subparsers)``) get the same conventions without doing anything.
 - :func:`standalone`: one subcommand tree as its own program (``wmoe-export onnx ...``, not
   ``wmoe-export export onnx ...``), with ``--version``.
 - :func:`run`: parse, run, and turn every expected failure into one line and an exit status, identical through
   every entry point: :class:`~wmoe.errors.WMoEError` (its ``exit_code``), a missing optional package (the install
   command), an unreadable/unwritable path (the path and the reason), Ctrl-C (130). ``--debug`` shows the traceback.
+  A command that fails leaves none of the output folders it would have created empty behind it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from . import __version__
+from .cli_config import add_config_options, apply_config, chosen_command, dump, resolved
 from .cli_types import output_dir, output_file, suggest
 from .errors import MissingDependencyError, WMoEError, printable
 
@@ -83,7 +87,10 @@ def finish(p: argparse.ArgumentParser, command: str = "wmoe") -> argparse.Argume
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error")
     p.set_defaults(_command=command)
-    for name, sp in _subparsers(p):
+    subs = list(_subparsers(p))
+    if not subs and "func" in p._defaults:  # a command that runs: --config FILE, --print-config
+        add_config_options(p)
+    for name, sp in subs:
         finish(sp, f"{command} {name}")
     return p
 
@@ -142,9 +149,15 @@ def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> in
     made: List[Path] = []
     code = 1
     try:
+        apply_config(chosen_command(parser, argv), argv)  # --config FILE: its values become the defaults
         a = parser.parse_args(argv)  # inside: an option's check may import what a small install lacks
         command = getattr(a, "_command", command)
-        made = _missing_output_folders(parser, a)
+        chosen = _chosen(parser, a)
+        a._resolved = dump(command, resolved(chosen, a))  # the command's options, resolved (wmoe train keeps them)
+        if getattr(a, "print_config", False):
+            print(a._resolved, end="")
+            return 0
+        made = _missing_output_folders(chosen, a)
         code = int(a.func(a) or 0)
         return code
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - sorted by describe(); bugs are re-raised
@@ -160,10 +173,14 @@ def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> in
             _remove_empty(made)
 
 
-def _missing_output_folders(parser: argparse.ArgumentParser, a: argparse.Namespace) -> List[Path]:
+def _chosen(parser: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command that ``a`` runs."""
+    return next((p for p in _tree(parser) if p._defaults.get("_command") == getattr(a, "_command", None)), parser)
+
+
+def _missing_output_folders(chosen: argparse.ArgumentParser, a: argparse.Namespace) -> List[Path]:
     """For each output option (an :func:`~wmoe.cli_types.output_dir` / :func:`~wmoe.cli_types.output_file`) of
     the command that ``a`` runs: the topmost folder of its path that does not exist yet (the command may create it)."""
-    chosen = next((p for p in _tree(parser) if p._defaults.get("_command") == getattr(a, "_command", None)), parser)
     made = []
     for act in chosen._actions:
         value = getattr(a, act.dest, None)

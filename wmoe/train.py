@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import checkpoint_set
+from .atomic import atomic_write_text
 from .checkpoint import CheckpointError, checkpoint_meta, read_checkpoint, write_sidecar, write_weights
 from .config import ModelConfig
 from .data import AnomalyDataset, DataError, SkippedFiles, collate
@@ -53,6 +54,8 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
+    # the resolved command line (wmoe train --print-config's YAML): OUT/config.yaml once the run has started
+    run_config: Optional[str] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # the same rules as the CLI's parse-time checks, for callers of the Python API
@@ -65,6 +68,14 @@ class TrainConfig:
         ) if not ok]
         if bad:
             raise UsageError(f"TrainConfig: {', '.join(bad)}")
+
+
+RUN_CONFIG = "config.yaml"  # TrainConfig.run_config in the run folder
+
+
+def _settings(cfg: TrainConfig) -> Dict[str, Any]:
+    """The training settings recorded in each checkpoint (``train_config``), JSON types."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "run_config"}
 
 
 def _seed_all(seed: int) -> None:
@@ -164,6 +175,8 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, pretrained: Optional[str], 
     if cfg.progress and dist_info.is_main:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    if cfg.run_config is not None and dist_info.is_main:  # set up: say how this run was started (--config FILE)
+        atomic_write_text(out_dir / RUN_CONFIG, cfg.run_config)
     t0 = time.time()
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -229,7 +242,7 @@ def _save(model, opt, cfg: TrainConfig, ckpt_path: Path, optim_path: Path, step:
           health: TrainingHealth, resume_changes: Optional[List[Dict[str, Any]]] = None) -> None:
     if not dist_info.is_main:
         return
-    tc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    tc = _settings(cfg)
     extra = {"step": step, "epoch": step / steps_per_epoch, "train_config": tc, "skipped_files": len(skipped),
              "final_loss": history[-1]["loss"] if history else None, "world_size": dist_info.world_size,
              "train_seconds": round(seconds, 2), **cfg.extra}
@@ -258,7 +271,7 @@ def _resume_changes(extra: Dict[str, Any], cfg: TrainConfig, ckpt_path: Path, is
     """The run's record of setup changes at resumes, plus this one's (said as one line when there is one)."""
     before = list(extra.get("resume_changes") or [])
     prev = extra.get("train_config") or {}
-    now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    now = _settings(cfg)
     changed = {k: {"was": prev.get(k), "now": now.get(k)} for k in RESUME_WATCHED
                if k in prev and prev.get(k) != now.get(k)}
     if not changed:
