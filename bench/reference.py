@@ -37,25 +37,30 @@ from wmoe.checkpoint import load_model
 from wmoe.data import DEMO_TEST_CLASSES, DEMO_TRAIN_CLASSES
 from wmoe.reference import ReferenceConfig, find_good_images, fit_class
 from wmoe.reference.compare import score_test_split
-from wmoe.reference.fusion import DEFAULT_FUSION_WEIGHT
+from wmoe.reference.fusion import DEFAULT_EXPERTS_WEIGHT, DEFAULT_FUSION_WEIGHT
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
+#: The experts' shares of the reference map scored with --experts: the memory alone, the default mix, the experts alone.
+EXPERTS_V = [0.0, DEFAULT_EXPERTS_WEIGHT, 1.0]
 
 
-def run(runs: List[str], ks: Sequence[int], max_memory: int, weight_k: int, out: Path) -> Dict[str, Any]:
+def run(runs: List[str], ks: Sequence[int], max_memory: int, weight_k: int, out: Path, experts: bool = False,
+        weight: bool = True) -> Dict[str, Any]:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    cfg = ReferenceConfig(max_memory=max_memory)
+    cfg = ReferenceConfig(max_memory=max_memory, experts=experts)
     load0 = os.getloadavg()
     t0 = time.time()
-    doc: Dict[str, Any] = {"runs": [], "ks": list(ks), "weight_k": weight_k, "grid": GRID,
-                           "default_weight": DEFAULT_FUSION_WEIGHT, "max_memory": max_memory}
+    doc: Dict[str, Any] = {"runs": [], "ks": list(ks), "weight_k": weight_k, "grid": GRID if weight else [],
+                           "default_weight": DEFAULT_FUSION_WEIGHT, "max_memory": max_memory,
+                           "experts": experts, "experts_weights": EXPERTS_V if experts else []}
     for spec in runs:
         data, ckpt = spec.split(":", 1)
         root = Path(data)
         model = load_model(ckpt).eval()
-        entry: Dict[str, Any] = {"data": data, "checkpoint": ckpt, "aux": {}, "heldout": {}, "memory": {}}
+        entry: Dict[str, Any] = {"data": data, "checkpoint": ckpt, "aux": {}, "heldout": {}, "memory": {},
+                                 "loadavg": [os.getloadavg()]}
         # 1. the weight, on the auxiliary categories
-        for cls in DEMO_TRAIN_CLASSES:
+        for cls in (DEMO_TRAIN_CLASSES if weight else []):
             paths = find_good_images(root, [cls], weight_k)[cls]
             ref = fit_class(model, cls, paths, cfg)
             entry["aux"][cls] = score_test_split(model, root, cls, {"k": ref}, cfg, GRID)["k"]
@@ -70,8 +75,10 @@ def run(runs: List[str], ks: Sequence[int], max_memory: int, weight_k: int, out:
                 refs[str(k)] = fit_class(model, cls, allp[:k], cfg)
             refs["full"] = fit_class(model, cls, allp, cfg)
             entry["memory"][cls] = {key: r.summary() for key, r in refs.items()}
-            entry["heldout"][cls] = score_test_split(model, root, cls, refs, cfg, [0.0, 1.0, DEFAULT_FUSION_WEIGHT])
+            entry["heldout"][cls] = score_test_split(model, root, cls, refs, cfg, [0.0, 1.0, DEFAULT_FUSION_WEIGHT],
+                                                     experts_weights=EXPERTS_V if experts else ())
             print(f"{data} held-out {cls} done ({time.time() - t0:.0f} s)", flush=True)
+        entry["loadavg"].append(os.getloadavg())
         doc["runs"].append(entry)
     doc["seconds"] = round(time.time() - t0, 1)
     doc["loadavg_before"], doc["loadavg_after"] = load0, os.getloadavg()
@@ -87,10 +94,11 @@ def _get(d: Dict, w: float) -> Any:
 
 def finish(doc: Dict[str, Any], out: Path) -> Dict[str, Any]:
     """The weight (best mean of (P + I) / 2 over seeds and auxiliary categories), then OUT.json and OUT.md."""
-    per_w = {w: float(np.mean([(_get(r["aux"][c], w)["pixel_auroc"] + _get(r["aux"][c], w)["image_auroc"]) / 2
-                               for r in doc["runs"] for c in r["aux"]])) for w in GRID}
-    doc["weight_curve"] = per_w
-    doc["best_weight"] = max(GRID, key=lambda w: (round(per_w[w], 6), -abs(w - 0.5)))
+    if doc["grid"]:
+        per_w = {w: float(np.mean([(_get(r["aux"][c], w)["pixel_auroc"] + _get(r["aux"][c], w)["image_auroc"]) / 2
+                                   for r in doc["runs"] for c in r["aux"]])) for w in GRID}
+        doc["weight_curve"] = per_w
+        doc["best_weight"] = max(GRID, key=lambda w: (round(per_w[w], 6), -abs(w - 0.5)))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(doc, indent=1, default=str) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown(doc))
@@ -136,8 +144,50 @@ def table(doc: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def experts_table(doc: Dict[str, Any]) -> List[str]:
+    """Memory alone vs memory + experts vs experts alone vs zero-shot, per k: the reference map alone (w = 1) and
+    fused with the zero-shot map (w = the default); mean over classes, then mean ± std over seeds, with each seed's
+    load average before and after its run."""
+    w = doc["default_weight"]
+    keys = [str(k) for k in doc["ks"]] + ["full"]
+    vs = doc["experts_weights"]
+    names = {0.0: "memory", 1.0: "experts"}
+    cols = [("zero-shot", None, 0.0)] + [(f"{names.get(v, f'memory+experts (v={v})')}", v, wt)
+                                         for wt in (1.0, w) for v in vs]
+    lines = []
+    for metric, label in (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC")):
+        head = ["k"] + [f"{n}{'' if v is None else (' alone' if wt == 1.0 else f', fused w={w}')}"
+                        for n, v, wt in cols]
+        lines += [f"{label} %:", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
+        for key in keys:
+            cells = []
+            for n, v, wt in cols:
+                rkey = key if v is None else f"{key} v={float(v)}"
+                per_seed = [np.mean([_get(r["heldout"][c][rkey], wt)[metric] for c in r["heldout"]])
+                            for r in doc["runs"] if all(rkey in r["heldout"][c] for c in r["heldout"])]
+                cells.append(_mean(per_seed))
+            k_label = key if key != "full" else f"full ({doc['runs'][0]['memory'][DEMO_TEST_CLASSES[0]]['full']['k']})"
+            lines.append(f"| {k_label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Load average (1, 5, 15 min) before and after each seed's run: " + "; ".join(
+        f"{Path(r['data']).name}: {tuple(round(x, 1) for x in r['loadavg'][0])} -> "
+        f"{tuple(round(x, 1) for x in r['loadavg'][-1])}" for r in doc["runs"] if "loadavg" in r), ""]
+    return lines
+
+
 def markdown(doc: Dict[str, Any]) -> str:
     w = doc["default_weight"]
+    if doc.get("experts"):
+        return "\n".join([
+            "# Normal-reference mode: memory vs three-level experts vs zero-shot (demo data, tiny random backbone, "
+            "CPU)", "", f"`{doc['command']}`", "",
+            f"{len(doc['runs'])} seed(s) (demo data and zero-shot training seed), held-out categories "
+            f"{', '.join(DEMO_TEST_CLASSES)}; AUROC in %, mean over the categories, then mean ± std over seeds. "
+            f"One reference per k with memory and experts; scored with the experts' share v of the reference map "
+            f"(R4) = 0 (memory), {DEFAULT_EXPERTS_WEIGHT} (memory+experts, the default) and 1 (experts); alone "
+            f"(w = 1) and fused with the zero-shot map (w = {w}).", "", *experts_table(doc),
+            f"{doc['machine']}; {doc['seconds']} s; load average before {doc['loadavg_before']}, after "
+            f"{doc['loadavg_after']} (other engineers' jobs shared the 2 cores).", ""])
     lines = ["# Normal-reference mode vs zero-shot (demo data, tiny random backbone, CPU)", "",
              f"`{doc['command']}`", "",
              f"{len(doc['runs'])} seed(s) (demo data and zero-shot training seed), held-out categories "
@@ -192,6 +242,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--k", default="1,4,16", help="good-image counts besides the full set")
     p.add_argument("--weight-k", type=int, default=4)
     p.add_argument("--max-memory", type=int, default=4096)
+    p.add_argument("--experts", action="store_true",
+                   help="fit the three-level experts too and score memory / memory+experts / experts side by side")
+    p.add_argument("--no-weight", action="store_true",
+                   help="skip the fusion-weight grid on the auxiliary categories (use the code's weight)")
     p.add_argument("--out", default="bench/results/reference_cpu")
     a = p.parse_args(argv)
     if a.latency:
@@ -203,7 +257,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not a.run and not a.merge:
         p.error("give --run DATA:CKPT (one per seed) or --merge JSON...")
     doc = (merge(a.merge, Path(a.out)) if a.merge else
-           run(a.run, [int(k) for k in a.k.split(",")], a.max_memory, a.weight_k, Path(a.out)))
+           run(a.run, [int(k) for k in a.k.split(",")], a.max_memory, a.weight_k, Path(a.out), a.experts,
+               not a.no_weight))
     print(markdown(doc))
     return 0
 

@@ -121,23 +121,30 @@ def test_reference_model_scores_a_defect_above_good(ckpt, data, ref_dir):
     assert out.scores.numpy()[lab].mean() > out.scores.numpy()[~lab].mean()
 
 
-def test_onnx_export_with_reference_runtime_parity(ckpt, data, ref_dir, tmp_path):
+def test_onnx_export_with_reference_runtime_parity(ckpt, data, ref_dir, experts_ref_dir, tmp_path):
+    """The memory and the three-level experts in one ONNX graph, scored by the torch-free runtime within 1e-4."""
     from wmoe.contract import ModelMeta
+    from wmoe.data import AnomalyDataset, read_meta
     from wmoe.export.onnx_export import ExportError, export_onnx
     from wmoe.onnx_meta import read_onnx_metadata
     from wmoe.reference.fusion import FUSED_SCORE_MEANING
     from wmoe.runtime import Runtime
 
-    path = export_onnx(ckpt, tmp_path / "ref.onnx", reference=ref_dir, product="gravel", threshold=1.5)
+    path = export_onnx(ckpt, tmp_path / "ref.onnx", reference=experts_ref_dir, product="gravel", threshold=1.5)
     meta = ModelMeta.from_metadata(read_onnx_metadata(path))
     summary = json.loads(meta.reference)
-    assert summary["class"] == "gravel" and summary["memory_rows"] == 100
+    assert summary["class"] == "gravel" and summary["memory_rows"] == 100 and summary["experts"]["dim"] == 64
     assert meta.decision.score == FUSED_SCORE_MEANING and meta.decision.threshold == 1.5
-    ref = NormalReference.load(ref_dir)
+    ref = NormalReference.load(experts_ref_dir)
     rm = ReferenceModel(load_model(ckpt), ref.get("gravel"), ref.config).eval()
-    x = torch.randn(3, 3, SIZE, SIZE)
+    assert rm.experts is not None
+    ds = AnomalyDataset(data, read_meta(data / "meta.json"), split="test", classes=["gravel"], image_size=SIZE)
+    # good and defective parts (random noise would score hundreds of SD of a good part: beyond a 1e-4 of float32)
+    x = torch.stack([ds[i]["image"] for i in (0, len(ds) // 2, len(ds) - 1)])
     with torch.no_grad():
         want = rm(x)
+        memory_only = ReferenceModel(load_model(ckpt), ref.get("gravel"), ref.config, experts_weight=0.0)(x)
+    assert (want.maps - memory_only.maps).abs().max() > 1e-2  # the graph holds the experts: they change the map
     with Runtime.open(path) as rt:
         got = rt.score_preprocessed(x.numpy())
     assert np.abs(got.scores - want.scores.numpy()).max() <= 1e-4
@@ -148,7 +155,7 @@ def test_onnx_export_with_reference_runtime_parity(ckpt, data, ref_dir, tmp_path
     # wmoe bench on the same file: memory size in bench.md, torch vs ONNX Runtime parity in its records
     from wmoe.bench.harness import BenchConfig, run_bench
     doc = run_bench(BenchConfig(str(ckpt), out=str(tmp_path / "bench"), backends=["torch-fp32", "ort-cpu"],
-                                batches=[1], warmup=0, repeats=1, onnx=str(path), reference=str(ref_dir),
+                                batches=[1], warmup=0, repeats=1, onnx=str(path), reference=str(experts_ref_dir),
                                 product="gravel"), progress=False)
     assert doc["reference"]["memory_rows"] == 100 and "Normal-reference mode" in (tmp_path / "bench/bench.md").read_text()
     ort_rec = [r for r in doc["records"] if r["backend"] == "ort-cpu"][0]
@@ -189,3 +196,155 @@ def test_demo_report_section(ckpt, data, tmp_path):
     assert len(rows) == 3 and all(len(r.split("|")) == 11 for r in rows)
     doc = json.loads((tmp_path / "reference_mode.json").read_text())
     assert set(doc["results"]) == {"gravel", "cell"} and doc["memory"]["cell"]["4"]["k"] == 4
+
+
+# ------------------------------------------------------------------ the three-level reconstruction experts (issue 25)
+#: few steps: the tests check the mechanics, bench/results/reference_cpu.md the quality
+FAST_EXPERTS = dict(steps=40, hidden=32, bottleneck=4)
+
+
+@pytest.fixture(scope="module")
+def good_embeddings(ckpt, data):
+    from wmoe.reference.fit import _load_batch
+    model = load_model(ckpt).eval()
+    paths = find_good_images(data, ["gravel"], 3)["gravel"]
+    with torch.no_grad():
+        return model.backbone.patch_embedding(_load_batch(paths, SIZE)).float()
+
+
+@pytest.fixture(scope="module")
+def experts_ref_dir(ckpt, data, tmp_path_factory):
+    from wmoe.reference import ExpertsConfig
+    out = tmp_path_factory.mktemp("ref_experts")
+    fit_normal(ckpt, data, out, ReferenceConfig(max_memory=100, experts=True), classes=["gravel"], k=3,
+               progress=False, experts_cfg=ExpertsConfig(**FAST_EXPERTS))
+    return out
+
+
+def test_experts_fit_is_deterministic_and_learns_the_good_images(good_embeddings):
+    from wmoe.reference.experts import ExpertsConfig, LEVELS, fit_experts, objective
+    cfg = ExpertsConfig(**FAST_EXPERTS)
+    a, info, z_held = fit_experts(good_embeddings, cfg, upsample=SIZE)
+    b, _, _ = fit_experts(good_embeddings, cfg, upsample=SIZE)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # the same seed, the same weights, bit for bit
+    # every level's reconstruction error on the good images falls well below that of the untrained experts
+    for lvl in LEVELS:
+        assert info["loss_after"][f"rec_{lvl}"] < 0.7 * info["loss_before"][f"rec_{lvl}"], lvl
+    # X3: the experts' map is in standard deviations of an unseen good part (mean 0, spread 1 over the held-out
+    # good pixels); on the images they were trained on the experts do better than on unseen ones
+    assert abs(float(z_held.mean())) < 1e-4 and abs(float(z_held.std()) - 1) < 1e-3
+    with torch.no_grad():
+        z_in = a(good_embeddings)
+    assert float(z_in.mean()) < float(z_held.mean())
+    t = objective(a, good_embeddings)
+    assert torch.allclose(t["loss"], sum(t[f"rec_{lvl}"] for lvl in LEVELS) + t["router"] + cfg.balance * t["esb"]
+                          + cfg.repulsion * t["eir"])
+
+
+def test_experts_loss_holds_esb_and_eir(good_embeddings):
+    """Training with ESB gives a more balanced router, with EIR more dissimilar expert codes, than without: both
+    regularizers of wmoe.expert_health act on the experts' fit (this fails if either is dropped from the loss)."""
+    from wmoe.expert_health import balance_loss, repulsion_loss
+    from wmoe.reference.experts import ExpertsConfig, fit_experts
+
+    def after(**kw):
+        return fit_experts(good_embeddings, ExpertsConfig(**{**FAST_EXPERTS, **kw}))[1]["loss_after"]
+    off, esb, eir = after(balance=0.0, repulsion=0.0), after(balance=3.0, repulsion=0.0), after(balance=0.0, repulsion=3.0)
+    assert esb["esb"] < off["esb"] - 0.05 and esb["esb"] < 1.5  # uniform routing is 1, one level only 3
+    assert eir["eir"] < off["eir"] - 0.05
+    # the terms are the SA-MoE ones, not copies: the same numbers from wmoe.expert_health on the same tensors
+    m = fit_experts(good_embeddings, ExpertsConfig(**FAST_EXPERTS))[0]
+    from wmoe.reference.experts import objective
+    with torch.no_grad():
+        codes, _, g = m.parts(good_embeddings)
+        t = objective(m, good_embeddings)
+        p = g.reshape(-1, 3)
+        assert torch.allclose(t["esb"], balance_loss(p, p.argmax(-1, keepdim=True)))
+        assert torch.allclose(t["eir"], repulsion_loss(torch.stack(codes, -2).reshape(-1, 3, codes[0].shape[-1])))
+
+
+def test_experts_reference_files_and_scores(ckpt, data, experts_ref_dir):
+    from safetensors.torch import load_file
+
+    doc = json.loads((experts_ref_dir / "reference.json").read_text())
+    entry = doc["classes"][0]
+    assert doc["config"]["experts"] is True and entry["experts"]["levels"] == ["patch", "component", "global"]
+    assert -1 <= entry["experts"]["memory_correlation"] <= 1
+    keys = load_file(str(experts_ref_dir / entry["file"]))
+    assert any(k.startswith("experts.enc1.2") for k in keys) and "bank" in keys  # one file, no pickle
+    ref = NormalReference.load(experts_ref_dir, checkpoint=ckpt)
+    c = ref.get("gravel")
+    model = load_model(ckpt).eval()
+    rm = ReferenceModel(model, c, ref.config).eval()
+    mem_only = ReferenceModel(model, c, ref.config, experts_weight=0.0).eval()
+    assert rm.experts is not None and mem_only.experts is None
+    from wmoe.data import AnomalyDataset, read_meta
+    ds = AnomalyDataset(data, read_meta(data / "meta.json"), split="test", classes=["gravel"], image_size=SIZE)
+    x = torch.stack([ds[0]["image"], ds[len(ds) - 1]["image"]])  # a good and a defective part: scores in a few SD
+    with torch.no_grad():
+        want, plain = rm(x), mem_only(x)
+    assert (want.maps - plain.maps).abs().max() > 1e-2  # the experts change the map
+    # R4: the reference map is (1 - v) z_D + v z_E, in units of its spread on the good images
+    with torch.no_grad():
+        r, st = rm.reference_map(x)
+        d = mem_only.distance_map(x)
+        z_e = rm.experts_map(x)
+    v, s = ref.config.experts_weight, c.stats
+    assert torch.allclose(r, (1 - v) * (d - s.ref_mean) / s.ref_std + v * z_e, atol=1e-5)
+    rho = c.extra["experts"]["memory_correlation"]
+    assert st.ref_mean == 0 and abs(st.ref_std - ((1 - v) ** 2 + v ** 2 + 2 * v * (1 - v) * rho) ** 0.5) < 1e-9
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_experts_bad_reference_folder_one_line_naming_the_file(ckpt, data, experts_ref_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    from wmoe.cli import main
+    from wmoe.contract import sha256_file
+
+    doc = json.loads((experts_ref_dir / "reference.json").read_text())
+    name = doc["classes"][0]["file"]
+    # the product file lost its experts' weights (its hash updated, so only the content is wrong)
+    bad = _copy(experts_ref_dir, tmp_path / "noweights")
+    t = {k: v for k, v in load_file(str(bad / name)).items() if not k.startswith("experts.")}
+    save_file(t, str(bad / name))
+    doc2 = json.loads((bad / "reference.json").read_text())
+    doc2["classes"][0]["sha256"] = sha256_file(bad / name)
+    (bad / "reference.json").write_text(json.dumps(doc2))
+    with pytest.raises(ReferenceError, match=f"{name}: the manifest names trained experts but the file holds no"):
+        NormalReference.load(bad)
+    assert main(["eval", str(ckpt), str(data), "--classes", "gravel", "--reference", str(bad),
+                 "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0]
+    # a damaged experts entry in the manifest: named
+    bad2 = _copy(experts_ref_dir, tmp_path / "badentry")
+    doc3 = json.loads((bad2 / "reference.json").read_text())
+    del doc3["classes"][0]["experts"]["config"]
+    (bad2 / "reference.json").write_text(json.dumps(doc3))
+    with pytest.raises(ReferenceError, match="reference.json: damaged experts entry"):
+        NormalReference.load(bad2)
+    # weights of another shape than their config says
+    bad3 = _copy(experts_ref_dir, tmp_path / "shape")
+    doc4 = json.loads((bad3 / "reference.json").read_text())
+    doc4["classes"][0]["experts"]["config"]["hidden"] = 7
+    (bad3 / "reference.json").write_text(json.dumps(doc4))
+    with pytest.raises(ReferenceError, match=f"{name}: expert weights do not match their config"):
+        NormalReference.load(bad3)
+
+
+def test_cli_fit_normal_experts(ckpt, data, tmp_path, capsys):
+    from wmoe.cli import main
+    ref = tmp_path / "ref"
+    assert main(["fit-normal", str(ckpt), str(data), "--out", str(ref), "--k", "2", "--classes", "cell",
+                 "--experts", "--experts-weight", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "| cell | 2 |" in out and "router top-1 share" in out and "experts weight 0.4" in out
+    loaded = NormalReference.load(ref)
+    assert loaded.config.experts and loaded.config.experts_weight == 0.4 and loaded.get("cell").experts is not None

@@ -16,7 +16,7 @@ from .cli_run import Parser, finish, run
 from .cli_types import (device, existing_file, finite_float, non_negative_float, non_negative_int, one_of,
                         output_dir, output_file, patch_size_of, positive_float, positive_int, unit_float)
 from .errors import UsageError
-from .reference.fusion import DEFAULT_FUSION_WEIGHT
+from .reference.fusion import DEFAULT_EXPERTS_WEIGHT, DEFAULT_FUSION_WEIGHT
 from .runtime.session import PROVIDERS
 
 
@@ -112,11 +112,13 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
 
 def _cmd_fit_normal(a: argparse.Namespace) -> int:
     from .reference import ReferenceConfig, fit_normal, memory_table
-    cfg = ReferenceConfig(neighbourhood=a.neighbourhood, max_memory=a.max_memory, fusion_weight=a.fusion_weight)
+    cfg = ReferenceConfig(neighbourhood=a.neighbourhood, max_memory=a.max_memory, fusion_weight=a.fusion_weight,
+                          experts=a.experts, experts_weight=a.experts_weight)
     ref = fit_normal(a.checkpoint, a.good_dir, a.out, cfg, classes=_classes(a.classes), k=a.k,
                      batch_size=a.batch_size, device=a.device, pretrained=a.pretrained)
     print(memory_table(ref))
-    print(f"wrote {a.out}/reference.json ({len(ref.classes)} product(s), fusion weight {cfg.fusion_weight})")
+    experts = f", experts weight {cfg.experts_weight}" if cfg.experts else ""
+    print(f"wrote {a.out}/reference.json ({len(ref.classes)} product(s), fusion weight {cfg.fusion_weight}{experts})")
     return 0
 
 
@@ -280,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     fn.add_argument("--neighbourhood", type=positive_int, default=3, help="local averaging window (odd, default 3)")
     fn.add_argument("--fusion-weight", type=unit_float, default=DEFAULT_FUSION_WEIGHT, metavar="W",
                     help=f"weight of the reference map in the fused map (default {DEFAULT_FUSION_WEIGHT}, measured)")
+    fn.add_argument("--experts", action=argparse.BooleanOptionalAction, default=False,
+                    help="also train the three-level reconstruction experts (patch, component, global; ESB/EIR) "
+                         "on the good images and mix their map into the reference map (default off)")
+    fn.add_argument("--experts-weight", type=unit_float, default=DEFAULT_EXPERTS_WEIGHT, metavar="V",
+                    help=f"with --experts: their share of the reference map (default {DEFAULT_EXPERTS_WEIGHT})")
     fn.add_argument("--batch-size", type=positive_int, default=8)
     model_args(fn)
     fn.set_defaults(func=_cmd_fit_normal)

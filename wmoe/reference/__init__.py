@@ -16,6 +16,8 @@ _WHERE = {
     "DEFAULT_FUSION_WEIGHT": "fusion", "FUSED_SCORE_MEANING": "fusion", "FusionStats": "fusion",
     "ReferenceError": "fusion", "fuse": "fusion", "ReferenceModel": "model", "REFERENCE_FILE": "store",
     "ClassReference": "store", "NormalReference": "store", "ReferenceConfig": "store",
+    "DEFAULT_EXPERTS_WEIGHT": "fusion", "ExpertsConfig": "experts", "LevelExperts": "experts",
+    "fit_experts": "experts",
 }
 __all__ = sorted(_WHERE)
 

@@ -6,7 +6,10 @@ Per product, from its good images (the first ``k`` in name order, or all):
    subsampled to ``max_memory`` rows when there are more;
 2. fusion statistics (:class:`wmoe.reference.fusion.FusionStats`): mean and spread over all pixels of the good images
    of the zero-shot map, and of the reference map of each good image measured *without its own rows* (leave one
-   image out; with a single image, without the rows of its own neighbourhood), so they describe an unseen good part.
+   image out; with a single image, without the rows of its own neighbourhood), so they describe an unseen good part;
+3. with ``ReferenceConfig.experts`` (``--experts``): the three-level reconstruction experts trained on the good images'
+   patch embeddings (:func:`wmoe.reference.experts.fit_experts`) and the correlation of their map with the memory
+   map on the good images (what R4 of :mod:`wmoe.reference.fusion` needs).
 
 Where the good images come from (:func:`find_good_images`): a data root with ``meta.json`` (each class's good images of
 the ``train`` split), a folder of images (one product, named after the folder), or a folder of product folders (each
@@ -14,6 +17,7 @@ either holding images or in the MVTec layout ``<class>/train/good``).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 from ..contract import is_image_name, sha256_file
 from ..model import WMoECLIP
+from .experts import ExpertsConfig, fit_experts
 from .fusion import FusionStats, ReferenceError
 from .memory import greedy_coreset, local_features, squared_distances
 from .store import ClassReference, NormalReference, ReferenceConfig
@@ -75,16 +80,18 @@ def _load_batch(paths: Sequence[Path], size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _features(model: WMoECLIP, paths: Sequence[Path], cfg: ReferenceConfig, batch_size: int, device: str
-              ) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
-    """Local patch features (N, G, G, D), zero-shot maps (N, S, S) and s_txt (N,) of the good images."""
-    feats, maps, txt = [], [], []
+              ) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]":
+    """Patch embeddings and their local averages (N, G, G, D), zero-shot maps (N, S, S) and s_txt (N,) of the good
+    images."""
+    embs, maps, txt = [], [], []
     for s in range(0, len(paths), batch_size):
         x = _load_batch(paths[s:s + batch_size], model.image_size).to(device)
-        feats.append(local_features(model.backbone.patch_embedding(x).float(), cfg.neighbourhood).cpu())
+        embs.append(model.backbone.patch_embedding(x).float().cpu())
         out = model(x)
         maps.append(out.maps.float().cpu())
         txt.append(out.text_scores.float().cpu())
-    return torch.cat(feats), torch.cat(maps), torch.cat(txt)
+    emb = torch.cat(embs)
+    return emb, local_features(emb, cfg.neighbourhood), torch.cat(maps), torch.cat(txt)
 
 
 def _held_out_distances(feats: torch.Tensor, bank: torch.Tensor, source: torch.Tensor, radius: int) -> torch.Tensor:
@@ -108,11 +115,12 @@ def _held_out_distances(feats: torch.Tensor, bank: torch.Tensor, source: torch.T
 
 
 def fit_class(model: WMoECLIP, name: str, paths: Sequence[Path], cfg: ReferenceConfig, batch_size: int = 8,
-              device: str = "cpu") -> ClassReference:
-    """One product's :class:`ClassReference` from its good images ``paths``."""
+              device: str = "cpu", experts_cfg: Optional[ExpertsConfig] = None) -> ClassReference:
+    """One product's :class:`ClassReference` from its good images ``paths`` (with ``cfg.experts``, also its
+    three-level experts, trained with ``experts_cfg`` or the defaults)."""
     if not paths:
         raise ReferenceError(f"product {name!r}: no good images")
-    feats, zs_maps, _ = _features(model, paths, cfg, batch_size, device)
+    emb, feats, zs_maps, _ = _features(model, paths, cfg, batch_size, device)
     n, g, _, d = feats.shape
     rows = feats.reshape(-1, d)
     ii, yy, xx = torch.meshgrid(torch.arange(n), torch.arange(g), torch.arange(g), indexing="ij")
@@ -124,14 +132,23 @@ def fit_class(model: WMoECLIP, name: str, paths: Sequence[Path], cfg: ReferenceC
     ref_maps = F.interpolate(held[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
     stats = FusionStats(zs_mean=float(zs_maps.mean()), zs_std=float(zs_maps.std()),
                         ref_mean=float(ref_maps.mean()), ref_std=float(ref_maps.std()))
+    extra, module = {}, None
+    if cfg.experts:
+        module, info, z_e = fit_experts(emb, experts_cfg, upsample=S)
+        # R4: the correlation of the good images' held-out z_D and z_E over their pixels
+        z_d = (ref_maps - stats.ref_mean) / stats.ref_std
+        rho = float(torch.corrcoef(torch.stack([z_d.flatten(), z_e.flatten()]))[0, 1])
+        info["memory_correlation"] = rho if math.isfinite(rho) else 0.0
+        extra["experts"] = info
     return ClassReference(name, bank.contiguous(), src.contiguous(), [str(p) for p in paths], stats,
-                          n_patches=int(rows.shape[0]))
+                          n_patches=int(rows.shape[0]), extra=extra, experts=module)
 
 
 def fit_normal(model_or_ckpt: Union[WMoECLIP, str, Path], good_dir: Union[str, Path], out: Optional[Union[str, Path]],
                cfg: Optional[ReferenceConfig] = None, classes: Optional[Sequence[str]] = None,
                k: Optional[int] = None, batch_size: int = 8, device: Optional[str] = None,
-               pretrained: Optional[str] = None, progress: bool = True) -> NormalReference:
+               pretrained: Optional[str] = None, progress: bool = True,
+               experts_cfg: Optional[ExpertsConfig] = None) -> NormalReference:
     """Fit every product found in ``good_dir`` and write the reference to ``out`` (when given)."""
     cfg = cfg or ReferenceConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -155,7 +172,7 @@ def fit_normal(model_or_ckpt: Union[WMoECLIP, str, Path], good_dir: Union[str, P
     for name, paths in found.items():
         if bar is not None:
             bar.set_postfix_str(name)
-        fitted[name] = fit_class(model, name, paths, cfg, batch_size, device)
+        fitted[name] = fit_class(model, name, paths, cfg, batch_size, device, experts_cfg)
         if bar is not None:
             bar.update(len(paths))
     if bar is not None:
@@ -174,6 +191,16 @@ def memory_table(ref: NormalReference) -> str:
         s = c.stats
         lines.append(f"| {c.name} | {c.n_images} | {c.bank.shape[0]} | {c.memory_bytes / 1024:.0f} | "
                      f"{s.zs_mean:.4f} / {s.zs_std:.4f} | {s.ref_mean:.4f} / {s.ref_std:.4f} |")
+    with_experts = [c for c in ref.classes.values() if "experts" in c.extra]
+    if with_experts:
+        lines += ["", "| product | experts: reconstruction error patch / component / global, before -> after training "
+                  "| router top-1 share patch / component / global | ESB | EIR |", "|---|---|---|---:|---:|"]
+        for c in with_experts:
+            e = c.extra["experts"]
+            b, a = e["loss_before"], e["loss_after"]
+            rec = " / ".join(f"{b['rec_' + lvl]:.3f} -> {a['rec_' + lvl]:.3f}" for lvl in e["levels"])
+            share = " / ".join(f"{e['router_top1_share'][lvl]:.2f}" for lvl in e["levels"])
+            lines.append(f"| {c.name} | {rec} | {share} | {a['esb']:.3f} | {a['eir']:.3f} |")
     return "\n".join(lines)
 
 

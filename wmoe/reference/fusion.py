@@ -9,6 +9,15 @@ spread on the product's good images (a z-score), then the two are mixed with one
     F(p)   = (1 - w) z_M(p) + w z_D(p)          the fused map, in standard deviations of a good part   (R2)
     s      = (1 - w) s_txt / sigma_M + max_p F(p)                                                      (R3)
 
+With the three-level reconstruction experts (:mod:`wmoe.reference.experts`, ``wmoe fit-normal --experts``), the
+reference map is the memory map and the experts' map ``z_E`` (already in standard deviations of a good part) mixed
+with a second weight ``v``, and put in units of its own spread on the good images again::
+
+    R(p)   = (1 - v) z_D(p) + v z_E(p)                    (R4)
+    D := R, mu_D, sigma_D := mean and spread of R on the good images, then R1-R3 unchanged
+
+(the good images' ``R`` from their leave-one-out memory maps and their experts' maps). ``v = 0`` is the memory alone.
+
 At ``w = 0``, ``s = (s_txt + max M - mu_M) / sigma_M``: an increasing affine function of WMoE-CLIP's own image score
 ``s_hat = s_txt + max(M)`` (Sec. 2.3), so zero-shot decisions and AUROCs are unchanged. At ``w = 1``, ``s = max z_D``,
 PatchCore's image score. The weight is measured on labelled data of other categories, never on the test set
@@ -30,6 +39,10 @@ if TYPE_CHECKING:  # torch-free at import: the command line reads the default we
 #: of the grid 0, 0.1, ..., 1 with the best mean of pixel and image AUROC over the seeds of
 #: bench/results/reference_cpu.md (0.7 was set before the measurement; the measurement picked it).
 DEFAULT_FUSION_WEIGHT = 0.7
+
+#: The experts' share ``v`` of the reference map (R4), a fixed equal mix of the two normal models (not tuned;
+#: bench/results/reference_cpu.md measures v = 0, this and 1 side by side).
+DEFAULT_EXPERTS_WEIGHT = 0.5
 
 #: What a reference-mode score means (stored in the decision, so a deployed model is self-describing).
 FUSED_SCORE_MEANING = ("normal-reference mode: s = (1-w) s_txt / sigma_M + max(F), F = (1-w) z(zero-shot map) + "
@@ -73,6 +86,11 @@ class FusionStats:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FusionStats":
         return cls(**{k: float(d[k]) for k in ("zs_mean", "zs_std", "ref_mean", "ref_std")})
+
+
+def combine_reference(memory_map: Tensor, experts_map: Tensor, memory_stats: FusionStats, weight: float) -> Tensor:
+    """R4 before its own z-score: ``(1 - v) z_D + v z_E`` from the memory map ``D`` and the experts' ``z_E``."""
+    return (1.0 - weight) * (memory_map - memory_stats.ref_mean) / memory_stats.ref_std + weight * experts_map
 
 
 def fuse(zs_map: Tensor, text_score: Tensor, ref_map: Tensor, stats: FusionStats, weight: float

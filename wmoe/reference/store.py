@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..atomic import atomic_path, atomic_write_text
 from ..contract import sha256_file
-from .fusion import DEFAULT_FUSION_WEIGHT, FusionStats, ReferenceError, check_weight
+from .fusion import DEFAULT_EXPERTS_WEIGHT, DEFAULT_FUSION_WEIGHT, FusionStats, ReferenceError, check_weight
 
 REFERENCE_FILE = "reference.json"
 FORMAT = "wmoe-normal-reference/1"
@@ -34,13 +34,17 @@ FORMAT = "wmoe-normal-reference/1"
 class ReferenceConfig:
     """How a reference is built. ``neighbourhood``: side of the local averaging window of patch features (odd);
     ``max_memory``: memory rows kept per product (a greedy coreset above it; bounds latency and size);
-    ``fusion_weight``: ``w`` of :mod:`wmoe.reference.fusion` (the measured default)."""
+    ``fusion_weight``: ``w`` of :mod:`wmoe.reference.fusion` (the measured default); ``experts``: also train the
+    three-level reconstruction experts (:mod:`wmoe.reference.experts`); ``experts_weight``: ``v``, their share of the
+    reference map (R4 of :mod:`wmoe.reference.fusion`)."""
 
     neighbourhood: int = 3
     max_memory: int = 4096
     coreset_seed: int = 0
     fusion_weight: float = DEFAULT_FUSION_WEIGHT
     feature: str = "patch_embedding"
+    experts: bool = False
+    experts_weight: float = DEFAULT_EXPERTS_WEIGHT
 
     def __post_init__(self) -> None:
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
@@ -50,6 +54,8 @@ class ReferenceConfig:
         if self.feature != "patch_embedding":
             raise ReferenceError(f"unknown reference feature {self.feature!r} (this wmoe has 'patch_embedding')")
         self.fusion_weight = check_weight(self.fusion_weight)
+        self.experts = bool(self.experts)
+        self.experts_weight = check_weight(self.experts_weight, "experts weight")
 
 
 @dataclass
@@ -63,6 +69,8 @@ class ClassReference:
     stats: FusionStats
     n_patches: int
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: the trained three-level experts (:class:`wmoe.reference.experts.LevelExperts`), their record in ``extra``
+    experts: Optional[Any] = None
 
     @property
     def n_images(self) -> int:
@@ -109,6 +117,8 @@ class NormalReference:
         for i, (name, ref) in enumerate(self.classes.items()):
             tensors = {"bank": ref.bank.detach().float().contiguous().cpu(),
                        "source": ref.source.to(torch.int32).contiguous().cpu()}
+            if ref.experts is not None:
+                tensors.update(ref.experts.tensors())
             tmp_name = f"class-{i:03d}.safetensors"
             with atomic_path(out / tmp_name) as tmp:
                 save_file(tensors, str(tmp), metadata={"format": FORMAT, "class": name})
@@ -162,9 +172,16 @@ class NormalReference:
                 if bank.dim() != 2 or not torch.isfinite(bank).all() or source.shape != (bank.shape[0], 3):
                     raise ReferenceError(f"{f}: damaged memory (bank {tuple(bank.shape)}, source {tuple(source.shape)})")
                 extra = {k: e[k] for k in ("experts",) if k in e}
+                experts = None
+                if "experts" in e:
+                    from .experts import LevelExperts
+                    experts = LevelExperts.from_tensors(e["experts"], t, str(f), str(path))
+                    if experts.dim != bank.shape[1]:
+                        raise ReferenceError(f"{f}: experts of {experts.dim}-d features beside a "
+                                             f"{bank.shape[1]}-d memory")
                 classes[e["class"]] = ClassReference(e["class"], bank, source, list(e["images"]),
                                                      FusionStats.from_dict(e["stats"]),
-                                                     int(e["patches_before_coreset"]), extra)
+                                                     int(e["patches_before_coreset"]), extra, experts)
         except ReferenceError:
             raise
         except (KeyError, TypeError, ValueError) as err:
