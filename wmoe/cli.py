@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     fn.add_argument("--neighbourhood", type=positive_int, default=3, help="local averaging window (odd, default 3)")
     fn.add_argument("--fusion-weight", type=unit_float, default=DEFAULT_FUSION_WEIGHT, metavar="W",
                     help=f"weight of the reference map in the fused map (default {DEFAULT_FUSION_WEIGHT}, measured)")
-    fn.add_argument("--experts", action=argparse.BooleanOptionalAction, default=False,
+    fn.add_argument("--experts", action="store_true",
                     help="also train the three-level reconstruction experts (patch, component, global; ESB/EIR) "
                          "on the good images and mix their map into the reference map (default off)")
     fn.add_argument("--experts-weight", type=unit_float, default=DEFAULT_EXPERTS_WEIGHT, metavar="V",
