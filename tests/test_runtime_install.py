@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -364,27 +365,67 @@ def test_installed_runtime_says_what_to_install_for_an_engine(runtime_venv, fram
     assert r.returncode == 2 and len(lines) == 1 and "TensorRT is not installed" in lines[0], r.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def plugin_frames_onnx(tmp_path_factory):
+    """The frames model of :func:`frames_onnx` (same seed and contract) exported as the plugin flavor."""
+    import torch
+
+    from wmoe.checkpoint import save_checkpoint
+    from wmoe.config import ModelConfig
+    from wmoe.export.onnx_export import export_onnx
+    from wmoe.model import WMoECLIP
+
+    d = tmp_path_factory.mktemp("plugin_frames_onnx")
+    torch.manual_seed(2)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "m.safetensors")
+    return export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(60, 80), threshold=0.25, pixel_threshold=0.5,
+                       flavor="plugin")
+
+
 @pytest.mark.parametrize("version", ["10.9", "11.4"])
-def test_engine_builds_without_torch_under_the_tensorrt_double(frames_onnx, tmp_path, version):
-    """`wmoe-export trt` from a frames ONNX to a serialized engine + sidecar with torch blocked, under the generated
-    TensorRT double (tests/trt_double.py) and the CUDA double: the portable build path imports no torch. It failed
-    before: the engine build imported the plugin module, which imported wmoe.kernels (torch) and the plugin
-    graph writer (torch) for three names."""
+@pytest.mark.parametrize("flavor", ["portable", "plugin"])
+def test_engine_builds_without_torch_under_the_tensorrt_double(flavor, version, request, tmp_path):
+    """`wmoe-export trt` from a frames ONNX to a serialized engine + sidecar with torch and Triton blocked, under the
+    generated TensorRT double (tests/trt_double.py) and the CUDA double: the build path imports neither.
+
+    Portable: it failed before issue 19's first round (the engine build imported the plugin module, which imported
+    wmoe.kernels (torch) and the plugin graph writer (torch) for three names). Plugin, from a prebuilt kernel store
+    (``--kernels``, the session's ``plugin_kernels``): it failed before the stage specs left the Triton modules (the
+    plugin read its launch formulas through ``kernels.dispatch``, which imports torch, and the kernel store ran
+    Triton's ptxas to find each kernel's lowest PTX ISA)."""
+    onnx_path = request.getfixturevalue("frames_onnx" if flavor == "portable" else "plugin_frames_onnx")
     out = tmp_path / "m.engine"
-    code = (f"import sys; sys.modules['torch'] = None\n"
+    argv = ["trt", str(onnx_path), "--out", str(out), "--precision", "fp32", "--batch", "1:2:4"]
+    if flavor == "plugin":
+        argv += ["--kernels", str(request.getfixturevalue("plugin_kernels").dir)]
+    code = (f"import sys; sys.modules['torch'] = None; sys.modules['triton'] = None\n"
             f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
             "from _pytest.monkeypatch import MonkeyPatch\n"
             "import cuda_double, trt_double\n"
-            f"cuda_double.install(MonkeyPatch()); trt_double.load({version!r})\n"
+            f"cuda_double.install(MonkeyPatch()); trt = trt_double.load({version!r})\n"
             "from wmoe.export.cli import main\n"
-            f"rc = main(['trt', {str(frames_onnx)!r}, '--out', {str(out)!r}, '--precision', 'fp32', "
-            "'--batch', '1:2:4'])\n"
-            "assert sys.modules['torch'] is None and 'open_clip' not in sys.modules and 'wmoe.model' not in "
-            "sys.modules\n"
+            f"rc = main({argv!r})\n"
+            "assert sys.modules['torch'] is None and sys.modules['triton'] is None, 'torch or triton replaced'\n"
+            "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.kernels.dispatch') if m in sys.modules]\n"
+            "from wmoe.contract import PLUGIN_DOMAIN, PLUGIN_MOE_OP, PLUGIN_WCMA_OP\n"
+            "reg = trt.get_plugin_registry()\n"
+            "print('registered:', sorted(op for op in (PLUGIN_WCMA_OP, PLUGIN_MOE_OP)\n"
+            "                            if reg.get_creator(op, '1', PLUGIN_DOMAIN) is not None))\n"
             "sys.exit(rc)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    from wmoe.contract import EngineSidecar
+    from wmoe.contract import PLUGIN_MOE_OP, PLUGIN_WCMA_OP, EngineSidecar
     side = EngineSidecar.read(EngineSidecar.path_for(out))
-    assert side.inputs == {"frames": [-1, 60, 80, 3]} and side.flavor == "portable"
+    assert side.inputs == {"frames": [-1, 60, 80, 3]} and side.flavor == flavor
     assert side.tensorrt_version.startswith(version) and side.model_meta.decision.threshold == 0.25
+    import trt_behaviour
+    blob, m = out.read_bytes(), len(trt_behaviour.MAGIC)
+    assert blob.startswith(trt_behaviour.MAGIC)  # the double's serialized engine
+    (n,) = struct.unpack("<Q", blob[m:m + 8])
+    header = json.loads(blob[m + 8:m + 8 + n])
+    if flavor == "plugin":  # both plugins registered, and each plugin layer's AOT kernel went into the engine
+        assert f"registered: {sorted([PLUGIN_MOE_OP, PLUGIN_WCMA_OP])}" in r.stdout, r.stdout[-2000:]
+        assert {p["op"] for p in header["plugins"]} == {PLUGIN_WCMA_OP, PLUGIN_MOE_OP}
+        assert all(p["kernel"] and p["ptx_sha256"] for p in header["plugins"])
+    else:
+        assert header["plugins"] == [] and "registered: []" in r.stdout

@@ -543,7 +543,9 @@ def _infer_shapes(network: Any, batch_shapes: Dict[str, List[int]]) -> Dict[str,
             for d, v in zip(i.type.tensor_type.shape.dim, batch_shapes[i.name]):
                 d.Clear()
                 d.dim_value = v
-    inferred = onnx.shape_inference.infer_shapes(proto)
+    # data propagation: shapes computed in the graph (the in-graph resize of a frames model to the image size) are
+    # static at static input shapes, as TensorRT's own shape analysis finds them
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         tt = vi.type.tensor_type
