@@ -117,8 +117,9 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     """Build ``out`` from ``onnx_path``; write ``out`` + ``.json`` sidecar atomically. Needs TensorRT and a GPU.
 
     ``kernels``: a ``wmoe.kernels.aot`` output directory for the plugin flavor (compiled for this GPU into
-    ``<out>.kernels/`` when not given). ``checkpoint``: used to re-export the portable flavor when this TensorRT
-    cannot run the plugins.
+    ``<out>.kernels/`` when not given: that needs Triton and torch; a build from a compiled directory needs neither,
+    as a portable build). ``checkpoint``: used to re-export the portable flavor when this TensorRT cannot run the
+    plugins (needs torch and the model).
     """
     require_tensorrt()
     import tensorrt as trt  # a module-typed name: the type check follows every call below into the stubs
@@ -253,7 +254,25 @@ def _register_plugins(out: Path, kernels: Optional[Union[str, Path]]) -> None:
         raise ExportError(f"no AOT kernel target for {target} (have {sorted(AOT_TARGETS)}): build the portable "
                           "flavor")
     if not (kdir / "manifest.json").is_file():
+        names = [p.kernel for p in PLUGINS.values()]
+        _require_kernel_compiler(kdir, target, names)
         from wmoe.kernels.aot import compile_all
         print(f"compiling the Triton kernels for {target} into {kdir}", flush=True)
-        compile_all(kdir, targets=(target,), dtypes=("fp16", "fp32"), kernels=[p.kernel for p in PLUGINS.values()])
+        compile_all(kdir, targets=(target,), dtypes=("fp16", "fp32"), kernels=names)
     register_plugins(KernelStore(kdir), target, driver_ptx_limit(int(drv)))
+
+
+def _require_kernel_compiler(kdir: Path, target: str, names: List[str]) -> None:
+    """Compiling the plugin kernels needs Triton (the compiler and its ptxas) and torch (the kernel modules hold the
+    launchers too); a build from a compiled directory (``--kernels DIR``) needs neither. One line when missing."""
+    import importlib
+
+    for module in ("triton", "torch"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ExportError(
+                f"{kdir} holds no compiled plugin kernels (manifest.json) and compiling them needs Triton and torch "
+                f"({module} is not installed): pip install 'wmoe[kernels,model]', or compile them on a machine that "
+                f"has both (python -m wmoe.kernels.aot --out DIR --targets {target} --kernels {','.join(names)}), "
+                "copy DIR here and pass --kernels DIR") from None

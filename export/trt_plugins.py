@@ -17,16 +17,22 @@ GPU here could check) -- the general variant otherwise. Every artifact is checke
 before it goes into an engine (:func:`check_plugin_artifact`): arguments ordered inputs / int32 scalars / outputs
 and matching the plugin's I/O, no Triton global or profile scratch and a PTX ``.entry`` that declares exactly the
 launch arguments (Triton's hidden trailing scratch pointers removed by :func:`wmoe.kernels.aot.exact_entry`:
-TensorRT's AOT launch does not pass them, see docs/kernels.md), no TMA descriptors, at most 48 KB of shared memory (:data:`PLUGIN_SMEM_LIMIT`), PTX
-``.version`` lowered to the lowest ISA that ptxas assembles the kernel at (:func:`lowest_ptx_isa`) and refused
-when the driver's JIT is older. Everything except :func:`register_plugins`
-runs without TensorRT and is unit-tested; :func:`register_plugins` runs in CI against TensorRT's real
-``tensorrt.plugin`` frontend (``tests/test_trt_frontend.py``).
+TensorRT's AOT launch does not pass them, see docs/kernels.md), no TMA descriptors, at most 48 KB of shared
+memory (:data:`PLUGIN_SMEM_LIMIT`), PTX ``.version`` lowered to the lowest ISA that ptxas assembles the kernel at
+(recorded in the manifest at compile time by :func:`wmoe.kernels.aot.lowest_ptx_isa`) and refused when the driver's
+JIT is older. Everything except :func:`register_plugins` runs without TensorRT and is unit-tested;
+:func:`register_plugins` runs in CI against TensorRT's real ``tensorrt.plugin`` frontend
+(``tests/test_trt_frontend.py``).
+
+Neither torch nor Triton is imported here, nor by anything an engine build from a compiled kernel directory calls:
+the launch formulas are data (:mod:`wmoe.kernels.stages`) and the lowest PTX ISA is in the manifest, so a Jetson
+builds the plugin flavor in JetPack's Python (tests/test_runtime_install.py builds it with both blocked).
 
 No ``from __future__ import annotations`` here: ``tensorrt.plugin`` validates the decorated functions with
 ``inspect.signature`` + ``issubclass`` on the annotations, which must be classes, not strings.
 """
 
+import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -36,7 +42,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from wmoe.kernels.spec import cdiv
+from wmoe.kernels.aot import entry_params, lowest_ptx_isa, ptx_version, set_ptx_version
+from wmoe.kernels.spec import cdiv, launch_plan as spec_plan
+from wmoe.kernels.stages import stage_specs
 
 from wmoe.errors import ExportError
 from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
@@ -45,7 +53,7 @@ MIN_TRT_AOT = (10, 9)  # tensorrt.plugin.aot_impl
 # Dynamic shared memory a plugin kernel may use: above 48 KB a kernel needs cudaFuncSetAttribute(
 # MaxDynamicSharedMemorySize), which Triton's own launcher calls and TensorRT's AOT plugin launch is not documented
 # to call. Every plugin kernel, dtype and target stays within it (the per-target tiles of the stage specs,
-# kernels/<stage>_triton.py), so fp32 and fp16 engines both work.
+# kernels/stages.py), so fp32 and fp16 engines both work.
 PLUGIN_SMEM_LIMIT = 48 * 1024
 
 # CUDA driver version (major, minor) -> the newest PTX ISA its JIT compiles (CUDA release notes / PTX ISA docs).
@@ -57,13 +65,12 @@ DRIVER_PTX = {(11, 8): (7, 8), (12, 0): (8, 0), (12, 1): (8, 1), (12, 2): (8, 2)
 class PluginKernel:
     """How one plugin maps onto one kernel of a stage spec (and its AOT artifacts)."""
     op: str  # ONNX op_type = TensorRT plugin name
-    stage: str  # the stage spec (``wmoe.kernels.dispatch.stage_specs``)
+    stage: str  # the stage spec (``wmoe.kernels.stages.stage_specs``)
     kernel: str  # the kernel spec = manifest entry prefix (``wcma_main`` -> ``wcma_main_fp16_sm_90[_a16]``)
 
     @property
     def stage_spec(self):
-        from wmoe.kernels.dispatch import stage_specs  # imports Triton: only when a plugin is planned or checked
-        return stage_specs()[self.stage]
+        return stage_specs()[self.stage]  # data only: no torch, no Triton (the engine build runs without them)
 
     @property
     def spec(self):
@@ -98,7 +105,6 @@ def launch_plan(op: str, dims: Dict[str, Any], constexprs: Dict[str, int], num_w
     ``dims`` (the stage's given dims: ``B, H, W, C, D`` / ``B, C, NE, TOPK``) hold ints (tests, planning) or
     ``trtp`` shape expressions (inside ``aot_impl``): the spec's formulas serve both.
     """
-    from wmoe.kernels.spec import launch_plan as spec_plan
     plugin = PLUGINS.get(op)
     if plugin is None:
         raise ExportError(f"no TensorRT plugin named {op!r} (known: {sorted(PLUGINS)})")
@@ -126,13 +132,6 @@ def _constant(v: Any) -> Optional[int]:
         return None
 
 
-def ptx_version(ptx: str) -> Tuple[int, int]:
-    m = re.search(r"^\s*\.version\s+(\d+)\.(\d+)", ptx, re.M)
-    if not m:
-        raise ExportError("PTX has no .version directive")
-    return int(m.group(1)), int(m.group(2))
-
-
 def driver_ptx_limit(driver_version: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     """Newest PTX ISA a CUDA driver accepts; ``driver_version`` as ``cuDriverGetVersion`` (12040) or (12, 4)."""
     if isinstance(driver_version, int):
@@ -142,52 +141,6 @@ def driver_ptx_limit(driver_version: Union[int, Tuple[int, int]]) -> Tuple[int, 
         raise ExportError(f"CUDA driver {driver_version[0]}.{driver_version[1]} is too old for these kernels "
                           f"(need >= {min(DRIVER_PTX)[0]}.{min(DRIVER_PTX)[1]})")
     return DRIVER_PTX[known[-1]]
-
-
-# PTX ISA versions in order (PTX ISA docs); the lowest one a kernel assembles at is found with ptxas.
-PTX_ISAS = tuple((7, m) for m in range(9)) + tuple((8, m) for m in range(9)) + ((9, 0), (9, 1))
-
-
-def set_ptx_version(ptx: str, version: Tuple[int, int]) -> str:
-    """The PTX with its ``.version`` directive set to ``version``."""
-    ptx_version(ptx)  # has one
-    return re.sub(r"^(\s*\.version\s+)\d+\.\d+", rf"\g<1>{version[0]}.{version[1]}", ptx, count=1, flags=re.M)
-
-
-def _assembles(ptx: str, version: Tuple[int, int], arch: str) -> bool:
-    import tempfile
-
-    from wmoe.kernels.aot import ptxas_usage
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "k.ptx"
-        path.write_text(set_ptx_version(ptx, version))
-        try:
-            ptxas_usage(path, arch)
-        except RuntimeError:
-            return False
-    return True
-
-
-def lowest_ptx_isa(ptx: str) -> Tuple[int, int]:
-    """The lowest PTX ISA at which this PTX assembles for its ``.target``, verified with the ptxas that ships with
-    Triton (binary search: a kernel that assembles at one ISA assembles at every later one). Triton stamps its newest
-    ISA whatever the kernel uses; the fp32 main WCMA kernel, e.g., needs 8.3 (``used_bytes_mask``)."""
-    m = re.search(r"^\s*\.target\s+(\w+)", ptx, re.M)
-    if not m:
-        raise ExportError("PTX has no .target directive")
-    arch, own = m.group(1), ptx_version(ptx)
-    cands = [v for v in PTX_ISAS if v < own] + [own]
-    if not _assembles(ptx, own, arch):
-        raise ExportError(f"PTX does not assemble for {arch} even at its own ISA {own[0]}.{own[1]} (ptxas from "
-                          "the installed Triton is older than the one that produced it?)")
-    lo, hi = 0, len(cands) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _assembles(ptx, cands[mid], arch):
-            hi = mid
-        else:
-            lo = mid + 1
-    return cands[hi]
 
 
 def driver_for_ptx(isa: Tuple[int, int]) -> Tuple[int, int]:
@@ -219,7 +172,6 @@ def check_plugin_artifact(art: Dict[str, Any], ptx: str, plugin: PluginKernel,
     if any(scratch):
         problems.append(f"needs {scratch[0]} B of global and {scratch[1]} B of profile scratch (a TensorRT AOT "
                         "launch passes no scratch pointers)")
-    from wmoe.kernels.aot import entry_params
     try:
         n_params = len(entry_params(ptx))
     except ValueError as e:
@@ -230,13 +182,18 @@ def check_plugin_artifact(art: Dict[str, Any], ptx: str, plugin: PluginKernel,
                             "(recompile with python -m wmoe.kernels.aot: it removes Triton's hidden ones)")
     if _TMA.search(ptx):
         problems.append("uses TMA descriptors (not supported by TensorRT AOT plugins)")
-    if driver_limit is not None and ptx_version(ptx) > tuple(driver_limit):
-        problems.append(f"PTX {'.'.join(map(str, ptx_version(ptx)))} is newer than the driver accepts "
+    try:
+        version: Optional[Tuple[int, int]] = ptx_version(ptx)
+    except ValueError as e:
+        version = None
+        problems.append(str(e))
+    if driver_limit is not None and version is not None and version > tuple(driver_limit):
+        problems.append(f"PTX {'.'.join(map(str, version))} is newer than the driver accepts "
                         f"({driver_limit[0]}.{driver_limit[1]}): lower it with set_ptx_version(lowest_ptx_isa)")
     if int(art.get("shared_bytes", 0)) > PLUGIN_SMEM_LIMIT:
         problems.append(f"needs {art['shared_bytes']} B of shared memory > {PLUGIN_SMEM_LIMIT} (48 KB): a TensorRT "
                         "AOT launch does not opt in to more; compile it with smaller tiles (the kernel's "
-                        "per-target configuration in kernels/<stage>_triton.py)")
+                        "per-target configuration in kernels/stages.py)")
     return problems
 
 
@@ -253,7 +210,32 @@ class KernelStore:
         except ValueError as e:
             raise ExportError(f"{man}: damaged manifest ({e})") from e
         self.by_name = {a["name"]: a for a in self.manifest.get("artifacts", [])}
-        self._isa: Dict[str, Tuple[int, int]] = {}  # lowest assembling PTX ISA per artifact (ptxas is slow)
+        self._isa: Dict[str, Tuple[int, int]] = {}  # lowest PTX ISA per artifact the manifest does not record
+
+    def lowest_isa(self, art: Dict[str, Any], ptx: str) -> Tuple[int, int]:
+        """The lowest PTX ISA the artifact assembles at: the manifest's ``lowest_ptx_isa`` (recorded at compile
+        time, so the engine build needs neither Triton nor ptxas), else found now with Triton's ptxas (a manifest
+        from before the field; ExportError saying what to do when Triton is not installed)."""
+        recorded = art.get("lowest_ptx_isa")
+        if recorded:
+            m = re.fullmatch(r"(\d+)\.(\d+)", str(recorded))
+            if not m:
+                raise ExportError(f"{self.dir / 'manifest.json'}: {art['name']} has lowest_ptx_isa {recorded!r}, "
+                                  "not MAJOR.MINOR: recompile it with python -m wmoe.kernels.aot")
+            return int(m.group(1)), int(m.group(2))
+        if art["name"] not in self._isa:
+            try:
+                importlib.import_module("triton")  # its ptxas (wmoe.kernels.aot._ptxas)
+            except ImportError:
+                raise ExportError(f"{self.dir / 'manifest.json'} does not record the lowest PTX ISA of {art['name']} "
+                                  "(compiled by an older wmoe) and finding it needs Triton's ptxas: recompile the "
+                                  f"kernels with python -m wmoe.kernels.aot --out {self.dir} where Triton is "
+                                  "installed, or pip install 'wmoe[kernels]'") from None
+            try:
+                self._isa[art["name"]] = lowest_ptx_isa(ptx)
+            except ValueError as e:
+                raise ExportError(f"{self.dir / art['ptx']}: {e}") from None
+        return self._isa[art["name"]]
 
     def kernel(self, op: str, dtype: str, target: str, driver_limit: Optional[Tuple[int, int]] = None,
                aligned: bool = False) -> Tuple[Dict[str, Any], str]:
@@ -267,16 +249,21 @@ class KernelStore:
         if art is None:
             raise ExportError(f"{self.dir}: no AOT kernel {name} (have: {sorted(self.by_name)}); compile it with "
                               f"python -m wmoe.kernels.aot --out {self.dir} --targets {target}")
-        ptx = (self.dir / art["ptx"]).read_text()
-        if name not in self._isa:
-            self._isa[name] = lowest_ptx_isa(ptx)
-        need = self._isa[name]
+        ptx_path = self.dir / art["ptx"]
+        try:
+            ptx = ptx_path.read_text()
+        except OSError as e:
+            raise ExportError(f"{ptx_path}: cannot read the AOT kernel {name} ({e}): recompile {self.dir}") from e
+        need = self.lowest_isa(art, ptx)
         if driver_limit is not None and need > tuple(driver_limit):
             d = driver_for_ptx(need)
-            raise ExportError(f"{self.dir / art['ptx']}: {art['kernel']} needs PTX ISA {need[0]}.{need[1]}, the CUDA "
+            raise ExportError(f"{ptx_path}: {art['kernel']} needs PTX ISA {need[0]}.{need[1]}, the CUDA "
                               f"driver here accepts up to {driver_limit[0]}.{driver_limit[1]}: update the NVIDIA "
                               f"driver to CUDA {d[0]}.{d[1]} or newer, or build the portable flavor")
-        ptx = set_ptx_version(ptx, need)  # the lowest ISA ptxas assembles it at: any driver that accepts it can
+        try:  # the lowest ISA ptxas assembles it at: any driver that accepts it can
+            ptx = set_ptx_version(ptx, need)
+        except ValueError as e:
+            raise ExportError(f"{ptx_path}: {e}") from None
         problems = check_plugin_artifact(art, ptx, plugin, driver_limit)
         if problems:
             raise ExportError(f"{self.dir / art['ptx']}: unusable as TensorRT plugin {op}: " + "; ".join(problems))
@@ -363,15 +350,17 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
 def check_plugin_nodes(onnx_path: Union[str, Path], registry: Any) -> None:
     """Every custom node of ``onnx_path`` finds its creator in TensorRT's plugin ``registry`` the way the ONNX
     parser looks it up (op type, ``plugin_version`` default "1", ``plugin_namespace`` default ""); ExportError
-    naming the file and node otherwise (the parser itself only says "Plugin not found")."""
-    import onnx
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    for node in model.graph.node:
-        if node.domain != DOMAIN:
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        ns = attrs.get("plugin_namespace", b"").decode()
-        version = attrs.get("plugin_version", b"1").decode()
+    naming the file and node otherwise (the parser itself only says "Plugin not found"). Reads the file with the
+    standard library (:func:`wmoe.onnx_meta.read_onnx_nodes`): no onnx package on the device that builds."""
+    from wmoe.contract import ContractError
+    from wmoe.onnx_meta import read_onnx_nodes
+    try:
+        nodes = read_onnx_nodes(onnx_path, DOMAIN)
+    except ContractError as e:
+        raise ExportError(str(e)) from None
+    for node in nodes:
+        ns = node.strings.get("plugin_namespace", b"").decode()
+        version = node.strings.get("plugin_version", b"1").decode()
         if registry.get_creator(node.op_type, version, ns) is None:
             raise ExportError(f"{onnx_path}: node {node.name!r} ({node.op_type}, plugin_version {version!r}, "
                               f"plugin_namespace {ns!r}) matches no registered TensorRT plugin creator (ours are "

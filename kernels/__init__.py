@@ -1,21 +1,23 @@
 """Fused stages of WMoE-CLIP: Triton kernels beside their PyTorch references (``wmoe.kernels``).
 
-One file per stage: ``<stage>_triton.py`` (its ``@triton.jit`` kernels, its spec, its launcher); the entry points
-and the kernel choice in ``dispatch.py`` (exported here); references in ``wcma_ref.py`` / ``moe_ref.py``.
+One file per stage: ``<stage>_triton.py`` (its ``@triton.jit`` kernels and its launcher); every stage's spec (the
+launch description, as data) in ``stages.py``; the entry points and the kernel choice in ``dispatch.py`` (exported
+here); references in ``wcma_ref.py`` / ``moe_ref.py``.
 
-The names are resolved lazily (PEP 562): ``import wmoe.kernels.spec`` or ``wmoe.kernels.aot``'s manifest helpers
-must not import torch, because the TensorRT engine build (``wmoe export trt``, run on a Jetson without torch)
-imports the plugin code, which reads the launch formulas in :mod:`wmoe.kernels.spec`. ``from wmoe.kernels import
-Kernels`` imports the dispatch module (and torch) on first use, as before.
+The names are resolved lazily (PEP 562): ``wmoe.kernels.spec``, ``wmoe.kernels.stages`` (``stage_specs``, also
+as ``wmoe.kernels.stage_specs``) and ``wmoe.kernels.aot``'s manifest and PTX helpers must import neither torch nor
+Triton, because the TensorRT engine build (``wmoe export trt``, run on a Jetson without them) reads the plugins'
+launch formulas there. ``from wmoe.kernels import Kernels`` imports the dispatch module (and torch) on first use.
 """
 import importlib
 import importlib.util
 from typing import Any, List
 
+# names defined outside dispatch.py: the references, and the torch-free stage registry
 _REFS = {"haar_dwt_ref": "wcma_ref", "wcma_frequency_ref": "wcma_ref", "wcma_cross_attention_ref": "wcma_ref",
          "wcma_cross_attention_folded_ref": "wcma_ref", "moe_router_ref": "moe_ref",
          "moe_router_probs_ref": "moe_ref", "moe_experts_ref": "moe_ref", "moe_experts_dense_ref": "moe_ref",
-         "expert_outputs_dense_ref": "moe_ref"}
+         "expert_outputs_dense_ref": "moe_ref", "stage_specs": "stages"}
 
 
 def _all() -> List[str]:

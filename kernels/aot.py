@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the Triton kernels for the TensorRT plugin path, on any machine (no GPU needed).
 
-``compile_all(out_dir)`` compiles every kernel of every stage spec (:func:`wmoe.kernels.dispatch.stage_specs`)
+``compile_all(out_dir)`` compiles every kernel of every stage spec (:func:`wmoe.kernels.stages.stage_specs`)
 × dtype × target (sm_80 A100, sm_86 A10/RTX 30, sm_87 Jetson Orin, sm_89 L4/RTX 40, sm_90 H100) × variant
 to PTX and cubin with
 ``triton.compile(ASTSource, target=GPUTarget(...))``, with each target's configuration from the spec, runs
@@ -11,7 +11,13 @@ which is what turns the scalar loads into vectorized ones and ``cp.async``). Eac
 a TensorRT plugin can launch: arguments ordered inputs, int32 scalars, outputs; no global/profile scratch, and the
 PTX ``.entry`` declaring exactly those arguments (:func:`exact_entry` removes Triton's hidden trailing scratch
 pointers, which no plugin launch passes: docs/kernels.md); registers ≤ 255 per thread; shared memory within
-the target's per-block limit.
+the target's per-block limit. Each artifact also records the lowest PTX ISA ptxas assembles it at
+(:func:`lowest_ptx_isa`), so building an engine from the directory needs no ptxas.
+
+Compiling needs Triton (and torch: the kernel modules hold the launchers too). Reading a compiled directory does
+not: the module imports neither, and :func:`entry_params`, :func:`exact_entry`, :func:`ptx_version`,
+:func:`set_ptx_version` and :func:`instruction_mix` are plain text functions; :func:`ptxas_usage` and
+:func:`lowest_ptx_isa` run the ptxas that ships with Triton.
 
     python -m wmoe.kernels.aot --out build/kernels
 """
@@ -37,7 +43,7 @@ VARIANTS = ("general", "a16")
 
 def kernel_specs() -> Dict[str, KernelSpec]:
     """Every kernel of every stage, by AOT name (a kernel shared by two stages appears once)."""
-    from .dispatch import stage_specs
+    from .stages import stage_specs
     out: Dict[str, KernelSpec] = {}
     for stage in stage_specs().values():
         for k in stage.kernels:
@@ -68,7 +74,8 @@ class KernelArtifact:
     profile_scratch_bytes: int  # Triton >= 3.5 profile scratch (metadata.profile_scratch_size)
     hidden_params_removed: int  # Triton's hidden trailing entry parameters removed from the PTX (exact_entry)
     entry_params: int  # parameters of the PTX .entry as written = len(signature)
-    ptx_version: str
+    ptx_version: str  # the .version Triton wrote (its newest ISA, whatever the kernel uses)
+    lowest_ptx_isa: str  # the lowest PTX ISA ptxas assembles this kernel at (lowest_ptx_isa): what a driver must JIT
     mma: str  # wgmma / mma (mma.sync) / none
     vector_loads: int  # ld.global.v2/v4 in the PTX
     cp_async: int  # cp.async (Ampere-style asynchronous copies) in the PTX
@@ -104,6 +111,69 @@ def ptxas_usage(ptx_path: Path, arch: str) -> Dict[str, int]:
             "static_smem": int(smem[-1]) if smem else 0,
             "spill": sum(int(a) + int(b) for a, b in spill[-1:])}
 
+
+# PTX ISA versions in order (PTX ISA docs); the lowest one a kernel assembles at is found with ptxas.
+PTX_ISAS = tuple((7, m) for m in range(9)) + tuple((8, m) for m in range(9)) + ((9, 0), (9, 1))
+
+
+def ptx_version(ptx: str) -> "tuple[int, int]":
+    """The PTX's ``.version`` as (major, minor); ValueError when it has none."""
+    m = re.search(r"^\s*\.version\s+(\d+)\.(\d+)", ptx, re.M)
+    if not m:
+        raise ValueError("PTX has no .version directive")
+    return int(m.group(1)), int(m.group(2))
+
+
+def set_ptx_version(ptx: str, version: "tuple[int, int]") -> str:
+    """The PTX with its ``.version`` directive set to ``version``."""
+    ptx_version(ptx)  # has one
+    return re.sub(r"^(\s*\.version\s+)\d+\.\d+", rf"\g<1>{version[0]}.{version[1]}", ptx, count=1, flags=re.M)
+
+
+def _assembles(ptx: str, version: "tuple[int, int]", arch: str) -> bool:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.ptx"
+        path.write_text(set_ptx_version(ptx, version))
+        try:
+            ptxas_usage(path, arch)
+        except RuntimeError:
+            return False
+    return True
+
+
+#: The PTX ISA that introduced each target (PTX ISA docs, "PTX ISA Version" per target): no lower ISA can assemble
+#: for it, so the search for a kernel's lowest ISA starts there (a hint: a wrong entry only costs a longer search).
+TARGET_MIN_ISA = {"sm_80": (7, 0), "sm_86": (7, 1), "sm_87": (7, 4), "sm_89": (7, 8), "sm_90": (7, 8),
+                  "sm_90a": (8, 0)}
+
+
+def lowest_ptx_isa(ptx: str, assembles_as_is: bool = False, guess: Optional["tuple[int, int]"] = None
+                   ) -> "tuple[int, int]":
+    """The lowest PTX ISA at which this PTX assembles for its ``.target``, verified with the ptxas that ships with
+    Triton (a binary search from the target's first ISA: a kernel that assembles at one ISA assembles at every later
+    one). Triton stamps its newest ISA whatever the kernel uses; the fp32 main WCMA kernel, e.g., needs 8.3
+    (``used_bytes_mask``). Computed once at compile time into the manifest (``lowest_ptx_isa``), so an engine build
+    from a prebuilt store needs no ptxas. ``assembles_as_is``: the caller already ran ptxas on it at its own ISA;
+    ``guess``: probed first (and the ISA below it), two ptxas runs when right -- the compiler passes the previous
+    kernel's result for the same target. ValueError: no ``.target``, or it does not assemble even at its own ISA."""
+    m = re.search(r"^\s*\.target\s+(\w+)", ptx, re.M)
+    if not m:
+        raise ValueError("PTX has no .target directive")
+    arch, own = m.group(1), ptx_version(ptx)
+    cands = [v for v in PTX_ISAS if TARGET_MIN_ISA.get(arch, PTX_ISAS[0]) <= v < own] + [own]
+    if not assembles_as_is and not _assembles(ptx, own, arch):
+        raise ValueError(f"PTX does not assemble for {arch} even at its own ISA {own[0]}.{own[1]} (ptxas from "
+                         "the installed Triton is older than the one that produced it?)")
+    lo, hi = 0, len(cands) - 1  # invariant: cands[hi] assembles, nothing below cands[lo] does
+    probe = cands.index(tuple(guess)) if guess is not None and tuple(guess) in cands else None
+    while lo < hi:
+        mid = probe if probe is not None and lo <= probe < hi else (lo + hi) // 2
+        if _assembles(ptx, cands[mid], arch):
+            hi, probe = mid, mid - 1  # then the ISA just below: if it fails, mid is the lowest
+        else:
+            lo, probe = mid + 1, None
+    return cands[hi]
 
 _ENTRY = re.compile(r"(\.entry\s+(\w+)\s*\()([^)]*)(\))")
 
@@ -195,9 +265,10 @@ def divisibility_attrs(k: KernelSpec) -> Dict:
 
 
 def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Path,
-                   **options: Any) -> KernelArtifact:
+                   isa_guess: Optional["tuple[int, int]"] = None, **options: Any) -> KernelArtifact:
     """One artifact: ``k`` with ``target``'s configuration for ``dtype``, the shape constexprs of its ``aot_dims``
-    and the run-time constexprs ``options`` (default: the spec's, e.g. ``FP32="ieee"``)."""
+    and the run-time constexprs ``options`` (default: the spec's, e.g. ``FP32="ieee"``). ``isa_guess``: the lowest
+    PTX ISA to probe first (:func:`lowest_ptx_isa`)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -227,6 +298,7 @@ def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Pa
     tgt = re.search(r"^\.target\s+(\w+)", ptx, re.M)  # sm_90 -> Triton emits sm_90a
     usage = ptxas_usage(ptx_path, tgt.group(1) if tgt else target)  # also proves the exact entry assembles
     ver = re.search(r"^\.version\s+(\S+)", ptx, re.M)
+    isa = lowest_ptx_isa(ptx, assembles_as_is=True, guess=isa_guess)  # ptxas_usage above assembled it as is
     art = KernelArtifact(
         name=stem, kernel=md.name, spec=k.name, variant=variant, target=target, dtype=dtype, ptx=ptx_path.name,
         cubin=cubin_path.name, signature=[[a.name, a.role, sig[a.name]] for a in k.args], constexprs=dict(consts),
@@ -234,7 +306,8 @@ def compile_kernel(k: KernelSpec, dtype: str, target: str, variant: str, out: Pa
         shared_bytes=int(md.shared), registers=usage["registers"], stack_bytes=usage["stack"],
         spill_bytes=usage["spill"],
         global_scratch_bytes=scratch[0], profile_scratch_bytes=scratch[1], hidden_params_removed=hidden,
-        entry_params=len(entry_params(ptx)), ptx_version=ver.group(1) if ver else "?", **instruction_mix(ptx))
+        entry_params=len(entry_params(ptx)), ptx_version=ver.group(1) if ver else "?",
+        lowest_ptx_isa=f"{isa[0]}.{isa[1]}", **instruction_mix(ptx))
     art.problems = check_artifact(art, cc) + ([scratch_problem] if scratch_problem else [])
     if art.stack_bytes or art.spill_bytes:
         art.warnings.append(f"{art.stack_bytes} B stack frame, {art.spill_bytes} B spilled (register spills)")
@@ -258,6 +331,7 @@ def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(AOT_TARGET
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arts: List[KernelArtifact] = []
+    guesses: Dict[str, Any] = {}  # the last lowest PTX ISA per target: most kernels of a target share it
     for name, k in specs.items():
         if kernels and name not in kernels:
             continue
@@ -266,12 +340,14 @@ def compile_all(out_dir: "str | Path", targets: Sequence[str] = tuple(AOT_TARGET
                 for variant in variants:
                     if variant == "a16" and not k.aligned:
                         continue
-                    art = compile_kernel(k, dtype, tname, variant, out)
+                    art = compile_kernel(k, dtype, tname, variant, out, isa_guess=guesses.get(tname))
+                    guesses[tname] = tuple(int(x) for x in art.lowest_ptx_isa.split("."))
                     arts.append(art)
                     if progress:
                         print(f"{art.name}: {art.registers} regs, {art.shared_bytes} B smem, {art.mma}, "
                               f"{art.vector_loads} vector loads, {art.cp_async} cp.async ({art.cp_async_16} of 16 B), "
-                              f"{art.spill_bytes} B spilled, PTX {art.ptx_version}"
+                              f"{art.spill_bytes} B spilled, PTX {art.ptx_version} "
+                              f"(assembles from {art.lowest_ptx_isa})"
                               + (f"  PROBLEMS: {art.problems}" if art.problems else "")
                               + (f"  warnings: {art.warnings}" if art.warnings else ""), flush=True)
     manifest = {"triton": triton.__version__, "artifacts": [asdict(a) for a in arts]}

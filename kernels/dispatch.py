@@ -27,7 +27,7 @@ from .moe_ref import _tracing, moe_experts_dense_ref, moe_experts_ref, moe_route
 from .wcma_ref import wcma_cross_attention_ref, wcma_frequency_ref
 
 # what ``wmoe.kernels`` exports: the choice and one entry point per fused stage
-__all__ = ["Kernels", "Fp32", "KernelChoice", "ChoiceLike", "as_choice", "stage_specs",
+__all__ = ["Kernels", "Fp32", "KernelChoice", "ChoiceLike", "as_choice",
            "wcma_frequency", "wcma_attention", "moe_router", "moe_experts"]
 
 
@@ -76,15 +76,6 @@ def as_choice(choice: ChoiceLike) -> KernelChoice:
     if isinstance(choice, KernelChoice):
         return choice
     return KernelChoice(kernels=choice)
-
-
-def stage_specs() -> Dict[str, "StageSpec"]:  # noqa: F821 - wmoe.kernels.spec.StageSpec
-    """Every fused stage's spec by name, in the order a new stage is added here: the AOT compiler, the
-    TensorRT plugins and the kernel bench iterate these (imports Triton)."""
-    from .moe_experts_triton import SPEC as moe_experts_spec
-    from .wcma_attention_triton import SPEC as wcma_attention_spec
-    from .wcma_frequency_triton import SPEC as wcma_frequency_spec
-    return {s.name: s for s in (wcma_frequency_spec, wcma_attention_spec, moe_experts_spec)}
 
 
 def _triton_available() -> bool:

@@ -12,6 +12,8 @@ Launches (no host synchronization anywhere: the whole path can be captured in a 
 4. ``_expert_down_kernel``: grid (experts, row blocks, channel blocks): ``y = (h W2[e] + b2[e]) * w`` written to
    its (token, slot) row of a (B, k, C) buffer — no atomics.
 5. ``_combine_kernel``: ``x_p[b] = sum_k y[b, k]`` in slot order: deterministic.
+
+``SPEC``: the stage's record in :mod:`wmoe.kernels.stages` (arguments, tiles, grids).
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .spec import Config, KernelSpec, StageSpec, cdiv, ins, launch, next_pow2, outs, scalars
+from .spec import launch
+from .stages import (MOE_COMBINE as COMBINE, MOE_DOWN as DOWN, MOE_EXPERTS as SPEC, MOE_ROUTER as ROUTER,
+                     MOE_UP as UP)
 from .triton_common import _mma, dtype_name
 
 
@@ -151,37 +155,6 @@ def _combine_kernel(y_ptr, B, C, TOPK, out_ptr, BLOCK_C: tl.constexpr):
     for k in range(0, TOPK):  # fixed slot order: bit-reproducible
         acc += tl.load(y_ptr + (b * TOPK + k) * C + offs, mask=cmask, other=0.0)
     tl.store(out_ptr + b * C + offs, acc.to(out_ptr.dtype.element_ty), mask=cmask)
-
-
-# --- the spec ---
-
-ROUTER = KernelSpec(
-    "moe_router", _router_kernel,
-    ins("x_ptr", t="*T") + ins("wr_ptr", "br_ptr") + scalars("B", "C", "NE", "TOPK") + outs("w_out_ptr")
-    + outs("e_out_ptr", t="*i32"),
-    configs={"default": Config({"BLOCK_B": 16, "BLOCK_K": 32}, num_warps=4)},
-    grid=lambda d, c: (cdiv(d["B"], c["BLOCK_B"]),),
-    shape_constexprs=lambda d: {"BLOCK_E": next_pow2(d["NE"], 2)}, aot_dims={"NE": 8}, aligned=("C",))
-_ROWS = ins("order_ptr", "offsets_ptr", "counts_ptr", t="*i32")
-# rows of the sorted (token, slot) list per program; the grid is the worst case for one expert: B rows (a token
-# picks k distinct experts, so no expert gets more than B of the B·k rows); programs past their count exit at once
-UP = KernelSpec(
-    "moe_up", _expert_up_kernel,
-    ins("x_ptr", "w1_ptr", t="*T") + ins("b1_ptr") + _ROWS + scalars("C", "DH", "TOPK") + outs("h_ptr", t="*T"),
-    configs={"default": Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4)},
-    grid=lambda d, c: (d["NE"], cdiv(d["B"], c["BLOCK_M"]), cdiv(d["DH"], c["BLOCK_N"])),
-    options={"FP32": "ieee"}, aligned=("C", "DH"))
-DOWN = KernelSpec(
-    "moe_down", _expert_down_kernel,
-    ins("h_ptr", "w2_ptr", t="*T") + ins("b2_ptr") + _ROWS + ins("wts_ptr") + scalars("C", "DH") + outs("y_ptr"),
-    configs=UP.configs,
-    grid=lambda d, c: (d["NE"], cdiv(d["B"], c["BLOCK_M"]), cdiv(d["C"], c["BLOCK_N"])),
-    options={"FP32": "ieee"}, aligned=("C", "DH"))
-COMBINE = KernelSpec(
-    "moe_combine", _combine_kernel, ins("y_ptr") + scalars("B", "C", "TOPK") + outs("out_ptr", t="*T"),
-    configs={"default": Config({"BLOCK_C": 128}, num_warps=4)},
-    grid=lambda d, c: (d["B"], cdiv(d["C"], c["BLOCK_C"])), aligned=("C",))
-SPEC = StageSpec("moe_experts", (ROUTER, UP, DOWN, COMBINE))
 
 
 def moe_router_triton(x: Tensor, w_router: Tensor, b_router: Tensor, top_k: int,

@@ -1,14 +1,19 @@
 """The spec of a fused stage's kernels: the one place a launch is described.
 
-Each stage file (``wcma_frequency_triton.py``, ``wcma_attention_triton.py``, ``moe_experts_triton.py``) holds its
-``@triton.jit`` kernels and one :class:`StageSpec` listing a :class:`KernelSpec` per kernel: the arguments in
-launch order with their roles (inputs, int32 scalars, outputs -- what a TensorRT AOT plugin can launch), the constexprs, warps and
-stages per target, the grid as a function of the shapes, and the constexprs that follow from the shapes. From it:
+:mod:`wmoe.kernels.stages` holds one :class:`StageSpec` per stage (``wcma_frequency``, ``wcma_attention``,
+``moe_experts``) listing a :class:`KernelSpec` per kernel: the arguments in launch order with their roles (inputs,
+int32 scalars, outputs -- what a TensorRT AOT plugin can launch), the constexprs, warps and stages per target, the
+grid as a function of the shapes, and the constexprs that follow from the shapes; the ``@triton.jit`` function
+itself is named (``"wcma_frequency_triton:_wcma_main_kernel"``) and imported on first use (:attr:`KernelSpec.fn`).
+From it:
 
 * the launcher (:func:`launch`, called by the stage's ``*_triton`` function) on a CUDA device or the interpreter;
 * the AOT compiler (:mod:`wmoe.kernels.aot`: signature, constexprs, warps/stages, a 16-byte-aligned variant);
 * the TensorRT plugin's launch parameters (:func:`launch_plan`: grid, threads, int32 scalars), where the dims are
   TensorRT shape expressions -- the same formulas, since they only use ``+ - * //``.
+
+This module and :mod:`wmoe.kernels.stages` import neither torch nor Triton (:func:`device_target` and
+:func:`launch` need them, and import them when called): the TensorRT engine build runs where neither is installed.
 
 Targets: ``sm_80`` (A100), ``sm_87`` (Jetson Orin), ``sm_90`` (H100), and ``default`` (any other device and the
 CPU interpreter). Configurations were chosen from the compiler's resource report (no GPU was available to
@@ -16,6 +21,7 @@ measure; see docs/kernels.md) and are pinned by tests (registers, spills, MMA ki
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -78,6 +84,8 @@ class Config:
 class KernelSpec:
     """How one ``@triton.jit`` kernel is launched. Scalar arguments take the value of the dim of the same name.
 
+    ``impl``: the kernel as ``"<module>:<function>"`` of :mod:`wmoe.kernels` (``"moe_experts_triton:_router_kernel"``),
+    imported when it is launched or compiled (:attr:`fn`), so the spec itself needs neither torch nor Triton.
     ``configs``: per target (``sm_80``/``sm_87``/``sm_90``/``default``) and optionally per dtype (key
     ``"sm_90/fp32"`` overrides ``"sm_90"`` for fp32). ``shape_constexprs``: constexprs that follow from the dims
     (``BLOCK_D = next_pow2(D)``), capacities: the kernel masks, so a compiled value serves every smaller dim;
@@ -88,7 +96,7 @@ class KernelSpec:
     divisible by 16 (vectorized loads and ``cp.async``); empty = no aligned variant.
     """
     name: str
-    fn: Any
+    impl: str
     args: Tuple[Arg, ...]
     configs: Mapping[str, Config]
     grid: Callable[[Mapping[str, Any], Mapping[str, Any]], Tuple[Any, ...]]
@@ -103,15 +111,32 @@ class KernelSpec:
         roles = [ROLES.index(a.role) for a in self.args]
         if roles != sorted(roles):
             raise ValueError(f"{self.name}: arguments must be ordered inputs, int32 scalars, outputs")
+        module, sep, function = self.impl.partition(":")
+        if not (sep and module.isidentifier() and function.isidentifier()):
+            raise ValueError(f"{self.name}: impl {self.impl!r} is not '<module>:<function>' of wmoe.kernels")
+        if set(self.aligned) - {a.name for a in self.args if a.role == "scalar"}:
+            raise ValueError(f"{self.name}: aligned dims {self.aligned} must be scalar arguments")
+
+    @property
+    def fn(self) -> Any:
+        """The ``@triton.jit`` kernel (imports its module: torch and Triton), checked against this spec on first
+        use: its parameters must be the spec's arguments, in order, then exactly its constexprs."""
+        fn = self.__dict__.get("_fn")
+        if fn is None:
+            module, _, function = self.impl.partition(":")
+            fn = getattr(importlib.import_module(f".{module}", __package__), function)
+            self.check_params(list(getattr(fn, "arg_names", ())))
+            object.__setattr__(self, "_fn", fn)  # a cache, not a field: frozen, compared and printed without it
+        return fn
+
+    def check_params(self, params: Sequence[str]) -> None:
+        """ValueError unless ``params`` (a kernel's parameter names) are the spec's arguments, then its constexprs."""
         names = [a.name for a in self.args]
         consts = (set(self.config(DEFAULT, "fp16").constexprs) | set(self.shape_constexprs(dict(self.aot_dims)))
                   | set(self.options))
-        arg_names = list(getattr(self.fn, "arg_names", names + sorted(consts)))
-        if arg_names[:len(names)] != names or set(arg_names[len(names):]) != consts:
+        if list(params[:len(names)]) != names or set(params[len(names):]) != consts:
             raise ValueError(f"{self.name}: spec arguments {names} + constexprs {sorted(consts)} do not match the "
-                             f"kernel's parameters {arg_names}")
-        if set(self.aligned) - {a.name for a in self.args if a.role == "scalar"}:
-            raise ValueError(f"{self.name}: aligned dims {self.aligned} must be scalar arguments")
+                             f"parameters {list(params)} of the kernel {self.impl}")
 
     def config(self, target: str, dtype: str) -> Config:
         for key in (f"{target}/{dtype}", target, f"{DEFAULT}/{dtype}", DEFAULT):

@@ -21,7 +21,8 @@ Two launches after the frequency stage's pool + GEMV pre-pass (``wcma_frequency.
    order (deterministic), ``z = Σ_i e^{m_i - M} acc_i / Σ_i e^{m_i - M} l_i``.
 
 ``F'_T = z W_v^T`` is a (B·T, C) × (C, C) GEMM left to the caller. Plugin friendly like the other kernels:
-arguments ordered inputs, int32 scalars, outputs; the partials are explicit outputs, not scratch.
+arguments ordered inputs, int32 scalars, outputs; the partials are explicit outputs, not scratch. ``SPEC``: the
+stage's record in :mod:`wmoe.kernels.stages`.
 """
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .spec import Config, KernelSpec, StageSpec, cdiv, device_target, ins, launch, next_pow2, outs, scalars
+from .spec import device_target, launch
+from .stages import (WCMA_ATTENTION as SPEC, WCMA_ATTN as ATTN, WCMA_ATTN_COMBINE as COMBINE, WCMA_GEMV as GEMV,
+                     WCMA_POOL as POOL)
 from .triton_common import dtype_name
-from .wcma_frequency_triton import _MAIN_ARGS, GEMV, MAIN, POOL, SPEC as FREQUENCY, _fp_block, _pw_relu_tile
+from .wcma_frequency_triton import _fp_block, _pw_relu_tile
 
 
 @triton.jit
@@ -113,28 +116,6 @@ def _attn_combine_kernel(acc_ptr, m_ptr, l_ptr, B, C, T, NT, z_ptr, BLOCK_C: tl.
     den = tl.where(tmask, den, 1.0)
     z = num / den[:, None]
     tl.store(z_ptr + (b * T + offs_t[:, None]) * C + offs_c[None, :], z, mask=tmask[:, None] & cmask[None, :])
-
-
-# --- the spec (the pool and GEMV pre-pass are the frequency stage's kernels) ---
-
-_ATTN_ARGS = (_MAIN_ARGS[:6] + ins("q_ptr") + scalars("B", "H", "W", "h", "w", "C", "D", "T", "NT")
-              + outs("acc_ptr", "m_ptr", "l_ptr"))
-# the frequency stage's main kernel plus two queries: its tiles, except on sm_87 where 64 rows spill (88 B in the
-# general variant): 32 rows and two stages there, as on sm_80
-ATTN = KernelSpec(
-    "wcma_attn", _wcma_attn_kernel, _ATTN_ARGS,
-    configs={k: v for k, v in MAIN.configs.items() if k != "sm_87/fp16"},
-    grid=lambda d, c: (d["NT"], d["B"]),
-    shape_constexprs=lambda d: {"BLOCK_D": next_pow2(d["D"], 16), "BLOCK_T": next_pow2(d["T"], 2)},
-    options={"FP32": "ieee"}, derived=lambda d, c: {"NT": cdiv(d["h"] * d["w"], c["BLOCK_M"])},
-    aot_dims={"D": 192, "T": 2}, aligned=("C", "D"))
-COMBINE = KernelSpec(
-    "wcma_attn_combine", _attn_combine_kernel,
-    ins("acc_ptr", "m_ptr", "l_ptr") + scalars("B", "C", "T", "NT") + outs("z_ptr"),
-    configs={"default": Config({"BLOCK_C": 64}, num_warps=4)},
-    grid=lambda d, c: (d["B"], cdiv(d["C"], c["BLOCK_C"])),
-    shape_constexprs=lambda d: {"BLOCK_T": next_pow2(d["T"], 2)}, aot_dims={"T": 2}, aligned=("C",))
-SPEC = StageSpec("wcma_attention", (POOL, GEMV, ATTN, COMBINE), derive=FREQUENCY.derive)
 
 
 def attn_partials_shape(B: int, H: int, W: int, C: int, T: int, dtype: torch.dtype = torch.float32,

@@ -14,8 +14,8 @@ Three launches:
    ``F_p = F_H * sigmoid(loc + g[b]) + F_L`` computed from a, b, c, d (zero outside the grid: odd sides).
 
 TensorRT-plugin friendly by construction: arguments are ordered inputs, int32 scalars, outputs; no scratch memory,
-no TMA descriptors; float constants are compile-time constants. ``SPEC`` below is the single description of the
-launches (see :mod:`wmoe.kernels.spec`).
+no TMA descriptors; float constants are compile-time constants. ``SPEC`` (the stage's record in
+:mod:`wmoe.kernels.stages`, torch- and Triton-free) is the single description of the launches.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .spec import Config, KernelSpec, StageSpec, cdiv, ins, launch, next_pow2, outs, scalars
+from .spec import launch
+from .stages import WCMA_FREQUENCY as SPEC, WCMA_GEMV as GEMV, WCMA_MAIN as MAIN, WCMA_POOL as POOL
 from .triton_common import _mma, dtype_name
 
 
@@ -137,41 +138,6 @@ def _wcma_main_kernel(x_ptr, g_ptr, wpw_ptr, bpw_ptr, wl_ptr, bl_ptr,
                         BLOCK_D, FP32)
         tl.store(out_ptr + offs_m[:, None] * C + offs_n[None, :], res.to(out_ptr.dtype.element_ty),
                  mask=mmask[:, None] & nmask[None, :])
-
-
-# --- the spec: arguments, per-target tiles, grids (docs/kernels.md has the resource report behind the choices) ---
-
-def _derive(d):
-    d.setdefault("h", cdiv(d["H"], 2))
-    d.setdefault("w", cdiv(d["W"], 2))
-    return d
-
-
-POOL = KernelSpec(
-    "wcma_pool", _pool_kernel, ins("x_ptr", t="*T") + scalars("B", "H", "W", "h", "w", "C") + outs("p_ptr"),
-    configs={"default": Config({"BLOCK_P": 32, "BLOCK_C": 64}, num_warps=4)},
-    grid=lambda d, c: (d["B"], cdiv(d["C"], c["BLOCK_C"])), aligned=("C",))
-GEMV = KernelSpec(
-    "wcma_gemv", _gemv_kernel, ins("p_ptr", "w_ptr", "bias_ptr") + scalars("B", "C") + outs("g_ptr"),
-    configs={"default": Config({"BLOCK_B": 16, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4)},
-    grid=lambda d, c: (cdiv(d["B"], c["BLOCK_B"]), cdiv(d["C"], c["BLOCK_N"])), aligned=("C",))
-_MAIN_ARGS = (ins("x_ptr", t="*T") + ins("g_ptr") + ins("wpw_ptr", t="*T") + ins("bpw_ptr") + ins("wl_ptr", t="*T")
-              + ins("bl_ptr") + scalars("B", "H", "W", "h", "w", "C", "D") + outs("out_ptr", t="*T"))
-# Chosen from the compiler's resource report (docs/kernels.md; no GPU measured them), every one within the 48 KB of
-# shared memory a TensorRT AOT plugin may use without an opt-in. fp16: sm_90 BLOCK_M 64 -> wgmma (32 gives mma.sync
-# only), one stage to stay within 48 KB; sm_87 (16 SMs, 204 GB/s) 64: half the weight re-reads per position;
-# sm_80 (108 SMs) 32: 128 registers, two stages of cp.async, twice the blocks at small batch. fp32 (IEEE FMA or
-# TF32): 16 x 16 tiles everywhere (32 x 32 takes 69 KB of shared memory).
-MAIN = KernelSpec(
-    "wcma_main", _wcma_main_kernel, _MAIN_ARGS,
-    configs={"default": Config({"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-             "default/fp32": Config({"BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_N": 16}, num_warps=8, num_stages=2),
-             "sm_87/fp16": Config({"BLOCK_M": 64, "BLOCK_K": 32, "BLOCK_N": 32}, num_warps=8, num_stages=1),
-             "sm_90/fp16": Config({"BLOCK_M": 64, "BLOCK_K": 32, "BLOCK_N": 32}, num_warps=8, num_stages=1)},
-    grid=lambda d, c: (cdiv(d["B"] * d["h"] * d["w"], c["BLOCK_M"]),),
-    shape_constexprs=lambda d: {"BLOCK_D": next_pow2(d["D"], 16)},
-    options={"FP32": "ieee"}, aot_dims={"D": 192}, aligned=("C", "D"))
-SPEC = StageSpec("wcma_frequency", (POOL, GEMV, MAIN), derive=_derive)
 
 
 def wcma_frequency_triton(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,

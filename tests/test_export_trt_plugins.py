@@ -1,14 +1,16 @@
 """TensorRT AOT plugins: everything that does not need TensorRT, on the real AOT-compiled Triton PTX."""
 import re
+import sys
 
 import pytest
 
 from wmoe.export.onnx_export import ExportError
 from wmoe.export.plugin_graph import MOE_OP, WCMA_OP
 from wmoe.export.trt_build import plan_flavor
-from wmoe.export.trt_plugins import (PLUGIN_SMEM_LIMIT, PLUGINS, PTX_ISAS, KernelStore, aligned_dims,
+from wmoe.export.trt_plugins import (PLUGIN_SMEM_LIMIT, PLUGINS, KernelStore, aligned_dims,
                                      check_plugin_artifact, driver_for_ptx, driver_ptx_limit, launch_plan,
                                      lowest_ptx_isa, ptx_version, register_plugins, set_ptx_version, trt_version_ok)
+from wmoe.kernels.aot import PTX_ISAS
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_ptx_cap_and_driver_table():
     assert driver_ptx_limit(13010) == (9, 0)
     with pytest.raises(ExportError, match="too old"):
         driver_ptx_limit(11040)
-    with pytest.raises(ExportError, match="no .version"):
+    with pytest.raises(ValueError, match="no .version"):
         ptx_version(".target sm_80")
 
 
@@ -141,6 +143,35 @@ def test_store_errors(tmp_path, store):
         KernelStore(tmp_path)
     with pytest.raises(ExportError, match="wcma_main_bf16_sm_90"):
         store.kernel(WCMA_OP, "bf16", "sm_90")
+
+
+def test_store_takes_the_lowest_isa_from_the_manifest(tmp_path, store, monkeypatch):
+    """The lowest PTX ISA is found once, when compiling, and recorded: a build from the store runs no ptxas (it
+    needs no Triton). A manifest without the field (an older wmoe's) falls back to Triton's ptxas, and where Triton
+    is not installed says in one line to recompile."""
+    import json
+    import shutil
+
+    import wmoe.kernels.aot as aot
+    name = "wcma_main_fp32_sm_87"
+    assert store.by_name[name]["lowest_ptx_isa"] == "8.3"  # the used_bytes_mask kernel, see the driver test
+    calls = []
+    monkeypatch.setattr(aot, "_assembles", lambda *a: calls.append(a) or True)  # ptxas would say "any ISA"
+    fresh = KernelStore(store.dir)
+    _, ptx = fresh.kernel(WCMA_OP, "fp32", "sm_87")
+    assert ptx_version(ptx) == (8, 3) and calls == []
+    old = tmp_path / "old"
+    shutil.copytree(store.dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        del a["lowest_ptx_isa"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.undo()
+    _, ptx = KernelStore(old).kernel(WCMA_OP, "fp32", "sm_87")  # Triton's ptxas finds it again
+    assert ptx_version(ptx) == (8, 3)
+    monkeypatch.setitem(sys.modules, "triton", None)
+    with pytest.raises(ExportError, match=r"does not record the lowest PTX ISA of wcma_main_fp16_sm_87 .*recompile"):
+        KernelStore(old).kernel(WCMA_OP, "fp16", "sm_87")
 
 
 def test_flavor_fallback_on_old_tensorrt(tmp_path):

@@ -66,7 +66,26 @@ def test_kernel_bench_dry_run(capsys):
     assert "| moe_experts | 32 |" in out and "not measured" in out
     # each entry is a stage spec's name (the stem of its kernel file and test)
     from wmoe.bench.bench_kernels import STAGES
-    from wmoe.kernels.dispatch import stage_specs
+    from wmoe.kernels.stages import stage_specs
     assert set(STAGES) <= set(stage_specs())
     assert wcma_floor(32, 37)["bytes"] > wcma_floor(1, 37)["bytes"] > 0
     assert moe_floor(1)["bytes"] < moe_floor(32)["bytes"]  # batch 1 touches only 2 experts
+
+
+def test_every_stage_spec_matches_its_kernel():
+    """The stage registry (kernels/stages.py) is data; each KernelSpec names its @triton.jit function, which is
+    imported and checked against the spec (arguments in order, then exactly the constexprs) on first use."""
+    import dataclasses
+
+    from wmoe.kernels.stages import stage_specs
+    stages = stage_specs()
+    assert list(stages) == ["wcma_frequency", "wcma_attention", "moe_experts"]
+    for stage in stages.values():
+        for k in stage.kernels:
+            assert k.fn.arg_names[:len(k.args)] == [a.name for a in k.args], k.name
+    router = stages["moe_experts"].kernel("moe_router")
+    wrong = dataclasses.replace(router, name="router_on_the_combine_kernel", impl="moe_experts_triton:_combine_kernel")
+    with pytest.raises(ValueError, match="do not match the parameters"):
+        wrong.fn
+    with pytest.raises(ValueError, match="is not '<module>:<function>'"):
+        dataclasses.replace(router, impl="moe_experts_triton._router_kernel")

@@ -222,10 +222,13 @@ def test_installed_app_serves_an_exported_model_without_torch(runtime_venv, tiny
 
 def test_engine_and_repository_builders_import_without_torch():
     """Building an engine or a Triton repository from an ONNX must not need torch (a Jetson builds its engine on
-    the device, in JetPack's Python): these modules and the error class they raise are torch-free."""
-    code = ("import sys; sys.modules['torch'] = None\n"
+    the device, in JetPack's Python): these modules and the error class they raise are torch-free, and with the
+    kernel stage registry also Triton-free."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['triton'] = None\n"
             "import wmoe.export.trt_build, wmoe.export.triton_repo, wmoe.export.parity, wmoe.export.trt_plugins\n"
             "import wmoe.kernels.spec, wmoe.kernels.aot\n"
+            "from wmoe.kernels import stage_specs\n"  # the stage registry is data: no torch, no Triton
+            "assert {'wcma_frequency', 'wcma_attention', 'moe_experts'} <= set(stage_specs())\n"
             "from wmoe.errors import ExportError\n"
             "assert wmoe.export.trt_build.ExportError is ExportError is wmoe.export.triton_repo.ExportError\n"
             "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.export.onnx_export') if m in sys.modules]\n")

@@ -7,8 +7,9 @@ refuse a plugin-flavor model before ONNX Runtime chokes on it), by the runtime a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Union
+from typing import BinaryIO, Callable, Dict, Iterator, List, Union
 
 from .contract import ContractError
 
@@ -131,12 +132,11 @@ def _fields(f: BinaryIO, end: int) -> "Iterator[tuple[int, int, int]]":
             raise ValueError(f"unsupported wire type {wire}")
 
 
-def read_onnx_external_files(path: Union[str, Path]) -> List[str]:
-    """The file names (relative to the model's folder) that hold the ONNX model's external weights
-    (``TensorProto.data_location == EXTERNAL``, key ``location``), sorted; standard library only, the weights are
-    skipped with seeks. :class:`ContractError` naming the file when it cannot be parsed."""
+def _each_graph_field(path: Union[str, Path], field: int, visit: Callable[[BinaryIO, int], None]) -> None:
+    """Call ``visit(f, length)`` with the file at the value of each length-delimited field number ``field`` of the
+    model's graph (``GraphProto``: 1 node, 5 initializer); everything else is skipped with seeks. A
+    :class:`ContractError` naming the file when it (or what ``visit`` reads) cannot be parsed."""
     p = Path(path)
-    names = set()
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
@@ -144,24 +144,98 @@ def read_onnx_external_files(path: Union[str, Path]) -> List[str]:
                 if num != _GRAPH or wire != 2:
                     continue
                 for gnum, gwire, gn in _fields(f, f.tell() + n):
-                    if gnum != _GRAPH_INITIALIZER or gwire != 2:
-                        continue
-                    external, locations = False, []
-                    for tnum, twire, tv in _fields(f, f.tell() + gn):
-                        if tnum == _TENSOR_DATA_LOCATION and twire == 0:
-                            external = tv == _EXTERNAL
-                        elif tnum == _TENSOR_EXTERNAL_DATA and twire == 2:
-                            k, v = _entry(f.read(tv))
-                            if k == "location":
-                                locations.append(v)
-                    if external:
-                        names.update(locations)
+                    if gnum == field and gwire == 2:
+                        visit(f, gn)
     except (ValueError, EOFError, IndexError, UnicodeDecodeError) as e:
         raise ContractError(f"{p} is not an ONNX model (cannot parse it: {e})") from None
     except OSError as e:
         raise ContractError(f"{p}: cannot read it ({e})") from None
+
+
+def read_onnx_external_files(path: Union[str, Path]) -> List[str]:
+    """The file names (relative to the model's folder) that hold the ONNX model's external weights
+    (``TensorProto.data_location == EXTERNAL``, key ``location``), sorted; standard library only, the weights are
+    skipped with seeks. :class:`ContractError` naming the file when it cannot be parsed."""
+    names = set()
+
+    def tensor(f: BinaryIO, n: int) -> None:
+        external, locations = False, []
+        for tnum, twire, tv in _fields(f, f.tell() + n):
+            if tnum == _TENSOR_DATA_LOCATION and twire == 0:
+                external = tv == _EXTERNAL
+            elif tnum == _TENSOR_EXTERNAL_DATA and twire == 2:
+                k, v = _entry(f.read(tv))
+                if k == "location":
+                    locations.append(v)
+        if external:
+            names.update(locations)
+
+    _each_graph_field(path, _GRAPH_INITIALIZER, tensor)
     return sorted(names)
 
+_GRAPH_NODE, _NODE_NAME, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 3, 4, 5, 7
+_ATTR_NAME, _ATTR_S, _ATTR_TYPE, _ATTR_STRING = 1, 4, 20, 3  # AttributeProto: name, s, type; type STRING
+
+
+def _message(buf: bytes) -> "Iterator[tuple[int, int, Union[int, bytes]]]":
+    """``(field number, wire type, value)`` of each field of a serialized message held in memory: an int for a
+    varint, the bytes for a length-delimited field; fixed-size fields are skipped."""
+    i = 0
+    while i < len(buf):
+        tag, i = _varint_at(buf, i)
+        num, wire = tag >> 3, tag & 7
+        if wire == 0:
+            v, i = _varint_at(buf, i)
+            yield num, wire, v
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        elif wire == 2:
+            n, i = _varint_at(buf, i)
+            if i + n > len(buf):
+                raise ValueError("field runs past the end of its message")
+            yield num, wire, buf[i:i + n]
+            i += n
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """A graph node as :func:`read_onnx_nodes` reads it: its name, op type, domain and string attributes."""
+    name: str
+    op_type: str
+    domain: str
+    strings: Dict[str, bytes]
+
+
+def read_onnx_nodes(path: Union[str, Path], domain: str) -> List[OnnxNode]:
+    """The top-level graph nodes of the ONNX model at ``path`` in ``domain`` (a custom-op domain: the TensorRT plugin
+    nodes), with their string attributes; standard library only (the engine build runs where the onnx package is not
+    installed), the weights skipped with seeks. :class:`ContractError` naming the file when it cannot be parsed."""
+    nodes: List[OnnxNode] = []
+
+    def node(f: BinaryIO, n: int) -> None:
+        name = op_type = node_domain = ""
+        strings: Dict[str, bytes] = {}
+        for fnum, fwire, v in _message(f.read(n)):
+            if fwire != 2 or not isinstance(v, bytes):
+                continue
+            if fnum == _NODE_NAME:
+                name = v.decode("utf-8")
+            elif fnum == _NODE_OP_TYPE:
+                op_type = v.decode("utf-8")
+            elif fnum == _NODE_DOMAIN:
+                node_domain = v.decode("utf-8")
+            elif fnum == _NODE_ATTRIBUTE:
+                attr = {anum: av for anum, _, av in _message(v)}
+                # a STRING attribute; protobuf leaves out an empty ``s``, so the type says it is one
+                if _ATTR_NAME in attr and (_ATTR_S in attr or attr.get(_ATTR_TYPE) == _ATTR_STRING):
+                    strings[bytes(attr[_ATTR_NAME]).decode("utf-8")] = bytes(attr.get(_ATTR_S, b""))
+        if node_domain == domain:
+            nodes.append(OnnxNode(name, op_type, node_domain, strings))
+
+    _each_graph_field(path, _GRAPH_NODE, node)
+    return nodes
 
 def encode_varint(n: int) -> bytes:
     """Protobuf's base-128 varint of ``n`` >= 0 (also used by export/onnx_write.py)."""
