@@ -385,6 +385,54 @@ def plugin_frames_onnx(tmp_path_factory):
                        flavor="plugin")
 
 
+def _build_under_doubles(python, argv, version, cwd, env=None, api_roots=None):
+    """Run ``wmoe-export trt ARGV`` in ``python`` with torch and Triton blocked, under the generated TensorRT double
+    for ``version`` and the CUDA double; prints which of our plugins ended up registered. ``api_roots``: the venvs
+    holding tensorrt-stubs and the bindings wheels, for an interpreter that does not see them."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['triton'] = None\n"
+            f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+            "import cuda_double, trt_double\n")
+    if api_roots is not None:
+        code += f"from pathlib import Path; trt_double._venv_roots = lambda: [Path(p) for p in {api_roots!r}]\n"
+    code += ("class Patch:  # what cuda_double.install needs of pytest's MonkeyPatch (pytest may not be installed)\n"
+             "    setitem = staticmethod(lambda d, k, v: d.__setitem__(k, v))\n"
+             "    setattr = staticmethod(setattr)\n"
+             f"cuda_double.install(Patch()); trt = trt_double.load({version!r})\n"
+             "from wmoe.export.cli import main\n"
+             f"rc = main({argv!r})\n"
+             "assert sys.modules['torch'] is None and sys.modules['triton'] is None, 'torch or triton replaced'\n"
+             "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.kernels.dispatch') if m in sys.modules]\n"
+             "from wmoe.contract import PLUGIN_DOMAIN, PLUGIN_MOE_OP, PLUGIN_WCMA_OP\n"
+             "reg = trt.get_plugin_registry()\n"
+             "print('registered:', sorted(op for op in (PLUGIN_WCMA_OP, PLUGIN_MOE_OP)\n"
+             "                            if reg.get_creator(op, '1', PLUGIN_DOMAIN) is not None))\n"
+             "print('wmoe from:', __import__('wmoe').__file__)\n"
+             "sys.exit(rc)\n")
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return r.stdout
+
+
+def _check_engine(out, flavor, version, stdout):
+    """The double's serialized engine and its sidecar at ``out``; for the plugin flavor both plugins registered and
+    each plugin layer's AOT kernel in the engine."""
+    import trt_behaviour
+    from wmoe.contract import PLUGIN_MOE_OP, PLUGIN_WCMA_OP, EngineSidecar
+    side = EngineSidecar.read(EngineSidecar.path_for(out))
+    assert side.inputs == {"frames": [-1, 60, 80, 3]} and side.flavor == flavor
+    assert side.tensorrt_version.startswith(version) and side.model_meta.decision.threshold == 0.25
+    blob, m = out.read_bytes(), len(trt_behaviour.MAGIC)
+    assert blob.startswith(trt_behaviour.MAGIC)  # the double's serialized engine
+    (n,) = struct.unpack("<Q", blob[m:m + 8])
+    header = json.loads(blob[m + 8:m + 8 + n])
+    if flavor == "plugin":
+        assert f"registered: {sorted([PLUGIN_MOE_OP, PLUGIN_WCMA_OP])}" in stdout, stdout[-2000:]
+        assert {p["op"] for p in header["plugins"]} == {PLUGIN_WCMA_OP, PLUGIN_MOE_OP}
+        assert all(p["kernel"] and p["ptx_sha256"] for p in header["plugins"])
+    else:
+        assert header["plugins"] == [] and "registered: []" in stdout
+
+
 @pytest.mark.parametrize("version", ["10.9", "11.4"])
 @pytest.mark.parametrize("flavor", ["portable", "plugin"])
 def test_engine_builds_without_torch_under_the_tensorrt_double(flavor, version, request, tmp_path):
@@ -401,34 +449,24 @@ def test_engine_builds_without_torch_under_the_tensorrt_double(flavor, version, 
     argv = ["trt", str(onnx_path), "--out", str(out), "--precision", "fp32", "--batch", "1:2:4"]
     if flavor == "plugin":
         argv += ["--kernels", str(request.getfixturevalue("plugin_kernels").dir)]
-    code = (f"import sys; sys.modules['torch'] = None; sys.modules['triton'] = None\n"
-            f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-            "from _pytest.monkeypatch import MonkeyPatch\n"
-            "import cuda_double, trt_double\n"
-            f"cuda_double.install(MonkeyPatch()); trt = trt_double.load({version!r})\n"
-            "from wmoe.export.cli import main\n"
-            f"rc = main({argv!r})\n"
-            "assert sys.modules['torch'] is None and sys.modules['triton'] is None, 'torch or triton replaced'\n"
-            "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.kernels.dispatch') if m in sys.modules]\n"
-            "from wmoe.contract import PLUGIN_DOMAIN, PLUGIN_MOE_OP, PLUGIN_WCMA_OP\n"
-            "reg = trt.get_plugin_registry()\n"
-            "print('registered:', sorted(op for op in (PLUGIN_WCMA_OP, PLUGIN_MOE_OP)\n"
-            "                            if reg.get_creator(op, '1', PLUGIN_DOMAIN) is not None))\n"
-            "sys.exit(rc)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    from wmoe.contract import PLUGIN_MOE_OP, PLUGIN_WCMA_OP, EngineSidecar
-    side = EngineSidecar.read(EngineSidecar.path_for(out))
-    assert side.inputs == {"frames": [-1, 60, 80, 3]} and side.flavor == flavor
-    assert side.tensorrt_version.startswith(version) and side.model_meta.decision.threshold == 0.25
-    import trt_behaviour
-    blob, m = out.read_bytes(), len(trt_behaviour.MAGIC)
-    assert blob.startswith(trt_behaviour.MAGIC)  # the double's serialized engine
-    (n,) = struct.unpack("<Q", blob[m:m + 8])
-    header = json.loads(blob[m + 8:m + 8 + n])
-    if flavor == "plugin":  # both plugins registered, and each plugin layer's AOT kernel went into the engine
-        assert f"registered: {sorted([PLUGIN_MOE_OP, PLUGIN_WCMA_OP])}" in r.stdout, r.stdout[-2000:]
-        assert {p["op"] for p in header["plugins"]} == {PLUGIN_WCMA_OP, PLUGIN_MOE_OP}
-        assert all(p["kernel"] and p["ptx_sha256"] for p in header["plugins"])
-    else:
-        assert header["plugins"] == [] and "registered: []" in r.stdout
+    _check_engine(out, flavor, version, _build_under_doubles(sys.executable, argv, version, tmp_path))
+
+
+def test_installed_runtime_builds_the_plugin_engine(runtime_venv, plugin_frames_onnx, plugin_kernels, tmp_path):
+    """The plugin flavor built by the wheel installed in the wmoe[runtime] venv (no torch, no Triton, no onnx
+    installable there), from a kernel folder compiled beforehand, under the TensorRT double for 11.4. What TensorRT
+    itself would bring on a device is linked beside it on PYTHONPATH for the doubles only: the onnx package (the
+    double's stand-in for TensorRT's C++ ONNX parser reads the model with it) and cuda-python's bindings (the CUDA
+    double wraps their signatures)."""
+    import trt_double
+    extra = tmp_path / "double_deps"
+    _link_dists(_closure(["onnx", "cuda-bindings"]) - runtime_venv["closure"] - {"torch", "triton"}, extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(extra)
+    out = tmp_path / "m.engine"
+    argv = ["trt", str(plugin_frames_onnx), "--out", str(out), "--precision", "fp32", "--batch", "1:2:4",
+            "--kernels", str(plugin_kernels.dir)]
+    stdout = _build_under_doubles(runtime_venv["python"], argv, "11.4", tmp_path, env=env,
+                                  api_roots=[str(p) for p in trt_double._venv_roots()])
+    assert f"wmoe from: {ROOT}" not in stdout and "site-packages" in stdout  # the installed wheel, not the tree
+    _check_engine(out, "plugin", "11.4", stdout)
