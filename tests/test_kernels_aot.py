@@ -9,6 +9,7 @@ shared by the tests; the full fp32 matrix is ``slow``.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,12 @@ def _check_artifact(a, d):
     assert all(t == "i32" for _, role, t in a["signature"] if role == "scalar")
     # no register spills in any shipped configuration
     assert a["stack_bytes"] == 0 and a["spill_bytes"] == 0, (a["name"], a["stack_bytes"], a["spill_bytes"])
+    # the lowest PTX ISA it assembles at, recorded for the engine build (which then needs no ptxas): at most the ISA
+    # Triton wrote, at least the one that introduced the target (tests/test_export_trt_plugins.py checks the value)
+    from wmoe.kernels.aot import TARGET_MIN_ISA
+    isa, own = (tuple(int(x) for x in a[k].split(".")) for k in ("lowest_ptx_isa", "ptx_version"))
+    tgt = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    assert TARGET_MIN_ISA[tgt] <= isa <= own, (a["name"], isa, own)
 
 
 def test_compile_all_targets_and_variants(shipped):
