@@ -6,14 +6,13 @@ import sys
 from typing import List, Optional
 
 from wmoe.cli_run import run, standalone
-from wmoe.cli_types import existing_file, finite_float, int_list, list_of, non_negative_int, output_dir, positive_int
+from wmoe.cli_types import existing_file, int_list, list_of, non_negative_int, output_dir, positive_int
+from wmoe.export.cli import gate_options, gate_thresholds
 
 from .backend_names import ALL_BACKENDS
 
 
 def _run(a: argparse.Namespace) -> int:
-    from wmoe.export.gate import GateThresholds
-
     from .harness import BenchConfig, run_bench
     auto = a.backends == ["auto"]
     backends = list(ALL_BACKENDS) if auto else a.backends
@@ -23,8 +22,7 @@ def _run(a: argparse.Namespace) -> int:
                                 onnx=a.onnx, engine=a.engine, aoti=a.aoti, parity_data=a.parity_data,
                                 pretrained=a.pretrained, allow_compile=not auto, qdq=a.qdq,
                                 parity_images=a.parity_images or None,
-                                gate=GateThresholds(a.max_auroc_drop / 100.0, a.min_spearman,
-                                                    a.min_verdict_agreement / 100.0),
+                                gate=gate_thresholds(a),
                                 reference=a.reference, product=a.product))
     for k, v in doc["skipped"].items():
         print(f"skipped {k}: {v}")
@@ -37,28 +35,26 @@ def _run(a: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="parity and throughput of every backend available here")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", default="bench_out", type=output_dir)
+    p.add_argument("checkpoint", help="a checkpoint from wmoe train (.safetensors)")
+    p.add_argument("--out", default="bench_out", type=output_dir, help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--backends", default="auto", type=list_of(ALL_BACKENDS, "backend", extra=["auto"]),
                    help=f"auto or a comma list of {', '.join(ALL_BACKENDS)}")
     p.add_argument("--batch", default="1,8,32", type=int_list, help="batch sizes, comma-separated")
     p.add_argument("--sizes", default=None, type=int_list, help="e.g. 336,518 (default: the checkpoint's size)")
-    p.add_argument("--warmup", type=non_negative_int, default=3)
-    p.add_argument("--repeats", type=positive_int, default=10)
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs before timing")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per measurement")
     p.add_argument("--onnx", default=None, type=existing_file, help="an exported model (else exported on the fly)")
     p.add_argument("--engine", default=None, type=existing_file, help="a TensorRT engine built on this GPU")
     p.add_argument("--aoti", default=None, type=existing_file, help="an AOTInductor package (wmoe export aoti)")
     p.add_argument("--parity-data", default=None, help="data root (e.g. the demo set): the accuracy gate of every "
                    "backend vs torch-fp32 (AUROC change, score Spearman, map differences)")
     p.add_argument("--parity-images", type=non_negative_int, default=0,
-                   help="a seeded subset of its test images (0: all)")
+                   help="a seeded subset of its test images; 0: all")
     p.add_argument("--qdq", default=None, type=existing_file,
                    help="a Q/DQ ONNX (wmoe export quantize) for the ort-qdq backend")
-    p.add_argument("--max-auroc-drop", type=finite_float, default=0.5, help="gate: image AUROC drop in points (0.5)")
-    p.add_argument("--min-spearman", type=finite_float, default=0.99, help="gate: image score Spearman (0.99)")
-    p.add_argument("--min-verdict-agreement", type=finite_float, default=99.0, metavar="PERCENT",
-                   help="gate: images judged alike at the model's stored threshold, in percent (99)")
-    p.add_argument("--pretrained", default=None, type=existing_file)
+    gate_options(p)
+    p.add_argument("--pretrained", default=None, type=existing_file,
+                   help="local open_clip/OpenAI weights file of the backbone")
     p.add_argument("--reference", default=None, metavar="REF",
                    help="bench the normal-reference mode with this wmoe fit-normal folder (memory size in bench.md)")
     p.add_argument("--product", default=None, help="with --reference: the product (default: its only one)")

@@ -294,6 +294,44 @@ def test_version_usage_and_defaults_in_help(capsys):
     assert checked > 25
 
 
+def _every_option():
+    from wmoe.runtime.camera import build_parser as camera_parser
+
+    def walk(p):
+        yield p
+        for act in p._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                for sp in dict.fromkeys(act.choices.values()):
+                    yield from walk(sp)
+
+    for root in (build_parser(), camera_parser()):
+        for p in walk(root):
+            for act in p._actions:
+                if act.help != argparse.SUPPRESS and not isinstance(
+                        act, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                    yield p, act
+
+
+def test_every_option_has_help_and_writes_its_default_one_way():
+    """issue 22: 55 options had no help at all; defaults were written six ways ("(default 8)", "(0.5)" beside the
+    appended "(default: 0.5)", "(16; ...)", "(int8 default)", "the default", "by default"). Now: every option and
+    argument says what it is, and a default is said once, as "(default: X)" at the end."""
+    import re
+
+    bad, n = [], 0
+    for p, act in _every_option():
+        n += 1
+        name = f"{p.prog} {act.option_strings[0] if act.option_strings else act.dest}"
+        text = (act.help or "") % {"default": act.default, "prog": p.prog}
+        if not text.strip() or text.startswith("(default"):
+            bad.append(f"{name}: no help")
+            continue
+        rest = re.sub(r" \(default: [^()]*(\([^()]*\)[^()]*)*\)$", "", text)
+        if re.search(r"\bdefault\b", rest, re.I) or re.search(r"\(\d[\d.]*\)", rest):
+            bad.append(f"{name}: {text}")
+    assert n > 250 and not bad, "\n".join(bad)
+
+
 def test_missing_optional_dependency_gives_the_install_command(capsys, monkeypatch, ckpt, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)  # as on an install without the export extra
     assert wmoe_main(["export", "onnx", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 2

@@ -172,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True)
     m = d.add_parser("meta", help="write ROOT/meta.json for a data set layout")
-    m.add_argument("root")
+    m.add_argument("root", help="the data set's root folder")
     m.add_argument("--format", required=True, type=one_of(_formats, "format"),
                    help="mvtec, visa, folder, btad, ... (see docs/data.md)")
-    m.add_argument("--out", default=None, type=output_file, help="where to write meta.json (default ROOT/meta.json)")
+    m.add_argument("--out", default=None, type=output_file, help="where to write meta.json (default: ROOT/meta.json)")
     m.set_defaults(func=_cmd_data_meta)
     dd = d.add_parser("demo", help="write the embedded demo data set")
-    dd.add_argument("out", type=output_dir)
-    dd.add_argument("--seed", type=int, default=0)
+    dd.add_argument("out", type=output_dir, help="folder to write the data set into")
+    dd.add_argument("--seed", type=int, default=0, help="random seed of the generated images")
     dd.add_argument("--size", type=positive_int, default=256, help="image side in pixels")
     dd.set_defaults(func=_cmd_data_demo)
 
@@ -190,36 +190,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train on an auxiliary data set (paper defaults)")
     t.add_argument("data", help="data root with meta.json")
-    t.add_argument("--out", default="runs/wmoe", type=output_dir)
-    t.add_argument("--meta", default=None, type=existing_file)
-    t.add_argument("--classes", default=None, help="comma-separated subset")
-    t.add_argument("--epochs", type=positive_int, default=20)
-    t.add_argument("--batch-size", type=positive_int, default=32)
-    t.add_argument("--lr", type=positive_float, default=2e-4)
-    t.add_argument("--seed", type=int, default=111)
-    t.add_argument("--workers", type=non_negative_int, default=0)
-    t.add_argument("--max-steps", type=positive_int, default=None)
+    t.add_argument("--out", default="runs/wmoe", type=output_dir,
+                   help="the run folder: checkpoints, expert usage, the resolved config.yaml")
+    t.add_argument("--meta", default=None, type=existing_file, help="the data set's meta.json (default: DATA/meta.json)")
+    t.add_argument("--classes", default=None, help="comma-separated subset of the classes (default: all)")
+    t.add_argument("--epochs", type=positive_int, default=20, help="passes over the training split")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    t.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate")
+    t.add_argument("--seed", type=int, default=111, help="random seed: initialization and data order")
+    t.add_argument("--workers", type=non_negative_int, default=0,
+                   help="data loader worker processes; 0: load in the main process")
+    t.add_argument("--max-steps", type=positive_int, default=None, help="stop after N steps (default: all epochs)")
     t.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (refused otherwise)")
-    t.add_argument("--no-amp", action="store_true")
+    t.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too (mixed precision otherwise)")
     t.add_argument("--tiny", action="store_true", help="the tiny random-init backbone (tests, demos)")
-    t.add_argument("--backbone", default=None, help="open_clip model name (default ViT-L-14-336-quickgelu)")
+    t.add_argument("--backbone", default=None, help="open_clip model name (default: ViT-L-14-336-quickgelu)")
     t.add_argument("--image-size", type=positive_int, default=None,
-                   help="a multiple of the patch size: 336 or 518 (default 518; 336 with --tiny)")
+                   help="a multiple of the patch size: 336 or 518 (default: 518; 336 with --tiny)")
     t.add_argument("--moe-balance", type=non_negative_float, default=0.0, metavar="W",
-                   help="weight of SA-MoE expert selection balancing (ESB; default 0 = off, the paper)")
+                   help="weight of SA-MoE expert selection balancing (ESB; 0: off, the paper)")
     t.add_argument("--moe-repulsion", type=non_negative_float, default=0.0, metavar="W",
-                   help="weight of SA-MoE expert information repulsion (EIR; default 0 = off, the paper)")
+                   help="weight of SA-MoE expert information repulsion (EIR; 0: off, the paper)")
     model_args(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="zero-shot evaluation: per-class metrics table")
-    e.add_argument("checkpoint")
-    e.add_argument("data")
-    e.add_argument("--out", default="eval_out", type=output_dir)
-    e.add_argument("--meta", default=None, type=existing_file)
-    e.add_argument("--classes", default=None)
-    e.add_argument("--batch-size", type=positive_int, default=8)
+    e.add_argument("checkpoint", help="a checkpoint from wmoe train (.safetensors)")
+    e.add_argument("data", help="data root with meta.json (its test split)")
+    e.add_argument("--out", default="eval_out", type=output_dir,
+                   help="folder for metrics.md, .csv, .json and scores.csv (per image)")
+    e.add_argument("--meta", default=None, type=existing_file, help="the data set's meta.json (default: DATA/meta.json)")
+    e.add_argument("--classes", default=None, help="comma-separated subset of the classes (default: all)")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     e.add_argument("--sigma", type=non_negative_float, default=4.0, help="Gaussian smoothing of the maps")
     e.add_argument("--no-pro", action="store_true", help="skip the PRO metrics")
     e.add_argument("--write-threshold", action="store_true",
@@ -262,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the decision here instead (a JSON for a checkpoint, a copy of an ONNX)")
     c.add_argument("--dry-run", action="store_true", help="print the decision, store nothing")
     c.add_argument("--scores-csv", default=None, type=output_file, help="per-image scores as CSV")
-    c.add_argument("--batch-size", type=positive_int, default=8)
+    c.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     c.add_argument("--provider", default="cpu", type=one_of(tuple(PROVIDERS), "provider"),
                    help="ONNX Runtime provider for an exported model")
     c.add_argument("--allow-cpu-fallback", action="store_true",
@@ -271,47 +274,50 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_calibrate)
 
     fn = sub.add_parser("fit-normal", help="build a normal reference (memory of good patches) per product")
-    fn.add_argument("checkpoint", type=existing_file)
+    fn.add_argument("checkpoint", type=existing_file, help="a checkpoint from wmoe train (.safetensors)")
     fn.add_argument("good_dir", help="good images: a folder of images, a folder of product folders, or a data root "
                                      "with meta.json (its train split)")
-    fn.add_argument("--out", required=True, type=output_dir)
+    fn.add_argument("--out", required=True, type=output_dir, help="the reference folder (reference.json and memories)")
     fn.add_argument("--classes", default=None, help="comma-separated products (default: all found)")
-    fn.add_argument("--k", type=positive_int, default=None, help="use the first K good images per product (default all)")
+    fn.add_argument("--k", type=positive_int, default=None, help="use the first K good images per product (default: all)")
     fn.add_argument("--max-memory", type=positive_int, default=4096,
-                    help="memory rows per product; a greedy coreset above it (default 4096)")
-    fn.add_argument("--neighbourhood", type=positive_int, default=3, help="local averaging window (odd, default 3)")
+                    help="memory rows per product; a greedy coreset above it")
+    fn.add_argument("--neighbourhood", type=positive_int, default=3, help="local averaging window (odd)")
     fn.add_argument("--fusion-weight", type=unit_float, default=DEFAULT_FUSION_WEIGHT, metavar="W",
-                    help=f"weight of the reference map in the fused map (default {DEFAULT_FUSION_WEIGHT}, measured)")
+                    help="weight of the reference map in the fused map (measured)")
     fn.add_argument("--experts", action="store_true",
                     help="also train the three-level reconstruction experts (patch, component, global; ESB/EIR) "
-                         "on the good images and mix their map into the reference map (default off)")
+                         "on the good images and mix their map into the reference map")
     fn.add_argument("--experts-weight", type=unit_float, default=DEFAULT_EXPERTS_WEIGHT, metavar="V",
-                    help=f"with --experts: their share of the reference map (default {DEFAULT_EXPERTS_WEIGHT})")
-    fn.add_argument("--batch-size", type=positive_int, default=8)
+                    help="with --experts: their share of the reference map")
+    fn.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     model_args(fn)
     fn.set_defaults(func=_cmd_fit_normal)
 
     pr = sub.add_parser("predict", help="score images; CSV/JSON and heatmap overlays")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help="a checkpoint from wmoe train (.safetensors)")
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--out", default="predictions", type=output_dir)
+    pr.add_argument("--out", default="predictions", type=output_dir,
+                    help="folder for scores.csv, scores.json and the overlays")
     pr.add_argument("--threshold", type=finite_float, default=None,
                     help="decision threshold on the score (default: the one stored by wmoe eval)")
     pr.add_argument("--pixel-threshold", type=finite_float, default=None,
                     help="draw the predicted defect contour where the map >= this (default: the stored one)")
     pr.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                     help="the product class whose stored thresholds judge the images (a per-class decision)")
-    pr.add_argument("--batch-size", type=positive_int, default=8)
-    pr.add_argument("--no-overlays", action="store_true")
+    pr.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    pr.add_argument("--no-overlays", action="store_true", help="write scores only, no overlay pictures")
     model_args(pr)
     pr.set_defaults(func=_cmd_predict)
 
     de = sub.add_parser("demo", help="the end-to-end demo: data, training, evaluation, predictions, report")
-    de.add_argument("--out", default="demo_out", type=output_dir)
-    de.add_argument("--epochs", type=positive_int, default=60)
-    de.add_argument("--lr", type=positive_float, default=1e-3)
-    de.add_argument("--seed", type=int, default=0)
-    de.add_argument("--max-steps", type=positive_int, default=None)
+    de.add_argument("--out", default="demo_out", type=output_dir,
+                    help="folder for the data, the run, evaluation, predictions and report.md")
+    de.add_argument("--epochs", type=positive_int, default=60, help="training passes over the demo data")
+    de.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    de.add_argument("--seed", type=int, default=0, help="random seed: data, initialization and data order")
+    de.add_argument("--max-steps", type=positive_int, default=None,
+                    help="stop training after N steps (default: all epochs)")
     model_args(de)
     de.set_defaults(func=_cmd_demo)
 
@@ -320,11 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a checkpoint (torch) or an exported .onnx / .engine (torch-free: pip install \"wmoe[app]\")")
     ap.add_argument("--demo", default=None, metavar="DIR",
                     help="a data root with meta.json (wmoe data demo DIR) whose test images the page offers")
-    ap.add_argument("--host", default="127.0.0.1", help="address to serve on (only this machine by default)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1: only this machine)")
     ap.add_argument("--port", type=non_negative_int, default=8765, help="0 picks a free port")
     ap.add_argument("--provider", default="cpu", type=one_of(tuple(PROVIDERS), "provider"),
                     help="ONNX Runtime provider for an .onnx model")
-    ap.add_argument("--threads", type=non_negative_int, default=0, help="ONNX Runtime threads (0: its default)")
+    ap.add_argument("--threads", type=non_negative_int, default=0, help="ONNX Runtime threads; 0: as many as it picks")
     ap.add_argument("--max-upload-mb", type=positive_float, default=32.0, help="largest file accepted (MB)")
     ap.add_argument("--log", action="store_true", help="print one line per request")
     model_args(ap)

@@ -76,12 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=positive_int, default=4, help="frames per inference")
     ap.add_argument("--queue", type=positive_int, default=8, help="capture queue length, bounded")
     ap.add_argument("--drop", type=one_of(DROP_POLICIES, "drop policy"), default=None,
-                    help="live sources only (camera, stream), when the queue is full: drop the oldest queued frame "
-                         "(default), drop the newest, or block the capture. Folders and files always block")
+                    help="live sources only (camera, stream), when the queue is full: drop the oldest queued frame, "
+                         "drop the newest, or block the capture; folders and files always block (default: oldest "
+                         "for a live source)")
     ap.add_argument("--fail-on-drop", action="store_true",
                     help="exit with status 3 when a frame was dropped (a live source faster than inference)")
     ap.add_argument("--max-frames", type=non_negative_int, default=0,
-                    help="stop after N frames read (0: until the source ends)")
+                    help="stop after N frames read; 0: until the source ends")
     ap.add_argument("--threshold", type=finite_float, default=None,
                     help="override the image threshold stored in the model")
     ap.add_argument("--pixel-threshold", type=finite_float, default=None,
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "and threshold); --out is the older name")
     ap.add_argument("--display", action="store_true", help="show overlays in a window (needs opencv-python)")
     ap.add_argument("--report-every", type=non_negative_int, default=50,
-                    help="print a progress line every N scored frames (0: only the final report)")
+                    help="print a progress line every N scored frames; 0: only the final report")
     ap.set_defaults(func=_camera)
     return finish(ap, "wmoe-camera")
 
