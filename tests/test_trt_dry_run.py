@@ -16,6 +16,7 @@ the session's ``plugin_kernels``.
 """
 import json
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -135,6 +136,21 @@ def test_dry_run(flavor, kind, version, exported, frames, plugin_kernels, double
     lines = [json.loads(ln) for ln in results.read_text().splitlines()]
     assert len(lines) == 3 and sorted(r["frame"] if "frame" in r else r["name"] for r in lines)
     assert "final:" in capsys.readouterr().out
+
+
+def test_plugin_build_that_must_compile_without_triton_says_so(exported, doubles, tmp_path, monkeypatch):
+    """A plugin-flavor build with no compiled kernel folder compiles the kernels, which needs Triton (and torch):
+    where Triton is missing, one line says so and how to compile elsewhere; nothing is written."""
+    from wmoe.errors import ExportError
+    from wmoe.export.trt_build import build_engine
+    doubles("11.4")
+    monkeypatch.setitem(sys.modules, "triton", None)
+    with pytest.raises(ExportError) as e:
+        build_engine(exported("plugin", "images"), tmp_path / "m.engine", precision="fp32", batch="1:2:4")
+    msg = str(e.value)
+    assert "\n" not in msg and "m.kernels holds no compiled plugin kernels" in msg
+    assert "needs Triton and torch (triton is not installed)" in msg and "--kernels DIR" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # -- TrtBackend: bounded contexts and buffers -------------------------------------------------------------------------
