@@ -36,10 +36,11 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from wmoe.atomic import atomic_write_text
 from wmoe.errors import ExportError
+from wmoe.kill_points import KillPoints
 
 STAGE_PREFIX = ".wmoe-stage-"
 JOURNAL = ".wmoe-commit.json"
@@ -47,9 +48,9 @@ RECORD = "wmoe-version.json"
 CONFIG = "config.pbtxt"
 FORMAT = "wmoe-repository-commit"
 
-#: Called with the name of each stage of a commit ("staged", "verified", "committed", "switched", "configured",
-#: "done"). A no-op; the kill-point tests replace it to SIGKILL the process at one exact point.
-fault_hook: Callable[[str], None] = lambda stage: None
+#: The stages of a commit ("staged", "verified", "committed", "switched", "configured", "done"), where the crash
+#: tests kill
+fault_hook = KillPoints("model repository commit")
 
 
 @dataclass

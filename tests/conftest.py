@@ -22,6 +22,20 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def trained_like_tiny():
+    """A tiny model at 112 px whose trainable parameters are moved off their init, as after training (the heads at
+    their init score everything alike). Read-only: save it where a test needs a checkpoint."""
+    from wmoe.model import WMoECLIP
+
+    torch.manual_seed(0)
+    model = WMoECLIP(ModelConfig.tiny(image_size=112)).eval()
+    with torch.no_grad():
+        for p in model.trainable_state_dict().values():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory):
     """A tiny model exported once per session with a stored decision: (checkpoint, onnx path)."""
     from wmoe.checkpoint import save_checkpoint

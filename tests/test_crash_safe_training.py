@@ -24,12 +24,12 @@ from wmoe.train import TrainConfig, train
 CFG = ModelConfig.tiny(image_size=112)
 
 DRIVER = textwrap.dedent(r'''
-    import json, os, signal, sys, traceback
+    import json, signal, sys
     from pathlib import Path
     import torch
     torch.set_num_threads(1)  # no thread pool in the parent: forking stays safe
     from safetensors.torch import load_file
-    from wmoe import checkpoint_set
+    from wmoe import checkpoint_set, kill_points
     from wmoe.config import ModelConfig
     from wmoe.errors import WMoEError
     from wmoe.train import TrainConfig, train
@@ -42,24 +42,11 @@ DRIVER = textwrap.dedent(r'''
         return train(CFG, TrainConfig(data, out_dir=str(out), classes=["brick"], batch_size=2, epochs=2,
                                       progress=False, seed=5, **kw))
 
-    def in_child(fn):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                fn()
-            except WMoEError as e:
-                (work / "error.txt").write_text(str(e))
-                code = 3
-            except BaseException:
-                traceback.print_exc()
-                code = 4
-            os._exit(code)
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    def in_child(fn):  # a refusal (WMoEError) exits 3, its message in error.txt
+        return kill_points.in_child(fn, (WMoEError,), lambda e: (work / "error.txt").write_text(str(e)))
 
     def record():
-        stages = []
-        checkpoint_set.fault_hook = stages.append
+        stages = checkpoint_set.fault_hook.record()
         run(work / "ref")
         (work / "stages.json").write_text(json.dumps(stages))
 
@@ -71,12 +58,7 @@ DRIVER = textwrap.dedent(r'''
         out = work / f"kill{k:02d}"
 
         def killed():
-            seen = [0]
-            def hook(s):
-                if seen[0] == k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                seen[0] += 1
-            checkpoint_set.fault_hook = hook
+            checkpoint_set.fault_hook.kill_at(k)
             run(out)
 
         assert in_child(killed) == -signal.SIGKILL, stage

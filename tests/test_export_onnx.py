@@ -23,14 +23,9 @@ SIZE = 112
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = WMoECLIP(ModelConfig.tiny(image_size=SIZE)).eval()
-    # train-like weights: perturb the trainable parameters so the heads are not at their init
-    with torch.no_grad():
-        for p in model.trainable_state_dict().values():
-            p.add_(torch.randn_like(p) * 0.02)
-    return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "m.safetensors")
+def ckpt(trained_like_tiny, tmp_path_factory):
+    assert trained_like_tiny.cfg.image_size == SIZE
+    return save_checkpoint(trained_like_tiny, tmp_path_factory.mktemp("ck") / "m.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -114,26 +114,16 @@ def test_second_export_into_a_repository_being_written_is_refused(two_models, tm
 
 
 DRIVER = textwrap.dedent(r'''
-    import json, os, signal, sys, traceback
+    import json, signal, sys
     from pathlib import Path
     from wmoe.contract import sha256_file
     from wmoe.export import repo_commit
     from wmoe.export.triton_repo import TritonOptions, write_repository
+    from wmoe.kill_points import in_child
 
     a, b, work = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     OPTS = dict(device="cpu", backends=("onnxruntime", "python"))
 
-    def in_child(fn):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                fn()
-            except BaseException:
-                traceback.print_exc()
-                code = 4
-            os._exit(code)
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
     def state(repo):
         out = {}
@@ -149,9 +139,8 @@ DRIVER = textwrap.dedent(r'''
         return out
 
     def record():
-        stages = []
         write_repository(a, work / "ref", TritonOptions(**OPTS))
-        repo_commit.fault_hook = stages.append
+        stages = repo_commit.fault_hook.record()
         write_repository(b, work / "ref", TritonOptions(**OPTS, overwrite=True))
         (work / "stages.json").write_text(json.dumps(stages))
 
@@ -163,12 +152,7 @@ DRIVER = textwrap.dedent(r'''
         assert in_child(lambda: write_repository(a, repo, TritonOptions(**OPTS))) == 0
 
         def killed():
-            seen = [0]
-            def hook(s):
-                if seen[0] == k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                seen[0] += 1
-            repo_commit.fault_hook = hook
+            repo_commit.fault_hook.kill_at(k)
             write_repository(b, repo, TritonOptions(**OPTS, overwrite=True))
 
         assert in_child(killed) == -signal.SIGKILL, stage

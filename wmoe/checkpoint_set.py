@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional
 from .atomic import atomic_write_text, current_umask
 from .checkpoint import CheckpointError
 from .errors import output_error
+from .kill_points import KillPoints
 
 WEIGHTS = "last.safetensors"
 SIDECAR = "last.json"
@@ -33,9 +34,8 @@ FILES = (WEIGHTS, SIDECAR, OPTIMIZER)
 MANIFEST = "last.commit.json"
 FORMAT = "wmoe-run-state"
 
-#: Called with the name of each stage of a save ("begin", "written:NAME", "committed", "renamed:NAME", "done").
-#: A no-op; the crash tests replace it to SIGKILL the process at one exact point.
-fault_hook: Callable[[str], None] = lambda stage: None
+#: The stages of a save ("begin", "written:NAME", "committed", "renamed:NAME", "done"), where the crash tests kill
+fault_hook = KillPoints("checkpoint save")
 
 
 @dataclass
