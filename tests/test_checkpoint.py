@@ -89,22 +89,15 @@ def test_damaged_files_give_clear_errors(tmp_path):
     model = WMoECLIP(ModelConfig.tiny())
     good = save_checkpoint(model, tmp_path / "good.safetensors")
     data = good.read_bytes()
-    truncated = tmp_path / "truncated.safetensors"
-    truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated.safetensors"):
-        load_model(truncated)
-    garbage = tmp_path / "garbage.safetensors"
-    garbage.write_bytes(b"this is not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="garbage.safetensors"):
-        load_model(garbage)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_model(tmp_path / "missing.safetensors")
     from safetensors.torch import save_file
 
-    other = tmp_path / "other.safetensors"
-    save_file({"w": torch.zeros(2)}, str(other))
-    with pytest.raises(CheckpointError, match="not a wmoe checkpoint"):
-        load_model(other)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.safetensors").write_bytes(b"this is not a checkpoint at all")
+    for name, message in (("truncated", "truncated.safetensors"), ("garbage", "garbage.safetensors"),
+                          ("missing", "does not exist"), ("other", "not a wmoe checkpoint")):
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / f"{name}.safetensors")
 
 
 def test_failed_save_keeps_previous_file(tmp_path):

@@ -188,12 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local open_clip/OpenAI weights file of the backbone")
         sp.add_argument("--device", default=None, type=device, help="cuda, cuda:1, cpu (default: cuda if available)")
 
+    def data_args(sp: argparse.ArgumentParser) -> None:  # which part of DATA a command reads
+        sp.add_argument("--meta", default=None, type=existing_file,
+                        help="the data set's meta.json (default: DATA/meta.json)")
+        sp.add_argument("--classes", default=None, help="comma-separated subset of the classes (default: all)")
+
     t = sub.add_parser("train", help="train on an auxiliary data set (paper defaults)")
     t.add_argument("data", help="data root with meta.json")
     t.add_argument("--out", default="runs/wmoe", type=output_dir,
                    help="the run folder: checkpoints, expert usage, the resolved config.yaml")
-    t.add_argument("--meta", default=None, type=existing_file, help="the data set's meta.json (default: DATA/meta.json)")
-    t.add_argument("--classes", default=None, help="comma-separated subset of the classes (default: all)")
+    data_args(t)
     t.add_argument("--epochs", type=positive_int, default=20, help="passes over the training split")
     t.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
     t.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate")
@@ -220,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", help="data root with meta.json (its test split)")
     e.add_argument("--out", default="eval_out", type=output_dir,
                    help="folder for metrics.md, .csv, .json and scores.csv (per image)")
-    e.add_argument("--meta", default=None, type=existing_file, help="the data set's meta.json (default: DATA/meta.json)")
-    e.add_argument("--classes", default=None, help="comma-separated subset of the classes (default: all)")
+    data_args(e)
     e.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     e.add_argument("--sigma", type=non_negative_float, default=4.0, help="Gaussian smoothing of the maps")
     e.add_argument("--no-pro", action="store_true", help="skip the PRO metrics")
