@@ -181,6 +181,16 @@ def test_config_file_print_config_and_the_run_folder_keeps_the_resolved_config(c
         line = _usage_error(capsys, wmoe_main, ["train", str(data), "--config", str(tmp_path / "bad.yaml")])
         assert line.startswith("wmoe train: error: ") and fragment.replace("BAD", str(tmp_path / "bad.yaml")) \
             in line, line
+    from wmoe.runtime.camera import build_parser as camera_parser, main as camera_main
+
+    (tmp_path / "cam.json").write_text('{"source": "s", "model": "m", "class": "pcb", "out": "ov", "batch": 2}')
+    capsys.readouterr()
+    assert camera_main(["--config", str(tmp_path / "cam.json"), "--print-config"]) == 0
+    cam = yaml.safe_load(capsys.readouterr().out)  # option names work as keys (--class -> class_name)
+    assert (cam["class_name"], cam["overlays"], cam["batch"]) == ("pcb", "ov", 2) and camera_parser()
+    for argv in (["--config", str(run)], ["--config", str(run), "train"]):  # before the command
+        line = _usage_error(capsys, wmoe_main, argv)
+        assert line.startswith("wmoe: error: --config FILE goes after the command: wmoe COMMAND --config FILE")
     line = _usage_error(capsys, export_cli.main, ["onnx", "--config", str(tmp_path / "none.yaml")])
     assert "--config " + str(tmp_path / "none.yaml") + ": no such file" in line
 

@@ -5,10 +5,11 @@ A config file holds a command's options by name, as ``--print-config`` writes th
     wmoe train data/ --tiny --epochs 5 --print-config > run.yaml   # every option, resolved
     wmoe train --config run.yaml --lr 1e-3                          # the file, and what the command line changes
 
-Keys are the option names with ``_`` or ``-`` (``batch_size``, ``batch-size``) and the positional arguments
-(``data``); a value goes through the same check as on the command line, so a bad one is one line naming the file and
-the key. The command line wins over the file, the file over the defaults. Paths in the file are relative to the
-current folder, as on the command line. ``.yaml``/``.yml`` need PyYAML (part of ``wmoe[model]``); ``.json`` needs
+Keys are the option names with ``_`` or ``-`` (``batch_size``, ``batch-size``; ``class`` or ``class_name`` for
+``--class``) and the positional arguments (``data``). A value goes through the same check as on the command line,
+so a bad one is one line naming the file and the key. The command line wins over the file, the file over the
+defaults; ``--config`` goes after the command. Paths in the file are relative to the current folder, as on the
+command line. ``.yaml``/``.yml`` need PyYAML (part of ``wmoe[model]``); ``.json`` needs
 nothing. ``wmoe train`` keeps the resolved config of each run in ``OUT/config.yaml``.
 
 Standard library only: the torch-free ``wmoe-camera`` has the same options.
@@ -38,13 +39,14 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                         "and exit without running")
 
 
-def _config_path(argv: Sequence[str]) -> Optional[str]:
+def _config_path(argv: Sequence[str]) -> "tuple[Optional[str], int]":
+    """(the FILE of ``--config FILE``, its position in argv); (None, -1) without one."""
     for i, tok in enumerate(argv):
         if tok == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
+            return argv[i + 1], i
         if tok.startswith("--config="):
-            return tok.split("=", 1)[1]
-    return None
+            return tok.split("=", 1)[1], i
+    return None, -1
 
 
 def read_config(path: str) -> Dict[str, Any]:
@@ -109,12 +111,16 @@ def _value(act: argparse.Action, v: Any) -> Any:
     return out if many else out[0]
 
 
-def apply_config(p: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """When ``argv`` has ``--config FILE``: its values become ``p``'s defaults (a positional given there is no
-    longer required on the command line). A bad file, key or value exits 2 with one line (``p.error``)."""
-    path = _config_path(argv)
+def apply_config(root: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """When ``argv`` has ``--config FILE``: its values become the defaults of the command ``argv`` chooses (a
+    positional given there is no longer required on the command line). A misplaced ``--config``, a bad file, key
+    or value exits 2 with one line (``error``)."""
+    path, at = _config_path(argv)
     if path is None:
         return
+    p, last = chosen_command(root, argv)
+    if at < last or "--config" not in p._option_string_actions:
+        root.error(f"--config FILE goes after the command: {root.prog} COMMAND --config FILE")
     from .cli_types import suggest
 
     try:
@@ -122,9 +128,11 @@ def apply_config(p: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     except UsageError as e:
         p.error(str(e))
     acts = _configurable(p)
+    names = {s.lstrip("-").replace("-", "_"): d for d, a in acts.items() for s in a.option_strings}
     values: Dict[str, Any] = {}
     for key, v in doc.items():
         dest = str(key).replace("-", "_")
+        dest = dest if dest in acts else names.get(dest, dest)  # an option's name works too (class: for class_name)
         if dest not in acts:
             p.error(f"--config {path}: unknown option {key!r}{suggest(dest, list(acts))}; "
                     f"known: {', '.join(acts)}")
@@ -134,8 +142,7 @@ def apply_config(p: argparse.ArgumentParser, argv: Sequence[str]) -> None:
             p.error(f"--config {path}: {key}: {e}")
     p.set_defaults(**values)
     for dest in values:
-        if not acts[dest].option_strings:
-            acts[dest].required = False  # given by the file; a value on the command line still wins
+        acts[dest].required = False  # given by the file (a positional or --source); the command line still wins
 
 
 def resolved(p: argparse.ArgumentParser, a: argparse.Namespace) -> Dict[str, Any]:
@@ -154,16 +161,17 @@ def dump(command: str, values: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chosen_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
-    """The (sub)command parser that ``argv`` selects (the subcommand names in it, in order)."""
-    p = parser
-    for tok in argv:
+def chosen_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> "tuple[argparse.ArgumentParser, int]":
+    """The (sub)command parser that ``argv`` selects (the subcommand names in it, in order), and the position of
+    its name in ``argv`` (-1: the program itself)."""
+    p, last = parser, -1
+    for i, tok in enumerate(argv):
         sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
         if sub is None:
             break
         if tok in sub.choices:
-            p = sub.choices[tok]
-    return p
+            p, last = sub.choices[tok], i
+    return p, last
 
 
 __all__: List[str] = ["add_config_options", "apply_config", "read_config", "resolved", "dump", "chosen_command"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from . import __version__
-from .cli_config import add_config_options, apply_config, chosen_command, dump, resolved
+from .cli_config import add_config_options, apply_config, dump, resolved
 from .cli_types import output_dir, output_file, suggest
 from .errors import MissingDependencyError, WMoEError, printable
 
@@ -149,7 +149,7 @@ def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> in
     made: List[Path] = []
     code = 1
     try:
-        apply_config(chosen_command(parser, argv), argv)  # --config FILE: its values become the defaults
+        apply_config(parser, argv)  # --config FILE: its values become the chosen command's defaults
         a = parser.parse_args(argv)  # inside: an option's check may import what a small install lacks
         command = getattr(a, "_command", command)
         chosen = _chosen(parser, a)
