@@ -45,8 +45,8 @@ EXPERTS_V = [0.0, DEFAULT_EXPERTS_WEIGHT, 1.0]
 
 
 def run(runs: List[str], ks: Sequence[int], max_memory: int, weight_k: int, out: Path, experts: bool = False,
-        weight: bool = True) -> Dict[str, Any]:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        weight: bool = True, threads: int = 2) -> Dict[str, Any]:
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     cfg = ReferenceConfig(max_memory=max_memory, experts=experts)
     load0 = os.getloadavg()
     t0 = time.time()
@@ -246,6 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="fit the three-level experts too and score memory / memory+experts / experts side by side")
     p.add_argument("--no-weight", action="store_true",
                    help="skip the fusion-weight grid on the auxiliary categories (use the code's weight)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (1 is faster for the tiny model on a CPU other jobs share)")
     p.add_argument("--out", default="bench/results/reference_cpu")
     a = p.parse_args(argv)
     if a.latency:
@@ -258,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("give --run DATA:CKPT (one per seed) or --merge JSON...")
     doc = (merge(a.merge, Path(a.out)) if a.merge else
            run(a.run, [int(k) for k in a.k.split(",")], a.max_memory, a.weight_k, Path(a.out), a.experts,
-               not a.no_weight))
+               not a.no_weight, a.threads))
     print(markdown(doc))
     return 0
 

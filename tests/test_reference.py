@@ -187,11 +187,16 @@ def test_cli_fit_normal_and_eval_reference(ckpt, data, tmp_path, capsys):
 
 def test_demo_report_section(ckpt, data, tmp_path):
     from wmoe.reference.report import reference_section
-    lines = reference_section(tmp_path, load_model(ckpt).eval(), data, ["gravel", "cell"], ks=(1, 4))
+    from wmoe.reference import ExpertsConfig
+    lines = reference_section(tmp_path, load_model(ckpt).eval(), data, ["gravel", "cell"], ks=(1, 4),
+                              experts_cfg=ExpertsConfig(**FAST_EXPERTS))
     rows = [ln for ln in lines if ln.startswith("| 1 |") or ln.startswith("| 4 |") or ln.startswith("| full (5)")]
-    assert len(rows) == 3 and all(len(r.split("|")) == 11 for r in rows)
+    # per k: the memory alone and memory + experts
+    assert len(rows) == 6 and all(len(r.split("|")) == 12 for r in rows)
+    assert sum("memory + experts" in r for r in rows) == 3
     doc = json.loads((tmp_path / "reference_mode.json").read_text())
     assert set(doc["results"]) == {"gravel", "cell"} and doc["memory"]["cell"]["4"]["k"] == 4
+    assert "4 v=0.5" in doc["results"]["cell"] and doc["memory"]["cell"]["4"]["experts"]["n_images"] == 4
 
 
 # ------------------------------------------------------------------ the three-level reconstruction experts (issue 25)
@@ -344,3 +349,8 @@ def test_cli_fit_normal_experts(ckpt, data, tmp_path, capsys):
     assert "| cell | 2 |" in out and "router top-1 share" in out and "experts weight 0.4" in out
     loaded = NormalReference.load(ref)
     assert loaded.config.experts and loaded.config.experts_weight == 0.4 and loaded.get("cell").experts is not None
+    # wmoe eval --reference scores with the experts (the metrics record them)
+    assert main(["eval", str(ckpt), str(data), "--classes", "cell", "--reference", str(ref), "--out",
+                 str(tmp_path / "ev"), "--no-pro"]) == 0
+    per_class = json.loads((tmp_path / "ev" / "metrics.json").read_text())["extra"]["reference"]["per_class"]
+    assert per_class["cell"]["experts"]["n_images"] == 2
