@@ -13,6 +13,10 @@ Per seed:
    coreset above ``--max-memory`` rows), their test split scored zero-shot (w = 0), reference only (w = 1) and fused
    (the weight in the code, :data:`wmoe.reference.fusion.DEFAULT_FUSION_WEIGHT`).
 
+With ``--experts`` every reference also trains the three-level reconstruction experts and the held-out table scores
+the memory alone, memory + experts and the experts alone side by side (``--no-weight`` skips step 1 and keeps the
+code's weight).
+
 Scoring: :func:`wmoe.reference.compare.score_test_split` (the scores of :class:`wmoe.reference.ReferenceModel`, the
 metrics of ``wmoe eval``).
 Writes ``OUT.json`` and ``OUT.md``.
@@ -110,7 +114,7 @@ def merge(paths: Sequence[str], out: Path) -> Dict[str, Any]:
     docs = [json.loads(Path(p).read_text()) for p in paths]
     doc = dict(docs[0])
     doc["runs"] = [r for d in docs for r in d["runs"]]
-    doc["seconds"] = sum(d["seconds"] for d in docs)
+    doc["seconds"] = round(sum(d["seconds"] for d in docs), 1)
     doc["loadavg_before"] = [d["loadavg_before"] for d in docs]
     doc["loadavg_after"] = [d["loadavg_after"] for d in docs]
     doc["command"] = " ; ".join(d["command"] for d in docs)
