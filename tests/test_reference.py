@@ -354,3 +354,73 @@ def test_cli_fit_normal_experts(ckpt, data, tmp_path, capsys):
                  str(tmp_path / "ev"), "--no-pro"]) == 0
     per_class = json.loads((tmp_path / "ev" / "metrics.json").read_text())["extra"]["reference"]["per_class"]
     assert per_class["cell"]["experts"]["n_images"] == 2
+
+
+def test_reference_frames_model_on_the_line_triton_and_tensorrt(ckpt, data, experts_ref_dir, tmp_path, monkeypatch):
+    """The deployable claim, run: a frames-input reference-mode export (memory + experts in the graph) scores camera
+    frames in the torch-free runtime as PyTorch does (1e-4), is served by a real Triton Inference Server with the
+    runtime's answers, and builds a serialized TensorRT engine under the generated TensorRT double — with no
+    reference-specific code in any of them."""
+    import cuda_double
+    import trt_double as D
+    from triton_server import LocalTriton, Unavailable
+
+    from wmoe.cli import main as wmoe_main
+    from wmoe.contract import EngineSidecar
+    from wmoe.export.onnx_export import export_onnx
+    from wmoe.export.trt_plugins import unregister_plugins
+    from wmoe.preprocess import frames_to_images
+    from wmoe.runtime import Runtime
+
+    frame = (60, 80)
+    path = export_onnx(ckpt, tmp_path / "ref_frames.onnx", reference=experts_ref_dir, product="gravel",
+                       preprocess=True, frame_size=frame, threshold=1.5)
+    ref = NormalReference.load(experts_ref_dir)
+    rm = ReferenceModel(load_model(ckpt), ref.get("gravel"), ref.config).eval()
+    # frames made from real test images (good and defective), resized to the camera's frame size
+    from PIL import Image
+    files = sorted((data / "gravel" / "test").rglob("*.png"))
+    files = [files[0], files[len(files) // 2], files[-1]]
+    frames = np.stack([np.asarray(Image.open(f).convert("RGB").resize(frame[::-1])) for f in files]).astype(np.uint8)
+    with Runtime.open(path) as rt:
+        got = rt.score(frames)
+        spec = rt.meta.preprocess
+    with torch.no_grad():
+        want = rm(frames_to_images(torch.from_numpy(frames), spec))
+    assert np.abs(got.scores - want.scores.numpy()).max() <= 1e-4
+    assert np.abs(np.stack(got.maps) - want.maps.numpy()).max() <= 1e-4
+
+    # Triton: `wmoe export triton` from the ONNX (Python backend: the runtime), served by the real server
+    repo = tmp_path / "repo"
+    assert wmoe_main(["export", "triton", str(path), "--out", str(repo), "--backend", "python", "--device", "cpu"]) \
+        in (0, None)
+    srv = LocalTriton(repo, tmp_path / "server")
+    try:
+        srv.start()
+    except Unavailable as e:
+        pytest.skip(f"Triton Inference Server cannot run here: {e}")
+    try:
+        import tritonclient.http as httpclient
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{srv.http_port}")
+        c.load_model("wmoe_python")
+        inp = httpclient.InferInput("frames", list(frames.shape), "UINT8")
+        inp.set_data_from_numpy(frames)
+        r = c.infer("wmoe_python", [inp])
+        np.testing.assert_allclose(r.as_numpy("scores")[:, 0], got.scores, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(r.as_numpy("maps"), np.stack(got.maps), rtol=1e-5, atol=1e-5)
+    finally:
+        srv.stop()
+
+    # TensorRT: `wmoe export trt` to a serialized engine under the double generated from TensorRT's published API
+    cuda_double.install(monkeypatch)
+    unregister_plugins()
+    try:
+        D.load("10.9")
+        engine = tmp_path / "ref.engine"
+        assert wmoe_main(["export", "trt", str(path), "--out", str(engine), "--precision", "fp16",
+                          "--batch", "1:2:4"]) in (0, None)
+        side = EngineSidecar.read(EngineSidecar.path_for(engine))
+        assert engine.stat().st_size > 0 and json.loads(side.model_meta.reference)["class"] == "gravel"
+    finally:
+        unregister_plugins()
+        D.unload()

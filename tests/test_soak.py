@@ -20,6 +20,11 @@ from wmoe.checkpoint import save_checkpoint
 from wmoe.config import ModelConfig
 from wmoe.model import WMoECLIP
 
+# One worker runs the soak and the training tests one after the other: in two full runs on 2 cores (CI's and one
+# here), an xdist worker died without a trace (no OOM kill in dmesg, 22 GB free) while the soak ran beside the
+# two-process DDP test on the other worker; the cause is not found. Kept apart until it is (docs/reliability.md).
+pytestmark = pytest.mark.xdist_group("soak_and_ddp")
+
 FRAMES = int(os.environ.get("WMOE_SOAK_FRAMES", "2000"))
 EVERY = 500
 FRAME = (48, 64)
