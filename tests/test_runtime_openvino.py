@@ -94,12 +94,14 @@ def test_openvino_scores_frames_like_onnx_runtime(frames_onnx, tmp_path):
     be = OpenVinoBackend(frames_onnx, precision="f32", batch=4, cache_dir=cache)
     assert be.hint == "THROUGHPUT" and be.streams >= 1
     out = be.run(np.stack(list(frames) * 2))
+    be.close()
     assert out["maps"].shape == (6, 56, 56) and np.abs(out["maps"][:3] - ref.maps).max() < 1e-5
     # bf16 asked without a gate verdict: runs f32 and says so
     if "BF16" in cpu_capabilities():
         with pytest.warns(RuntimeWarning, match="never measured by the accuracy gate"):
             rt = Runtime.open(frames_onnx, provider="openvino", precision="bf16", cache_dir=cache)
         assert rt.backend.precision == "f32"
+        rt.close()
 
 
 def test_cpu_precision_decision_is_stored_and_used(frames_onnx, tmp_path):
@@ -126,6 +128,7 @@ def test_cpu_precision_decision_is_stored_and_used(frames_onnx, tmp_path):
         warnings.simplefilter("error")  # the stored choice runs without a fallback warning
         rt = Runtime.open(model, provider="openvino", cache_dir=tmp_path / "c")
     assert rt.backend.precision == rec.choice and rt.backend.note == ""
+    rt.close()
     frames = np.random.default_rng(1).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
     ref = Runtime.open(frames_onnx).score(frames)  # the rewritten file computes what the original did
     assert np.abs(Runtime.open(model).score(frames).maps - ref.maps).max() == 0

@@ -192,8 +192,17 @@ class OpenVinoBackend:
         return {n: np.concatenate(v) for n, v in res.items()}
 
     def close(self) -> None:
+        """Release the infer requests, then the output ports, then the compiled model, in that order (they hold
+        each other's native objects; a backend left to Python's garbage collector is torn down in any order)."""
         self._requests = []
+        self._outs = {}
         self.compiled = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer (interpreter shutdown)
+            pass
 
 
 __all__ = ["OpenVinoBackend", "resolve_precision", "cpu_capabilities", "cpu_name", "default_cache_dir"]
