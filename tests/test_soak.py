@@ -20,9 +20,8 @@ from wmoe.checkpoint import save_checkpoint
 from wmoe.config import ModelConfig
 from wmoe.model import WMoECLIP
 
-# One worker runs the soak and the training tests one after the other: in two full runs on 2 cores (CI's and one
-# here), an xdist worker died without a trace (no OOM kill in dmesg, 22 GB free) while the soak ran beside the
-# two-process DDP test on the other worker; the cause is not found. Kept apart until it is (docs/reliability.md).
+# One worker runs the soak and the training tests one after the other (they were side by side when an xdist
+# worker first died silently; strace later showed a SIGSEGV after in-process OpenVINO use: docs/reliability.md).
 pytestmark = pytest.mark.xdist_group("soak_and_ddp")
 
 FRAMES = int(os.environ.get("WMOE_SOAK_FRAMES", "2000"))
