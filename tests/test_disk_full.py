@@ -166,6 +166,28 @@ def test_enospc_and_read_only_folder_for_real(frames_onnx, tmp_path):
     assert (ro / "m.onnx").read_bytes() == b"previous"
 
 
+@needs_ns
+def test_demo_set_cut_short_by_a_full_disk_says_so_and_the_rerun_replaces_it(tmp_path):
+    """`wmoe data demo` on a disk that fills half-way: one line saying the set is incomplete and how many images
+    were written; once there is room, the same command replaces it (the old code said "nothing was written there"
+    about the failed file, and the rerun was refused: "not empty and is not a demo set")."""
+    full = tmp_path / "full"
+    full.mkdir()
+    cmd = shlex.join([PY, "-m", "wmoe", "data", "demo", str(full / "d"), "--size", "64"])
+    r = subprocess.run(["unshare", "-m", "sh", "-c",
+                        f"mount -t tmpfs -o size=256k tmpfs {full} && {cmd}; echo rc=$? >&2; "
+                        f"mount -o remount,size=64m {full} && {cmd} && find {full / 'd'} -name '*.png' | wc -l && "
+                        f"cat {full / 'd' / 'demo_info.json'}"], capture_output=True, text=True, timeout=600)
+    err = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(err) == 1 and "rc=2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot write {full / 'd'}" in err[0] and "the disk is full" in err[0], err
+    assert f"the demo set in {full / 'd'} is incomplete (" in err[0] and "images written" in err[0], err
+    assert r.returncode == 0 and "wrote the demo data set" in r.stdout, (r.stdout, r.stderr)
+    from wmoe.data.demo import DEMO_CATEGORIES
+
+    assert int(r.stdout.split("\n")[1]) == len(DEMO_CATEGORIES) * (4 + 6 + 8 + 8) and '"complete": true' in r.stdout, r.stdout
+
+
 def test_demo_into_a_foreign_folder_is_one_line(tmp_path, capsys):
     """`wmoe data demo DIR` on a folder holding other files (the old code: a raw FileExistsError)."""
     (tmp_path / "mine.txt").write_text("the user's file")

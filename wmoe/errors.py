@@ -80,7 +80,9 @@ def output_error(e: BaseException, path: Union[str, "os.PathLike[str]"], kept: s
     why = write_failure(e)
     if why is None:
         return None
-    return OutputError(f"cannot write {printable(path)}: {why}; {kept}")
+    err = OutputError(f"cannot write {printable(path)}: {why}; {kept}")
+    err.path, err.why = path, why  # for a writer of many files that says what the whole output kept
+    return err
 
 
 def printable(text: Union[str, "os.PathLike[str]", BaseException]) -> str:

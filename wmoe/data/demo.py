@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..errors import WMoEError
+from ..errors import OutputError, WMoEError
 from .images import DataError
 from .meta import write_meta
 
@@ -254,7 +254,28 @@ def make_demo_dataset(
     cfg = DemoConfig(seed, image_size, n_train_good, n_test_good, n_test_defect, cats)
     out = Path(out_dir)
     _prepare_out_dir(out, cats)
+    info = asdict(cfg)
+    info["categories"] = list(cats)
+    info["train_classes"] = [c for c in DEMO_TRAIN_CLASSES if c in cats]
+    info["test_classes"] = [c for c in DEMO_TEST_CLASSES if c in cats]
+    # marked first, as incomplete: a set cut short (a full disk) is still recognised as a demo set and replaced by
+    # the next run, instead of refused as a foreign folder
+    atomic_write_text(out / INFO_FILE, json.dumps({**info, "complete": False}, indent=2) + "\n")
+    try:
+        _write_images(out, cfg, cats)
+        write_meta(out, "mvtec")
+    except OutputError as e:
+        written = sum(1 for p in out.rglob("*.png"))
+        raise OutputError(f"cannot write {e.path}: {e.why}; the demo set in {out} is incomplete ({written} images "
+                          f"written, marked incomplete in {INFO_FILE}): make room and run wmoe data demo {out} "
+                          "again, which replaces it") from None
+    atomic_write_text(out / INFO_FILE, json.dumps({**info, "complete": True}, indent=2) + "\n")
+    return out
 
+
+def _write_images(out: Path, cfg: DemoConfig, cats: Sequence[str]) -> None:
+    seed, image_size = cfg.seed, cfg.image_size
+    n_train_good, n_test_good, n_test_defect = cfg.n_train_good, cfg.n_test_good, cfg.n_test_defect
     sources = {c: _source_image(c) for c in cats}
     for cat in cats:
         # The category's index in the full list, not in ``cats``: a subset gives the same images per category.
@@ -280,11 +301,3 @@ def make_demo_dataset(
             atomic_write_bytes(
                 base / "ground_truth" / kind / f"{name}_mask.png", _png_bytes(mask.astype(np.uint8) * 255)
             )
-
-    info = asdict(cfg)
-    info["categories"] = list(cats)
-    info["train_classes"] = [c for c in DEMO_TRAIN_CLASSES if c in cats]
-    info["test_classes"] = [c for c in DEMO_TEST_CLASSES if c in cats]
-    atomic_write_text(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
-    write_meta(out, "mvtec")
-    return out
