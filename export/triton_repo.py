@@ -31,6 +31,7 @@ from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
 from wmoe.contract import INPUT_FRAMES, META_PREFIX, ContractError, EngineCompatError, EngineSidecar, ModelMeta
 from wmoe.folder_lock import FolderLock
+from wmoe.onnx_meta import read_onnx_contract
 from wmoe.runtime.triton_python import MODEL_FILE_PARAM, THREADS_PARAM, TritonPythonModel
 
 from wmoe.errors import ExportError, OutputError, output_error
@@ -150,6 +151,7 @@ def describe_onnx(path: Union[str, Path]) -> ModelSpec:
     metadata = {p.key: p.value for p in proto.metadata_props}
     try:
         meta = ModelMeta.from_metadata(metadata, str(path))
+        read_onnx_contract(path)  # a graph that contradicts its metadata is refused before anything is staged
     except ContractError as e:
         raise ExportError(str(e)) from None
     inits = {i.name for i in proto.graph.initializer}
@@ -189,6 +191,7 @@ def _describe_onnx_ort(path: Path) -> ModelSpec:
     try:
         metadata = read_onnx_metadata(path)
         meta = ModelMeta.from_metadata(metadata, str(path))
+        read_onnx_contract(path)  # a graph that contradicts its metadata is refused before anything is staged
     except ContractError as e:
         raise ExportError(str(e)) from None
     try:

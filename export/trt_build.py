@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple, TypeVar, Union
 from wmoe.atomic import atomic_path
 from wmoe.contract import INPUT_FRAMES, QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor, sha256_file
 from wmoe.errors import ExportError
-from wmoe.onnx_meta import read_onnx_metadata
+from wmoe.onnx_meta import read_onnx_contract, read_onnx_metadata
 
 INSTALL_HINT = ("TensorRT is not installed. On x86-64: pip install 'wmoe[trt]' (CUDA 12 drivers; pip install tensorrt "
                 "cuda-python also works) or 'wmoe[trt-cu13]' (CUDA 13); on Jetson (JetPack 6): apt install "
@@ -125,7 +125,7 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     import tensorrt as trt  # a module-typed name: the type check follows every call below into the stubs
     onnx_path, out = Path(onnx_path), Path(out)
     meta = read_onnx_metadata(onnx_path)
-    precision_in = ModelMeta.from_metadata(meta, str(onnx_path)).precision
+    precision_in = read_onnx_contract(onnx_path).precision  # a graph contradicting its metadata: refused here
     ranges = parse_batch(batch)
     flavor, note = plan_flavor(meta, trt.__version__, checkpoint)
     if note:

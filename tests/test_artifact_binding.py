@@ -80,3 +80,56 @@ def test_sidecar_that_contradicts_its_metadata_is_refused_at_load(tmp_path, caps
     bad.write(tmp_path / "m.json")
     with pytest.raises(EngineCompatError, match=r"output 'maps' is \[224, 224\] but its metadata says image_size 112"):
         EngineSidecar.read(tmp_path / "m.json")
+
+
+@pytest.fixture(scope="module")
+def frames_onnx(tmp_path_factory):
+    import torch
+
+    from wmoe.checkpoint import save_checkpoint
+    from wmoe.config import ModelConfig
+    from wmoe.export.onnx_export import export_onnx
+    from wmoe.model import WMoECLIP
+
+    d = tmp_path_factory.mktemp("frames")
+    torch.manual_seed(2)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=56)).eval(), d / "m.safetensors")
+    return export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(48, 64), threshold=1.0)
+
+
+@pytest.mark.parametrize("key,value,problem", [
+    ("wmoe.frame_size", "[112, 112]", r"input 'frames' is \[48, 64, 3\] per image but its metadata says "
+                                      r"\[112, 112, 3\] \(frames, image_size 56, frame_size \[112, 112\]\)"),
+    ("wmoe.image_size", "112", r"output 'maps' is \[56, 56\] but its metadata says image_size 112")])
+def test_onnx_whose_metadata_contradicts_its_graph_is_refused_at_load(frames_onnx, tmp_path, capsys, key, value,
+                                                                      problem):
+    """An ONNX whose wmoe.* metadata says 112x112 frames (or 112 px maps) while its graph takes 48x64 (gives 56 px):
+    refused when opened by the runtime, the camera loop and wmoe export triton, naming the fields. The old code
+    opened it: the camera scored nothing and blamed the frames ('this model takes 112x112 frames, got 48x64'), or
+    scored every frame against a contract of another size; export triton staged it before noticing."""
+    import subprocess
+    import sys
+
+    from wmoe.contract import ContractError
+    from wmoe.onnx_meta import read_onnx_contract, write_onnx_metadata
+    from wmoe.runtime import Runtime
+
+    bad = write_onnx_metadata(frames_onnx, {key: value}, out=tmp_path / "mixed.onnx")
+    msg = r"mixed.onnx: its metadata contradicts its graph: " + problem
+    assert read_onnx_contract(frames_onnx).frame_size == (48, 64)  # the export itself agrees with its graph
+    with pytest.raises(ContractError, match=msg):
+        read_onnx_contract(bad)
+    with pytest.raises(ContractError, match=msg):
+        Runtime.open(bad)
+    with pytest.raises(ExportError, match=msg):
+        write_repository(bad, tmp_path / "repo", TritonOptions(device="cpu"))
+    assert not (tmp_path / "repo" / "wmoe").exists()  # refused before anything was staged
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+    import numpy as np
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(frames / "a.png")
+    r = subprocess.run([sys.executable, "-m", "wmoe.runtime.camera", "--source", str(frames), "--model", str(bad)],
+                       capture_output=True, text=True, timeout=300)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1 and "contradicts its graph" in err[0], r.stderr

@@ -545,6 +545,32 @@ class ModelMeta:
             raise ContractError(f"{source}: damaged wmoe metadata ({type(e).__name__}: {e})") from None
 
 
+def signature_problems(meta: ModelMeta, inputs: Mapping[str, Sequence[Any]],
+                       outputs: Mapping[str, Sequence[Any]]) -> List[str]:
+    """Where a model's input and map shapes (``name -> shape`` with the batch axis first, as an ONNX graph or an
+    engine sidecar lists them) contradict its ``wmoe.*`` metadata: ``[]`` when they agree. A dimension that is not
+    a fixed size (a dynamic axis: ``-1``, ``None`` or a name) is not compared. Both the engine sidecar and the ONNX
+    readers refuse a model with problems at load, so a hand-edited or mixed file never serves frames of one size
+    while its contract (threshold, preprocessing, Triton config) says another."""
+    def fixed(d: Any) -> bool:
+        return isinstance(d, int) and not isinstance(d, bool) and d >= 0
+
+    problems = []
+    for name, shape in list(inputs.items())[:1]:
+        want = [*meta.frame_size, 3] if meta.input == INPUT_FRAMES else [3, meta.image_size, meta.image_size]
+        got = list(shape[1:])
+        if len(got) != len(want) or any(fixed(g) and g != w for g, w in zip(got, want)):
+            problems.append(f"input {name!r} is {got} per image but its metadata says {want} "
+                            f"({meta.input}, image_size {meta.image_size}"
+                            + (f", frame_size {list(meta.frame_size)})" if meta.frame_size else ")"))
+    maps = outputs.get(OUTPUT_NAMES[1])
+    if maps is not None:
+        got = list(maps[1:])
+        if len(got) != 2 or any(fixed(g) and g != meta.image_size for g in got):
+            problems.append(f"output 'maps' is {got} but its metadata says image_size {meta.image_size}")
+    return problems
+
+
 # --- TensorRT engine sidecar --------------------------------------------------------------------------------------
 
 def major_minor(v: str) -> Tuple[int, ...]:
@@ -604,16 +630,7 @@ class EngineSidecar:
         if f"{META_PREFIX}image_size" not in self.metadata:  # no contract to contradict (model_meta refuses it)
             return
         meta = ModelMeta.from_metadata(self.metadata, f"{source}")
-        problems = []
-        for name, shape in list(self.inputs.items())[:1]:
-            want = ([*meta.frame_size, 3] if meta.input == INPUT_FRAMES else [3, meta.image_size, meta.image_size])
-            if list(shape[1:]) != want:
-                problems.append(f"input {name!r} is {list(shape[1:])} per image but its metadata says {want} "
-                                f"({meta.input}, image_size {meta.image_size}"
-                                + (f", frame_size {list(meta.frame_size)})" if meta.frame_size else ")"))
-        maps = self.outputs.get(OUTPUT_NAMES[1])
-        if maps is not None and list(maps[1:]) != [meta.image_size, meta.image_size]:
-            problems.append(f"output 'maps' is {list(maps[1:])} but its metadata says image_size {meta.image_size}")
+        problems = signature_problems(meta, self.inputs, self.outputs)
         if problems:
             raise EngineCompatError(f"{source}: the sidecar contradicts itself: {'; '.join(problems)}; rebuild the "
                                     "engine (wmoe export trt) instead of editing its sidecar")

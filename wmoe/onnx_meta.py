@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Iterator, List, Union
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Union
 
-from .contract import ContractError
+from .contract import ContractError, ModelMeta, signature_problems
 
 _METADATA_PROPS, _IR_VERSION, _GRAPH = 14, 1, 7
 
@@ -236,6 +236,53 @@ def read_onnx_nodes(path: Union[str, Path], domain: str) -> List[OnnxNode]:
 
     _each_graph_field(path, _GRAPH_NODE, node)
     return nodes
+
+_GRAPH_INPUT, _GRAPH_OUTPUT = 11, 12  # GraphProto: repeated ValueInfoProto input, output
+#: ValueInfoProto.name, .type; TypeProto.tensor_type; Tensor.shape; TensorShapeProto.dim; Dimension.dim_value
+_VI_NAME, _VI_TYPE, _TYPE_TENSOR, _TENSOR_SHAPE, _SHAPE_DIM, _DIM_VALUE = 1, 2, 1, 2, 1, 1
+
+
+def read_onnx_io(path: Union[str, Path]) -> "tuple[Dict[str, List[Optional[int]]], Dict[str, List[Optional[int]]]]":
+    """The graph's inputs and outputs, ``name -> shape`` in order (a dynamic or unknown axis is None); standard
+    library only, the weights skipped with seeks. :class:`ContractError` naming the file when it cannot be parsed."""
+    found: "Dict[int, Dict[str, List[Optional[int]]]]" = {_GRAPH_INPUT: {}, _GRAPH_OUTPUT: {}}
+
+    def value_info(which: int) -> Callable[[BinaryIO, int], None]:
+        def visit(f: BinaryIO, n: int) -> None:
+            name, shape = "", []
+            for num, wire, v in _message(f.read(n)):
+                if num == _VI_NAME and isinstance(v, bytes):
+                    name = v.decode("utf-8")
+                elif num == _VI_TYPE and isinstance(v, bytes):
+                    for tnum, _, tv in _message(v):
+                        if tnum != _TYPE_TENSOR or not isinstance(tv, bytes):
+                            continue
+                        for snum, _, sv in _message(tv):
+                            if snum != _TENSOR_SHAPE or not isinstance(sv, bytes):
+                                continue
+                            for dnum, _, dv in _message(sv):
+                                if dnum == _SHAPE_DIM and isinstance(dv, bytes):
+                                    value = [x for k, w, x in _message(dv) if k == _DIM_VALUE and w == 0]
+                                    shape.append(int(value[0]) if value else None)
+            found[which][name] = shape
+        return visit
+
+    _each_graph_field(path, _GRAPH_INPUT, value_info(_GRAPH_INPUT))
+    _each_graph_field(path, _GRAPH_OUTPUT, value_info(_GRAPH_OUTPUT))
+    return found[_GRAPH_INPUT], found[_GRAPH_OUTPUT]
+
+
+def read_onnx_contract(path: Union[str, Path]) -> ModelMeta:
+    """The :class:`ModelMeta` of an exported ONNX, refused (:class:`ContractError` naming the file and the fields)
+    when its graph's input or map shapes contradict it: every reader that serves or scores an ONNX opens it here."""
+    meta = ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+    inputs, outputs = read_onnx_io(path)
+    problems = signature_problems(meta, inputs, outputs)
+    if problems:
+        raise ContractError(f"{path}: its metadata contradicts its graph: {'; '.join(problems)}; re-export it "
+                            "(wmoe export onnx) instead of editing its metadata")
+    return meta
+
 
 def encode_varint(n: int) -> bytes:
     """Protobuf's base-128 varint of ``n`` >= 0 (also used by export/onnx_write.py)."""

@@ -7,14 +7,14 @@ from typing import Dict, Sequence
 import numpy as np
 
 from ..contract import ModelMeta
-from ..onnx_meta import read_onnx_metadata
+from ..onnx_meta import read_onnx_contract
 from .session import DEFAULT_TRT_BATCH, make_session
 
 
 class OnnxBackend:
     def __init__(self, path: Path, provider: str = "cpu", threads: int = 0, trt_cache_dir=None,
                  trt_batch: Sequence[int] = DEFAULT_TRT_BATCH, allow_cpu_fallback: bool = False) -> None:
-        self.meta: ModelMeta = ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+        self.meta: ModelMeta = read_onnx_contract(path)  # refused when its graph contradicts its metadata
         self.session = make_session(path, provider=provider, threads=threads, trt_cache_dir=trt_cache_dir,
                                     trt_batch=trt_batch, allow_cpu_fallback=allow_cpu_fallback)
         self.input_name = self.session.get_inputs()[0].name

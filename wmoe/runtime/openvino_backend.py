@@ -31,7 +31,7 @@ import numpy as np
 
 from ..contract import CPU_PRECISIONS, OUTPUT_NAMES, ContractError, CpuPrecision, ModelMeta, sha256_file
 from ..errors import MissingDependencyError
-from ..onnx_meta import read_onnx_metadata
+from ..onnx_meta import read_onnx_contract, read_onnx_metadata
 
 #: OpenVINO's names of the inference precision hint per wmoe CPU precision (int8: the rest of the Q/DQ graph).
 _HINT = {"f32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -136,7 +136,7 @@ class OpenVinoBackend:
                  cache_dir: Optional[Union[str, Path]] = None, allow_ungated: bool = False,
                  hint: Optional[str] = None) -> None:
         path = Path(path)
-        self.meta: ModelMeta = ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+        self.meta: ModelMeta = read_onnx_contract(path)  # refused when its graph contradicts its metadata
         if self.meta.flavor == "plugin":
             raise ContractError(f"{path} is the plugin flavor (TensorRT plugin nodes): export the portable flavor "
                                 f"for OpenVINO (wmoe export onnx --flavor portable)")
