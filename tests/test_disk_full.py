@@ -139,6 +139,28 @@ def test_efbig_at_the_results_file(tmp_path):
     assert "lines written before are kept" in r.stderr
 
 
+@needs_prlimit
+def test_efbig_at_the_overlays_of_the_camera_and_predict(ckpt, frames_onnx, tmp_path):
+    """The overlay writers (wmoe-camera --overlays, wmoe predict): one line naming the overlay file; the camera's
+    results written before are kept and its final line still accounts for every frame read."""
+    import numpy as np
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8)).save(frames / f"{i}.png")
+    res = tmp_path / "res.jsonl"
+    r = run(["wmoe.runtime.camera", "--source", str(frames), "--model", str(frames_onnx), "--overlays",
+             str(tmp_path / "ov"), "--results", str(res)], fsize=6000)
+    one_line(r, f"cannot write {tmp_path / 'ov'}", "the disk is full")
+    assert "final: " in r.stdout and "read " in r.stdout, r.stdout
+    assert len(res.read_text().splitlines()) >= 1  # what was scored before the failure is kept
+    r = run(["wmoe", "predict", str(ckpt), str(frames), "--out", str(tmp_path / "pred"), "--device", "cpu"],
+            fsize=6000)
+    one_line(r, f"cannot write {tmp_path / 'pred'}", "the disk is full")
+
+
 @needs_ns
 def test_enospc_and_read_only_folder_for_real(frames_onnx, tmp_path):
     """A real ENOSPC (a 256 KiB tmpfs) gives the same line as EFBIG; a read-only folder says so; both name the

@@ -111,6 +111,11 @@ def test_dry_run(flavor, kind, version, exported, frames, plugin_kernels, double
     assert side.tensorrt_version == trt.__version__ and side.flavor == flavor and side.precision == precision
     shape = [-1, 3, SIZE, SIZE] if kind == "images" else [-1, SIZE, SIZE, 3]
     assert list(side.inputs.values()) == [shape] and side.batch_ranges == [[1, 2, 4]]
+    # bound to each other (docs/reliability.md): the engine's bytes, the ONNX it was built from, its checkpoint
+    from wmoe.contract import ModelMeta, sha256_file
+    from wmoe.onnx_meta import read_onnx_metadata
+    assert side.engine_sha256 == sha256_file(engine) and side.onnx_sha256 == sha256_file(onnx_path)
+    assert side.checkpoint_sha256 == ModelMeta.from_metadata(read_onnx_metadata(onnx_path)).checkpoint_sha256 != ""
     header = _header(engine.read_bytes())
     assert header["flags"] == (["FP16"] if version == "10.9" else [])
     if flavor == "plugin":  # every plugin layer went through the builder's calls; its AOT kernel is in the engine
