@@ -71,3 +71,27 @@ def test_camera_pixel_threshold_changes_the_overlay(tiny_onnx, tmp_path, capsys)
         pics.append(_read(next(out.glob("*.png"))))
     capsys.readouterr()
     assert not np.array_equal(pics[0], pics[1])
+
+
+
+def test_banner_fits_a_small_image_and_keeps_the_pixel_thresholds_digits():
+    """A 96 px crop: the banner's first line (verdict, score and threshold) and second line fit the picture's width
+    (they ran off its right edge, cutting the threshold); a pixel threshold of 0.99988 is not printed as '1'."""
+    img = np.full((96, 96, 3), 128, np.uint8)
+    amap = np.full((96, 96), 0.2, np.float32)
+    pic = overlay_panel(img, amap, 1.2092, 1.0, pixel_threshold=0.999879, label="000.png  class brick")
+    # the banner's right margin is clear of text (white on red): nothing ran off the edge
+    margin = pic[:40, -4:].astype(int)
+    assert (np.abs(margin - margin[0, 0]).max(axis=2) < 40).all()
+    from PIL import Image, ImageDraw
+
+    from wmoe.overlay import banner_fonts, banner_lines
+    width = pic.shape[1]
+    lines = banner_lines(1.2092, 1.0, 0.999879, amap >= 0.999879, "000.png  class brick")
+    assert ">= 1.0000" in lines[0] and "0.9999" in lines[1]
+    draw = ImageDraw.Draw(Image.new("RGB", (8, 8)))
+    for line, font in zip(lines, banner_fonts(lines, width)):
+        assert draw.textlength(line, font=font) <= width - 12, (line, width)  # x = 6 and a 6 px margin
+    # a large picture keeps the full-size fonts
+    big = banner_lines(1.2, 1.0, 0.5, amap >= 0.5, "x.png")
+    assert [f.size for f in banner_fonts(big, 600)] == [15, 12]

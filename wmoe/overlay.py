@@ -9,7 +9,7 @@ input costs a few MB here, not GBs.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -111,6 +111,45 @@ def decision_text(score: float, threshold: Optional[float], verdict: Optional[st
     return f"ok  score {score:.4f} < {threshold:.4f}", GOOD
 
 
+def pixel_threshold_text(p: float) -> str:
+    """The pixel threshold as printed: four significant digits, so a calibrated 0.99988 reads 0.9999, not 1."""
+    return f"{p:.4g}"
+
+
+def banner_lines(score: float, threshold: Optional[float], pixel_threshold: Optional[float],
+                 defect: Optional[np.ndarray], label: str = "", ground_truth: bool = False,
+                 verdict: Optional[str] = None) -> Tuple[str, str]:
+    """The banner's two lines: verdict, score and threshold; then ``label``, the pixel threshold and the defect area
+    (``defect``: the boolean defect mask at the pixel threshold), and the ground-truth colour when it is drawn."""
+    second = [label] if label else []
+    if pixel_threshold is not None and defect is not None:
+        second.append(f"defect (white) at map >= {pixel_threshold_text(pixel_threshold)}: "
+                      f"{float(defect.mean()) * 100:.1f}% of image")
+    else:
+        second.append("no pixel threshold: no defect contour")
+    if ground_truth:
+        second.append("ground truth: magenta")
+    return decision_text(float(score), threshold, verdict)[0], "  |  ".join(second)
+
+
+BANNER_FONT_SIZES = (15, 12)  # the banner's two lines at full size
+MIN_FONT_SIZE = 7
+
+
+def banner_fonts(lines: Sequence[str], width: int) -> list:
+    """One font per banner line, each the largest up to its full size whose line fits ``width`` minus the margins
+    (a small crop's banner kept running off the picture's right edge, cutting the threshold off)."""
+    draw = ImageDraw.Draw(Image.new("RGB", (8, 8)))
+    fonts = []
+    for line, size in zip(lines, BANNER_FONT_SIZES):
+        font = _font(size)
+        while size > MIN_FONT_SIZE and draw.textlength(line, font=font) > width - 12:  # 6 px margins
+            size -= 1
+            font = _font(size)
+        fonts.append(font)
+    return fonts
+
+
 def _font(size: int):
     try:  # Pillow >= 10.1 with FreeType: a scalable font that ships inside Pillow (nothing downloaded)
         return ImageFont.load_default(size=size)
@@ -171,17 +210,11 @@ def overlay_panel(image: np.ndarray, amap: np.ndarray, score: float, threshold: 
         heat[_outline(defect)] = CONTOUR
     if mask is not None:
         heat[_contour(mask, hw)] = GT_CONTOUR
-    text, colour = decision_text(float(score), threshold, verdict)
-    font, small = _font(15), _font(12)
-    second = [label] if label else []
-    if pixel_threshold is not None:
-        second.append(f"defect (white) at map >= {pixel_threshold:.3g}: {float(defect.mean()) * 100:.1f}% of image")
-    else:
-        second.append("no pixel threshold: no defect contour")
-    if mask is not None:
-        second.append("ground truth: magenta")
+    colour = decision_text(float(score), threshold, verdict)[1]
+    lines = banner_lines(score, threshold, pixel_threshold, defect, label, mask is not None, verdict)
     banner_h, gap = 40, 4
     width = 2 * hw[1] + 2 * gap + COLOUR_BAR_WIDTH
+    font, small = banner_fonts(lines, width)
     out = np.full((banner_h + hw[0], width, 3), 255, np.uint8)
     out[:banner_h] = colour
     out[banner_h:, :hw[1]] = img
@@ -189,6 +222,6 @@ def overlay_panel(image: np.ndarray, amap: np.ndarray, score: float, threshold: 
     out[banner_h:, 2 * hw[1] + 2 * gap:] = _colour_bar(hw[0], vmin, vmax, pixel_threshold, small)
     canvas = Image.fromarray(out)
     d = ImageDraw.Draw(canvas)
-    d.text((6, 3), text, fill=(255, 255, 255), font=font)
-    d.text((6, 22), "  |  ".join(second), fill=(255, 255, 255), font=small)
+    d.text((6, 3), lines[0], fill=(255, 255, 255), font=font)
+    d.text((6, 22), lines[1], fill=(255, 255, 255), font=small)
     return np.asarray(canvas)
