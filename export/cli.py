@@ -108,7 +108,8 @@ def _quantize(a: argparse.Namespace) -> int:
     keep = special[0] if special else given
     cfg = QuantizeConfig(precision=a.precision, max_images=a.max_images, holdout=a.holdout, method=a.method,
                          high_precision=a.high_precision, keep=keep, calibrate_per_node=a.calibrate_per_node,
-                         gate_images=a.gate_images or None, seed=a.seed, target=a.target)
+                         gate_images=a.gate_images or None, seed=a.seed, target=a.target,
+                         sensitivity_images=a.sensitivity_images, select_budget_s=a.select_budget)
     r = quantize_onnx(a.onnx, a.calib, a.out, cfg, gate_data=a.gate_data, allow_gate_failure=a.allow_gate_failure,
                       thresholds=gate_thresholds(a), recalibrate=a.recalibrate)
     print(f"wrote {a.out} ({r.precision}, {r.quantized_nodes} quantized layers; kept in {r.high_precision}: "
@@ -239,6 +240,12 @@ def register(subparsers) -> None:
     q.add_argument("--target", type=finite_float, default=None, help="held-out score Spearman, score Pearson and map "
                    "Pearson the quantized model must keep; higher keeps more layers (default: halfway between "
                    "--min-spearman and 1, i.e. 0.995)")
+    q.add_argument("--sensitivity-images", type=non_negative_int, default=0, help="--keep auto: held-out images "
+                   "each group's sensitivity is measured on (at least 4; 0: all). The held-out target is always "
+                   "checked on all of them")
+    q.add_argument("--select-budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="--keep auto: seconds the layer selection may take; after its first run it measures "
+                   "sensitivities on fewer held-out images (at least 4) to fit, and says so (default: no limit)")
     q.add_argument("--gate-data", default=None, help="labeled data root (meta.json) for the accuracy gate; "
                    "without it the gate checks held-out normal images only (no AUROC)")
     q.add_argument("--gate-images", type=non_negative_int, default=200,

@@ -16,6 +16,13 @@ held-out normal images
    reaches the gate's score Spearman and a map Pearson of the same value (binary search over that number).
 
 Keeping a group = removing the Q/DQ pairs in front of its layers in the calibrated graph (no re-calibration).
+
+The 1 + groups + log2(groups) candidates of steps 1-3 run on one graph loaded once (:func:`switchable`: every
+group's Q/DQ pairs behind a ``Where`` on a boolean input), not on a graph copied, written and loaded per candidate
+(on a ViT-L that was 1.8 GB three times over, 25 times). What remains is the inference itself -- runs x held-out
+images x seconds per image -- bounded by ``sensitivity_images`` and ``select_budget_s`` (measured in
+bench/results/quant_cpu_2core.md). The selection sees Q/DQ as the operators define it; ONNX Runtime's optimized
+execution of the written file differs by a few percent of the quantization error, which the gate then measures.
 """
 from __future__ import annotations
 
@@ -83,6 +90,8 @@ class QuantizeConfig:
     gate_images: Optional[int] = 200  # labeled images the gate runs on (a seeded subset); None: all
     seed: int = 0
     batch: int = 8  # ONNX Runtime batch for the held-out and gate runs
+    sensitivity_images: int = 0  # held-out images the per-group sensitivities use (0: all; the target uses all)
+    select_budget_s: Optional[float] = None  # seconds the selection may take: fewer sensitivity images to fit
 
     def resolved_method(self) -> str:
         return self.method or DEFAULT_METHOD[self.precision]
@@ -107,6 +116,8 @@ class QuantizeReport:
     seconds: float
     groups: Dict[str, List[str]] = field(default_factory=dict)  # group -> quantized node names
     recalibration: Dict[str, object] = field(default_factory=dict)  # the decision recalibrated on this model
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds: calibration, load, selection, gate
+    selection: Dict[str, object] = field(default_factory=dict)  # how the selection ran (runs, images, budget)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -124,6 +135,21 @@ def quantized_nodes(model) -> List[str]:
             and any(getattr(prod.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)]
 
 
+def _quantized_inputs(node, prod: Dict[str, object]) -> List[Tuple[int, str, str]]:
+    """``(index, input, the tensor before quantization)`` of each input of ``node`` read from a Q/DQ pair."""
+    out = []
+    for k, inp in enumerate(node.input):
+        dq = prod.get(inp)
+        if getattr(dq, "op_type", "") != "DequantizeLinear":
+            continue
+        q = prod.get(dq.input[0])
+        if getattr(q, "op_type", "") != "QuantizeLinear":
+            raise QuantizeError(f"node {node.name}: input {inp} is dequantized from a stored quantized tensor "
+                                f"({dq.input[0]}), which cannot be restored to high precision")
+        out.append((k, inp, q.input[0]))
+    return out
+
+
 def keep_high_precision(model, node_names: Sequence[str]):
     """A copy of the Q/DQ ``model`` in which ``node_names`` read their inputs before quantization (their Q/DQ pairs
     bypassed); pairs and weights nothing reads any more are removed."""
@@ -132,17 +158,9 @@ def keep_high_precision(model, node_names: Sequence[str]):
     prod = _producers(g)
     names = set(node_names)
     for n in g.node:
-        if n.name not in names or n.op_type in QDQ:
-            continue
-        for k, inp in enumerate(n.input):
-            dq = prod.get(inp)
-            if getattr(dq, "op_type", "") != "DequantizeLinear":
-                continue
-            q = prod.get(dq.input[0])
-            if getattr(q, "op_type", "") != "QuantizeLinear":
-                raise QuantizeError(f"node {n.name}: input {inp} is dequantized from a stored quantized tensor "
-                                    f"({dq.input[0]}), which cannot be restored to high precision")
-            n.input[k] = q.input[0]
+        if n.name in names and n.op_type not in QDQ:
+            for k, _, before in _quantized_inputs(n, prod):
+                n.input[k] = before
     _prune(m)
     return m
 
@@ -241,21 +259,97 @@ def _modelopt_quantize(src: Path, calib: np.ndarray, input_name: str, cfg: Quant
     return f"nvidia-modelopt {modelopt.__version__} (ONNX PTQ, ONNX Runtime CPU calibration)"
 
 
-# --------------------------------------------------------------------------------------------------- helpers
-class _Evaluator:
-    """Runs candidate graphs with ONNX Runtime (the project's session factory) on fixed inputs."""
+# ------------------------------------------------------------------------------------------ layer selection
+FLAG_PREFIX = "wmoe_quantize_"  # the switchable graph's boolean inputs, one per layer group
 
-    def __init__(self, workdir: Path, batch: int) -> None:
-        self.workdir, self.batch, self.calls = workdir, batch, 0
 
-    def run(self, model, x: np.ndarray) -> Dict[str, np.ndarray]:
-        path = self.workdir / f"candidate{self.calls}.onnx"
-        self.calls += 1
-        write_model(model, path)
-        try:
-            return run_session(make_session(path), x, self.batch)
-        finally:
-            path.unlink(missing_ok=True)
+def switchable(model, groups: Dict[str, List[str]]):
+    """One graph for every choice of groups kept in high precision: each quantized input of a group's layers is
+    routed through ``Where(wmoe_quantize_<i>, DQ(Q(x)), x)``, with one boolean scalar input per group (in the
+    order of ``groups``). Feeding ``True`` runs the group quantized (Q/DQ in float: the simulated quantization
+    TensorRT and Model Optimizer rank layers with), ``False`` runs it on the unquantized tensor exactly as
+    :func:`keep_high_precision` would.
+
+    Why: the selection needs 1 + groups + log2(groups) candidate graphs. Built one by one, each was a deep copy,
+    a write and an ONNX Runtime session of the whole model (1.8 GB for a ViT-L, ~25 of them); this graph is
+    loaded once and every candidate is a different feed.
+    """
+    from onnx import TensorProto, helper
+    m = copy.deepcopy(model)
+    g = m.graph
+    prod = _producers(g)
+    flags = [f"{FLAG_PREFIX}{i}" for i in range(len(groups))]
+    member = {n: i for i, ns in enumerate(groups.values()) for n in ns}
+    made: Dict[Tuple[str, int], str] = {}
+    nodes = []
+    for n in g.node:
+        i = member.get(n.name)
+        if i is not None and n.op_type not in QDQ:
+            for k, inp, before in _quantized_inputs(n, prod):
+                if (inp, i) not in made:
+                    made[(inp, i)] = f"{inp}__{FLAG_PREFIX}{i}"
+                    # placed right before its reader: the node list stays topologically sorted
+                    nodes.append(helper.make_node("Where", [flags[i], inp, before], [made[(inp, i)]],
+                                                  name=f"{FLAG_PREFIX}{i}_{len(made)}"))
+                n.input[k] = made[(inp, i)]
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    for f in flags:
+        g.input.append(helper.make_tensor_value_info(f, TensorProto.BOOL, []))
+    return m
+
+
+class _Switch:
+    """The switchable graph in one ONNX Runtime session: runs the held-out images with a chosen set of groups
+    quantized, with a progress bar (runs and ETA) and a time budget."""
+
+    def __init__(self, model, groups: Dict[str, List[str]], workdir: Path, batch: int, progress: bool) -> None:
+        self.names = list(groups)
+        path = workdir / "switchable.onnx"
+        write_model(switchable(model, groups), path)
+        self.session = make_session(path)
+        path.unlink(missing_ok=True)  # ONNX Runtime holds the graph; the file is 1.8 GB for a ViT-L
+        self.input = self.session.get_inputs()[0].name
+        self.batch, self.runs, self.images, self.seconds = batch, 0, 0, 0.0
+        self.bar = None
+        if progress:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(desc="layer selection", unit="run", dynamic_ncols=True)
+            except ImportError:  # pragma: no cover - tqdm is a dependency of the export side
+                self.bar = None
+
+    def expect(self, runs: int) -> None:
+        """Tell the progress bar how many runs are left to go (for its ETA)."""
+        if self.bar is not None:
+            self.bar.total = self.runs + runs
+            self.bar.refresh()
+
+    def run(self, quantized: Sequence[str], x: np.ndarray) -> Dict[str, np.ndarray]:
+        """All outputs with exactly the groups ``quantized`` quantized (the others unquantized)."""
+        on = set(quantized)
+        flags = {f"{FLAG_PREFIX}{i}": np.array(g in on) for i, g in enumerate(self.names)}
+        names = [o.name for o in self.session.get_outputs()]
+        parts: Dict[str, List[np.ndarray]] = {n: [] for n in names}
+        t = time.perf_counter()
+        for i in range(0, len(x), self.batch):
+            for n, v in zip(names, self.session.run(None, {self.input: x[i:i + self.batch], **flags})):
+                parts[n].append(v)
+        self.seconds += time.perf_counter() - t
+        self.runs += 1
+        self.images += len(x)
+        if self.bar is not None:
+            self.bar.update(1)
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(1, self.images)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.session = None
 
 
 def _heldout_error(ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray]) -> Dict[str, float]:
@@ -268,42 +362,95 @@ def _heldout_ok(f: Dict[str, float], target: float) -> bool:
     return min(f["spearman_scores"], f["pearson_scores"], f["pearson_maps"]) >= target
 
 
-def _select_keep(qmodel, groups: Dict[str, List[str]], ev: _Evaluator, held: np.ndarray,
-                 ref: Dict[str, np.ndarray], target: float,
-                 say: Callable[[str], None]) -> Tuple[List[str], Dict[str, Dict[str, float]], Dict[str, float], str]:
-    """The measured choice of groups kept in high precision (see the module docstring)."""
+NEGLIGIBLE = 1e-6  # a group whose sensitivity is below this never changes the outcome: not searched over
+MIN_SENSITIVITY_IMAGES = 4  # a Pearson over fewer images ranks groups by noise
+
+
+def _select_keep(sw: _Switch, held: np.ndarray, ref: Dict[str, np.ndarray], target: float,
+                 say: Callable[[str], None], budget_s: Optional[float] = None, sensitivity_images: int = 0,
+                 ) -> Tuple[List[str], Dict[str, Dict[str, float]], Dict[str, float], str, Dict[str, object]]:
+    """The measured choice of groups kept in high precision (see the module docstring), on the switchable graph.
+
+    ``sensitivity_images``: held-out images the per-group sensitivities are measured on (0: all); ``budget_s``:
+    seconds the selection may take -- after the first run it fewers the sensitivity images (to no fewer than
+    :data:`MIN_SENSITIVITY_IMAGES`) so the projected time fits, and says so. The held-out target itself is always
+    checked on every held-out image (the Spearman needs them). Returns (kept, sensitivities, held-out figures of
+    the choice, reason, selection record)."""
+    t0 = time.perf_counter()
+    order: List[str] = list(sw.names)
+    G = len(order)
     cache: Dict[int, Dict[str, float]] = {}
-    order: List[str] = list(groups)
 
     def trial(k: int) -> Dict[str, float]:
         if k not in cache:
-            keep_nodes = [n for g in order[:k] for n in groups[g]]
-            cache[k] = _heldout_error(ref, ev.run(keep_high_precision(qmodel, keep_nodes), held))
+            cache[k] = _heldout_error(ref, sw.run(order[k:], held))
             say(f"  keeping the {k} most sensitive group(s): score Spearman {cache[k]['spearman_scores']:.4f}, "
                 f"Pearson {cache[k]['pearson_scores']:.4f}, map Pearson {cache[k]['pearson_maps']:.4f}")
         return cache[k]
 
+    search_runs = max(1, (G + 1).bit_length())
+    sw.expect(1 + G + search_runs)
+    record: Dict[str, object] = {"groups": G}
     sens: Dict[str, Dict[str, float]] = {}
     if _heldout_ok(trial(0), target):  # nothing to keep: the per-group measurement is not needed
-        return [], sens, cache[0], "every layer quantized meets the held-out target (no group needs keeping)"
+        record.update(runs=sw.runs, seconds=round(time.perf_counter() - t0, 1), sensitivity_images=0)
+        sw.expect(0)
+        return [], sens, cache[0], "every layer quantized meets the held-out target (no group needs keeping)", record
+    n_sens = len(held) if sensitivity_images <= 0 else max(min(MIN_SENSITIVITY_IMAGES, len(held)),
+                                                             min(int(sensitivity_images), len(held)))
+    if budget_s is not None:
+        per_img = sw.seconds_per_image()
+        left = budget_s - (time.perf_counter() - t0) - search_runs * len(held) * per_img
+        fit = int(left / max(per_img * G, 1e-9))
+        if fit < n_sens:
+            n_sens = max(min(MIN_SENSITIVITY_IMAGES, len(held)), fit)
+            say(f"  time budget {budget_s:.0f} s at {per_img:.2f} s/image: sensitivities on {n_sens} of "
+                f"{len(held)} held-out images")
+    sub = slice(0, n_sens)
+    ref_sub = {k: v[sub] for k, v in ref.items()}
     for i, gname in enumerate(order):
-        others = [n for g, ns in groups.items() if g != gname for n in ns]
-        f = _heldout_error(ref, ev.run(keep_high_precision(qmodel, others), held))
+        f = _heldout_error(ref_sub, sw.run([gname], held[sub]))
         sens[gname] = {k: f[k] for k in ("sensitivity", "spearman_scores", "pearson_maps", "max_map_diff")}
-        say(f"  sensitivity {i + 1}/{len(order)} {gname}: {f['sensitivity']:.2e}")
+        say(f"  sensitivity {i + 1}/{G} {gname}: {f['sensitivity']:.2e}")
     order.sort(key=lambda g: -sens[g]["sensitivity"])
-    lo, hi = 0, len(order)  # trial(lo) fails; find the smallest passing k in (lo, hi]
-    if not _heldout_ok(trial(hi), target):
-        return order, sens, cache[hi], ("no partial quantization meets the held-out target: every quantized "
-                                        "layer kept (the high-precision dtype alone fails it)")
+    cache = {0: cache[0]}  # trial(0) does not depend on the order
+    n_sig = sum(sens[g]["sensitivity"] >= NEGLIGIBLE for g in order)
+    record.update(sensitivity_images=n_sens, negligible=G - n_sig)
+    lo, hi = 0, n_sig  # trial(lo) fails; find the smallest passing k in (lo, hi]
+    sw.expect(search_runs)
+    if n_sig == 0 or not _heldout_ok(trial(hi), target):
+        lo, hi = n_sig, G  # the negligible groups do matter together: search them too
+        if not _heldout_ok(trial(hi), target):
+            record.update(runs=sw.runs, seconds=round(time.perf_counter() - t0, 1))
+            sw.expect(0)
+            return order, sens, cache[hi], ("no partial quantization meets the held-out target: every quantized "
+                                            "layer kept (the high-precision dtype alone fails it)"), record
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if _heldout_ok(trial(mid), target):
             hi = mid
         else:
             lo = mid
-    return order[:hi], sens, cache[hi], (f"the {hi} most sensitive of {len(order)} groups (measured one by one on "
-                                         f"held-out normal images) kept to reach the held-out target")
+    record.update(runs=sw.runs, seconds=round(time.perf_counter() - t0, 1))
+    sw.expect(0)
+    return order[:hi], sens, cache[hi], (f"the {hi} most sensitive of {G} groups (measured one by one on "
+                                         f"held-out normal images) kept to reach the held-out target"), record
+
+
+class _Evaluator:
+    """Runs one candidate graph with ONNX Runtime (the project's session factory)."""
+
+    def __init__(self, workdir: Path, batch: int) -> None:
+        self.workdir, self.batch, self.calls = workdir, batch, 0
+
+    def run(self, model, x: np.ndarray) -> Dict[str, np.ndarray]:
+        path = self.workdir / f"candidate{self.calls}.onnx"
+        self.calls += 1
+        write_model(model, path)
+        try:
+            return run_session(make_session(path), x, self.batch)
+        finally:
+            path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -327,6 +474,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
     """
     import onnx
     t0 = time.time()
+    timings: Dict[str, float] = {}  # seconds per phase, in the report
     say = print if progress else (lambda s: None)
     src = Path(onnx_path)
     out = Path(out)
@@ -371,8 +519,12 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         import shutil
         scratch = work / "source.onnx"
         shutil.copyfile(src, scratch)
+        t = time.perf_counter()
         tool = _modelopt_quantize(scratch, cal_x, input_name, cfg, work / "all.onnx")
+        timings["calibration_s"] = round(time.perf_counter() - t, 1)
+        say(f"calibrated in {timings['calibration_s']:.0f} s (Model Optimizer)")
         scratch.unlink()
+        t = time.perf_counter()
         source = onnx.load(str(src))
         qmodel = onnx.load(str(work / "all.onnx"))
         groups = node_groups(source, qmodel, cfg.max_groups_per_tower)
@@ -381,12 +533,24 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         say(f"{sum(map(len, groups.values()))} layers quantized in {len(groups)} groups")
         ev = _Evaluator(work, cfg.batch)
         ref_sess = make_session(src)
+        timings["load_s"] = round(time.perf_counter() - t, 1)
         sens: Dict[str, Dict[str, float]] = {}
+        selection: Dict[str, object] = {}
         if auto:
+            t = time.perf_counter()
             ref_held = run_session(ref_sess, held_x, cfg.batch)
-            kept, sens, held_fig, reason = _select_keep(qmodel, groups, ev, held_x, ref_held,
-                                                         (1 + thresholds.min_spearman) / 2 if cfg.target is None
-                                                         else cfg.target, say)
+            sw = _Switch(qmodel, groups, work, cfg.batch, progress)
+            selection["load_s"] = round(time.perf_counter() - t, 1)
+            try:
+                kept, sens, held_fig, reason, rec = _select_keep(
+                    sw, held_x, ref_held, (1 + thresholds.min_spearman) / 2 if cfg.target is None else cfg.target,
+                    say, budget_s=cfg.select_budget_s, sensitivity_images=cfg.sensitivity_images)
+            finally:
+                sw.close()
+            del sw  # its session holds the whole switchable graph
+            selection.update(rec, sessions=1, simulated="Q/DQ in float (Where-switched groups, one session)")
+            timings["selection_s"] = round(time.perf_counter() - t, 1)
+            say(f"layer selection in {timings['selection_s']:.0f} s ({rec['runs']} runs of one session)")
         else:
             kept = [] if cfg.keep in ("none", "", None) else list(cfg.keep)
             unknown = [g for g in kept if g not in groups]
@@ -411,6 +575,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         if recalibrate is not None:
             from dataclasses import replace as _replace
             thresholds = _replace(thresholds, min_verdict_agreement=float("-inf"))
+        t = time.perf_counter()
         if gate_data is not None:
             gx, gy, gm = labeled_images(gate_data, size, cfg.gate_images, cfg.seed, frame_size=frame)
             say(f"accuracy gate on {len(gx)} labeled test images of {gate_data}")
@@ -421,6 +586,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
             gate_res = gate(run_session(ref_sess, held_x, cfg.batch), ev.run(final, held_x), decision=meta.decision,
                             thresholds=thresholds)
             gate_on = f"{len(held_x)} held-out normal images (no labels: image AUROC not measured)"
+        timings["gate_s"] = round(time.perf_counter() - t, 1)
         why = gate_res["failures"]
         gate_fig = {k: v for k, v in gate_res.items() if k not in ("passed", "failures", "thresholds")}
         gate_doc = {"passed": not why, "failures": why, "on": gate_on, "thresholds": thresholds.to_dict(), **gate_fig}
@@ -444,7 +610,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
                          "seed": cfg.seed},
             quantized_nodes=len(quantized_nodes(final)), kept_groups=kept, keep_reason=reason, sensitivity=sens,
             held_out=held_fig, gate=gate_doc, source_onnx=str(src), source_sha256=sha256_file(src),
-            seconds=round(time.time() - t0, 1), groups=groups)
+            seconds=round(time.time() - t0, 1), groups=groups, timings=timings, selection=selection)
         if why and not allow_gate_failure:
             raise QuantizeError(f"{out}: not written, the quantized model fails the accuracy gate ("
                                 + "; ".join(why) + f"; {format_figures(gate_fig)}). Keep more layers in high "

@@ -29,6 +29,7 @@ from wmoe.export.quantize import (  # noqa: E402
     quantize_onnx,
     quantized_nodes,
     report_path,
+    switchable,
 )
 
 SIZE = 56
@@ -156,13 +157,25 @@ def tiny(tmp_path_factory):
     return {"dir": d, "onnx": onnx_path, "data": data, "ckpt": ckpt}
 
 
-def test_quantize_keep_auto_gate_and_report(tiny):
+def test_quantize_keep_auto_gate_and_report(tiny, monkeypatch):
     out = tiny["dir"] / "auto.qdq.onnx"
     loose = GateThresholds(max_image_auroc_drop=1.0, min_spearman=-1.0)
     # a held-out target strict enough that some groups must stay in fp32: the measured selection runs
-    cfg = QuantizeConfig(precision="int8", high_precision="fp32", holdout=11, max_groups_per_tower=1, target=0.9999)
+    cfg = QuantizeConfig(precision="int8", high_precision="fp32", holdout=11, max_groups_per_tower=1, target=0.9999,
+                         sensitivity_images=5)
+    # every ONNX Runtime session the quantizer opens is counted (each is a full graph load: 1.8 GB for a ViT-L)
+    import wmoe.export.quantize as wq
+    opened = []
+    monkeypatch.setattr(wq, "make_session", lambda p, *a, **k: opened.append(p) or make_session(p, *a, **k))
     r = quantize_onnx(tiny["onnx"], tiny["data"], out, cfg, gate_data=tiny["data"], thresholds=loose,
                       progress=False)
+    # the fp32 reference, the one switchable graph every candidate of the selection runs on, the gated file: the
+    # selection's 1 + groups + log2(groups) candidates no longer load a graph each (the old code opened 17 here)
+    assert len(opened) == 3, opened
+    sel = r.selection
+    assert sel["sessions"] == 1 and sel["sensitivity_images"] == 5 and sel["groups"] == len(r.groups)
+    assert len(r.groups) + 2 <= sel["runs"] <= 1 + len(r.groups) + (len(r.groups) + 1).bit_length() + 1
+    assert {"calibration_s", "load_s", "selection_s", "gate_s"} <= set(r.timings)
     rep = json.loads(report_path(out).read_text())
     assert rep["calibration"]["images"] == 13 and rep["calibration"]["held_out"] == 11  # 24 train normals
     assert rep["calibration"]["method"] == "entropy" and "nvidia-modelopt" in rep["tool"]
@@ -235,6 +248,27 @@ def test_keep_high_precision_restores_the_fp32_graph(tiny):
     quant = run_session(make_session(out), x)
     assert np.abs(back["maps"] - ref["maps"]).max() <= 1e-5 and np.abs(back["scores"] - ref["scores"]).max() <= 1e-5
     assert np.abs(quant["maps"] - ref["maps"]).max() > 1e-4
+    # the layer selection's one graph for every candidate: each group switched by a boolean input gives what the
+    # candidate graph itself gives (none quantized = fp32, all = the Q/DQ file, one group = the rest kept), as the
+    # Q/DQ operators define it: ONNX Runtime's graph optimizations move the optimized Q/DQ file by a few percent of
+    # the quantization error (0.0018 of 0.066 here), so the candidates run unoptimized to compare
+    quant = run_session(make_session(out, optimization="disabled"), x)
+    sw = tiny["dir"] / "switchable.onnx"
+    onnx.save(switchable(q, groups), str(sw))
+    sess = make_session(sw)
+    names = [o.name for o in sess.get_outputs()]
+
+    def switched(on):
+        flags = {f"wmoe_quantize_{i}": np.array(g in on) for i, g in enumerate(groups)}
+        return dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x, **flags})))
+    for got, want in ((switched([]), back), (switched(list(groups)), quant)):
+        assert np.abs(got["maps"] - want["maps"]).max() <= 1e-5 and np.abs(got["scores"] - want["scores"]).max() <= 1e-5
+    one = "wcma.0"  # alone it moves the maps by ~1e-2 (the head alone does not, in fp8)
+    p1 = tiny["dir"] / "one.onnx"
+    onnx.save(keep_high_precision(q, [n for g, ns in groups.items() if g != one for n in ns]), str(p1))
+    want = run_session(make_session(p1, optimization="disabled"), x)
+    got = switched([one])
+    assert np.abs(got["maps"] - want["maps"]).max() <= 1e-5 and np.abs(got["maps"] - ref["maps"]).max() > 1e-5
 
 
 def test_bench_runs_the_gate_on_the_qdq_model(tiny):
