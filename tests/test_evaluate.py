@@ -116,3 +116,25 @@ def test_missing_folder_is_a_clear_error(ckpt, tmp_path):
     from wmoe.data import DataError
     with pytest.raises(DataError, match="nope"):
         evaluate(ckpt, tmp_path / "nope", progress=False)
+
+
+def test_write_threshold_says_what_it_replaces_and_is_never_ignored(ckpt, data, tmp_path, capsys):
+    """Issue 20: evaluation changes the stored decision only when asked, never silently. --write-threshold replaces a
+    per-class decision by one F1-max threshold: it says the per-class thresholds go (it named only the old global
+    one); with --reference nothing can be written (other score units): refused, not silently skipped."""
+    from wmoe.cli import main
+    from wmoe.contract import read_decision, write_decision
+    model = tmp_path / "m.safetensors"
+    shutil.copy(ckpt, model)
+    write_decision(model, Decision(threshold=1.0, pixel_threshold=0.5, class_thresholds={"cell": 0.9, "gravel": 1.1},
+                                   calibration={"method": "false-reject-rate", "target": 0.05, "n_good": 40}))
+    before = threshold_path(model).read_text()
+    assert main(["eval", str(model), str(data), "--out", str(tmp_path / "r"), "--reference", str(tmp_path / "ref"),
+                 "--write-threshold"]) == 2
+    err = capsys.readouterr().err
+    assert "--write-threshold" in err and "--reference" in err and len(err.strip().splitlines()) == 1, err
+    assert threshold_path(model).read_text() == before
+    evaluate(model, data, progress=False, store_threshold=True)
+    out = capsys.readouterr().out
+    assert "was 1 (false-reject-rate)" in out and "per-class thresholds of cell, gravel are removed" in out, out
+    assert read_decision(model).class_thresholds == {} and read_decision(model).record.method == "f1-max"

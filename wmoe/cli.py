@@ -77,6 +77,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
+    if a.write_threshold and a.reference:  # never silently not written: reference scores are in other units
+        raise UsageError("--write-threshold and --reference conflict: the normal-reference mode's scores are in other "
+                         "units than the checkpoint's decision; calibrate the reference-mode ONNX with wmoe calibrate")
     table = evaluate(a.checkpoint, a.data, meta=a.meta, classes=_classes(a.classes), batch_size=a.batch_size,
                      out_dir=a.out, pro=not a.no_pro, sigma=a.sigma, pretrained=a.pretrained, device=a.device,
                      store_threshold=a.write_threshold, reference=a.reference,

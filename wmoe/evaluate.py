@@ -206,6 +206,8 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         path = write_decision(ckpt_path, new)
         was = f"was {stored.threshold:.6g} ({stored.record.method or 'unrecorded'})" if stored and \
             stored.threshold is not None else "no decision before"
+        if stored is not None and stored.class_thresholds:  # one threshold for all now: say what goes
+            was += f"; the per-class thresholds of {', '.join(sorted(stored.class_thresholds))} are removed"
         print(f"wrote the F1-max threshold {threshold:.6g} of this set to {path} ({was})")
     elif ckpt_path is not None and reference is None and not math.isnan(threshold) and progress:
         print(f"F1-max threshold on this set: {threshold:.6g}; the stored decision is unchanged "
