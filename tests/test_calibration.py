@@ -212,3 +212,36 @@ def test_calibrate_exported_model_without_torch(tiny_onnx, tmp_path):
         warnings.simplefilter("ignore")
         assert main(["calibrate", str(onnx_path), str(good), "--false-reject-rate", "0.2", "--dry-run"]) == 0
     assert onnx_path.read_bytes() == before
+
+
+def test_predict_class_picks_the_products_thresholds(tiny_onnx, tmp_path, capsys):
+    """``wmoe predict --class NAME`` judges by that product's stored thresholds (scores.json, the overlay's banner);
+    a class the decision does not know is refused in one line before scoring."""
+    import shutil
+
+    from wmoe.cli import main
+    ckpt = tmp_path / "m.safetensors"
+    shutil.copy(tiny_onnx[0], ckpt)
+    good = _good_folder(tmp_path / "good", 1, 3)
+    img = good / "pcb" / "000.png"
+    assert main(["predict", str(ckpt), str(img), "--out", str(tmp_path / "p0"), "--no-overlays"]) == 0
+    score = json.loads((tmp_path / "p0" / "scores.json").read_text())["results"][0]["score"]
+    write_decision(ckpt, Decision(threshold=score + 1.0, pixel_threshold=0.5,
+                                  class_thresholds={"pcb": score - 0.01, "screw": score + 0.01},
+                                  class_pixel_thresholds={"pcb": 0.0, "screw": 1.0}))
+    docs = {}
+    for cls in ("pcb", "screw", None):
+        out = tmp_path / f"p_{cls}"
+        assert main(["predict", str(ckpt), str(img), "--out", str(out)] + (["--class", cls] if cls else [])) == 0
+        docs[cls] = json.loads((out / "scores.json").read_text())
+        docs[cls]["picture"] = np.asarray(Image.open(out / docs[cls]["results"][0]["overlay"]).convert("RGB"))
+    capsys.readouterr()
+    assert docs["pcb"]["threshold"] == pytest.approx(score - 0.01) and docs["pcb"]["results"][0]["anomalous"]
+    assert docs["screw"]["threshold"] == pytest.approx(score + 0.01) and not docs["screw"]["results"][0]["anomalous"]
+    assert docs[None]["threshold"] == pytest.approx(score + 1.0) and docs["pcb"]["pixel_threshold"] == 0.0
+    # the banner's colour is the class's verdict: red for pcb, green for screw
+    assert tuple(docs["pcb"]["picture"][2, 2]) == (215, 30, 30) and tuple(docs["screw"]["picture"][2, 2]) == (40, 170, 60)
+    assert main(["predict", str(ckpt), str(img), "--out", str(tmp_path / "px"), "--class", "pbc"]) == 2
+    err = capsys.readouterr().err
+    assert "no threshold for class 'pbc'" in err and "pcb, screw" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "px").exists()  # refused before anything was written
