@@ -107,8 +107,10 @@ def test_gpu_provider_that_cannot_be_had_is_an_error_unless_fallback_allowed(mod
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and want in r.stderr and "--allow-cpu-fallback" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "running on" not in r.stderr, r.stderr  # the error said 'running on CPUExecutionProvider' and ran nothing
     r = subprocess.run(cmd + ["--allow-cpu-fallback"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and want in r.stderr, r.stdout + r.stderr[-2000:]
+    assert "running on CPUExecutionProvider" in r.stderr, r.stderr  # the warning says where it runs instead
     with pytest.raises(ValueError, match="provider must be one of"):
         make_session(onnx_path, provider="rocm")
 

@@ -70,10 +70,10 @@ def tensorrt_options(meta: Optional[ModelMeta], cache_dir: Optional[Union[str, P
 FALLBACK_HINT = "pass --allow-cpu-fallback (allow_cpu_fallback=True) to run on what is available instead"
 
 
-def _unavailable(message: str, allow_cpu_fallback: bool, stacklevel: int) -> None:
-    if not allow_cpu_fallback:
+def _unavailable(message: str, runs_on: str, allow_cpu_fallback: bool, stacklevel: int) -> None:
+    if not allow_cpu_fallback:  # the error must not say it runs anywhere: it does not
         raise ProviderUnavailableError(f"{message}; {FALLBACK_HINT}")
-    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+    warnings.warn(f"{message}; running on {runs_on}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def provider_chain(provider: str, available: Sequence[str], meta: Optional[ModelMeta] = None,
@@ -96,7 +96,7 @@ def provider_chain(provider: str, available: Sequence[str], meta: Optional[Model
     if missing:
         runs_on = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
         _unavailable(f"--provider {provider}: ONNX Runtime provider(s) {', '.join(missing)} not available (installed: "
-                     f"{', '.join(available)}; {INSTALL_GPU}); running on {runs_on}", allow_cpu_fallback, 3)
+                     f"{', '.join(available)}; {INSTALL_GPU})", runs_on, allow_cpu_fallback, 3)
     return chain
 
 
@@ -139,7 +139,7 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
                 "the CUDA/cuDNN libraries of onnxruntime-gpu's CUDA version (libcudart, libcublas, libcudnn) or a "
                 "GPU and its driver")
         _unavailable(f"--provider {provider}: ONNX Runtime could not start {first} for {path}: {what} missing "
-                     f"(ONNX Runtime's log above names the library); running on {used[0]}", allow_cpu_fallback, 2)
+                     f"(ONNX Runtime's log above names the library)", used[0], allow_cpu_fallback, 2)
     return sess
 
 
