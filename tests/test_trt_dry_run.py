@@ -170,6 +170,23 @@ def _allocs():
     return len(cuda_double.STATE.device), len(cuda_double.STATE.pinned)
 
 
+def test_backend_refuses_an_engine_with_another_engines_sidecar(portable_engine, tmp_path):
+    """The TensorRT runtime checks the engine's bytes against its sidecar's SHA-256 before deserializing it: another
+    engine (here: other bytes) beside a copied sidecar is refused naming both, and nothing stays allocated."""
+    import shutil
+
+    from wmoe.contract import EngineCompatError
+    from wmoe.runtime.trt_backend import TrtBackend
+    other = tmp_path / "line2.engine"
+    other.write_bytes(portable_engine.read_bytes() + b"\0")
+    shutil.copy(portable_engine.with_suffix(".json"), other.with_suffix(".json"))
+    with pytest.raises(EngineCompatError, match=r"line2.engine: its sidecar .*line2.json was written for another "
+                                                 r"engine \(m.engine, SHA-256 [0-9a-f]{12}\.\.\.; this file is "):
+        TrtBackend(other)
+    assert _allocs() == (0, 0)
+    TrtBackend(portable_engine).close()  # its own sidecar: accepted
+
+
 def test_backend_bounds_the_batch_sizes_it_keeps(portable_engine):
     from wmoe.runtime.trt_backend import TrtBackend
     x = np.random.default_rng(0).standard_normal((10, 3, SIZE, SIZE)).astype(np.float32)
