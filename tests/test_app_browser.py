@@ -276,6 +276,9 @@ def test_demo_picker_and_the_class_selector(app, predicted, browser, workdir):
     from selenium.webdriver.support.ui import Select
 
     _open(browser, app)
+    # the stored pixel threshold to 4 decimals, as the score and threshold (a calibrated 0.99988 read 'pixel 1.000')
+    assert f"pixel {PIXEL_THRESHOLD:.4f}" in _by_id(browser, "model").text
+    assert _by_id(browser, "pixel-threshold-note").text.endswith(f"{PIXEL_THRESHOLD:.4f}")
     assert not _by_id(browser, "demo-box").get_attribute("hidden")
     assert not _by_id(browser, "class-row").get_attribute("hidden")  # the model has per-class thresholds
     classes = Select(_by_id(browser, "class-select"))

@@ -98,13 +98,13 @@ function syncThresholdInputs() {
   const px = $("pixel-threshold");
   if (state.pixelThreshold !== null) {
     px.value = state.pixelThreshold;
-    $("pixel-threshold-number").value = state.pixelThreshold.toFixed(3);
+    $("pixel-threshold-number").value = state.pixelThreshold.toFixed(4);
   } else {
     $("pixel-threshold-number").value = "";
   }
   $("pixel-threshold-note").textContent = s.pixel === null
     ? "the model stores no pixel threshold: move the slider to outline defects"
-    : `stored${state.cls ? " for " + state.cls : ""}: ${fmt(s.pixel, 3)}`;
+    : `stored${state.cls ? " for " + state.cls : ""}: ${fmt(s.pixel)}`;
 }
 
 function useStored() {
@@ -334,7 +334,7 @@ async function start() {
     const info = await api("GET", "/api/info");
     state.info = info;
     $("model").textContent = `${info.model} · stored threshold ${fmt(info.threshold)}` +
-      (info.pixel_threshold === null ? "" : ` · pixel ${fmt(info.pixel_threshold, 3)}`);
+      (info.pixel_threshold === null ? "" : ` · pixel ${fmt(info.pixel_threshold)}`);
     $("limits").textContent = `PNG, JPEG, TIFF, BMP, WebP up to ${(info.max_upload_bytes / 1e6).toFixed(0)} MB ` +
       `and ${(info.max_image_pixels / 1e6).toFixed(0)} MP`;
     const classes = Object.keys(info.classes).sort();
