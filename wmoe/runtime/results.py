@@ -118,6 +118,7 @@ class ResultFile:
 
     def _write(self, line: str) -> None:
         data = line.encode("utf-8")
+        start = self._f.tell()
         try:
             n = self._f.write(data)
             if n != len(data):  # a short write: the disk filled up in the middle of the line
@@ -125,6 +126,10 @@ class ResultFile:
             if self.fsync_every and (self.lines + 1) % self.fsync_every == 0:
                 os.fsync(self._f.fileno())
         except OSError as e:
+            try:  # no torn last line for a reader tailing the file: cut back to the end of the last whole line
+                os.ftruncate(self._f.fileno(), start)
+            except OSError:
+                pass
             why = write_failure(e) or (e.strerror or str(e))  # ENOSPC and EFBIG: one message
             raise ResultsError(f"cannot write {self.path}: {why}; the {self.lines} lines written before are "
                                "kept") from None
