@@ -363,7 +363,9 @@ def write_repository(src: Union[str, Path], out: Union[str, Path], opts: Optiona
         spec = describe_engine(src) if kind == "engine" else describe_onnx(src)
         if kind == "engine":
             opts = _check_engine_batch(spec, opts)
-    with FolderLock(out, "model repository"):  # creates ``out`` (a read-only or full disk: one line)  # one export at a time writes a repository
+    with FolderLock(out, "model repository") as lock:  # one export at a time (creates ``out``; read-only/full: one line)
+        if lock.stale:  # the previous export was killed holding it: said, as wmoe train says it
+            print(lock.stale)
         for m in models.values():
             for line in repo_commit.recover(out / m):
                 print(line)

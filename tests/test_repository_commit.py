@@ -113,6 +113,23 @@ def test_second_export_into_a_repository_being_written_is_refused(two_models, tm
             write_repository(two_models["a"], repo, TritonOptions(device="cpu"))
 
 
+def test_lock_of_a_killed_export_is_taken_over_and_said(two_models, tmp_path, capsys):
+    """An export SIGKILLed while holding the repository's lock: the next export recognises the lock as stale, takes
+    it over and says so, naming the dead holder (the old code took it over without a word)."""
+    repo = tmp_path / "repo"
+    code = ("import os, signal, sys\nfrom wmoe.folder_lock import FolderLock\n"
+            "FolderLock(sys.argv[1], 'model repository', command='wmoe export triton (killed)').acquire()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr
+    capsys.readouterr()
+    write_repository(two_models["a"], repo, TritonOptions(device="cpu"))
+    out = capsys.readouterr().out
+    assert f"a stale lock on {repo} (pid " in out and "running 'wmoe export triton (killed)'" in out, out
+    assert "no longer running) was taken over" in out, out
+    assert served(repo) == (sha256_file(two_models["a"]), 1.0)
+
+
 DRIVER = textwrap.dedent(r'''
     import json, signal, sys
     from pathlib import Path
