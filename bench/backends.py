@@ -37,24 +37,15 @@ class Backend:
 
 def _torch_backend(model, name: str, device: str, dtype: torch.dtype, compile_: bool = False,
                    kernels: "Kernels | str" = "reference") -> Backend:
-    """``kernels``: the model's kernel choice (``wmoe.kernels.Kernels``) for this backend's calls only. PyTorch
-    baselines run the PyTorch references (eager is the baseline the fused kernels are measured against);
-    ``torch-triton`` forces the Triton kernels. Set per call so one backend never changes what another measures
-    (several backends may share one model object)."""
-    m = model.to(device, dtype).eval()
-    fn = torch.compile(m) if compile_ else m
-
-    @torch.no_grad()
-    def run(x: np.ndarray) -> Dict[str, np.ndarray]:
-        with m.using_kernels(kernels):
-            o = fn(torch.from_numpy(x).to(device, dtype))
-        return {"scores": o.scores.float().cpu().numpy(), "maps": o.maps.float().cpu().numpy(),
-                "text_scores": o.text_scores.float().cpu().numpy()}
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    what = "torch.compile" if compile_ else "eager"
-    return Backend(name, run, device, sync, description=f"torch {torch.__version__} {what} {str(dtype)[6:]} on "
-                   f"{device}" + (f" ({torch.get_num_threads()} threads)" if device == "cpu" else ""))
+    """The runtime's torch backend (:class:`wmoe.torch_backend.TorchBackend`) on a model. ``kernels``: the model's
+    kernel choice (``wmoe.kernels.Kernels``) for this backend's calls only. PyTorch baselines run the PyTorch
+    references (eager is the baseline the fused kernels are measured against); ``torch-triton`` forces the Triton
+    kernels. Set per call so one backend never changes what another measures (several backends may share one model
+    object)."""
+    from wmoe.torch_backend import TorchBackend
+    be = TorchBackend(model, device=device, dtype=dtype, compile=compile_, kernels=kernels)
+    # meta None: a PyTorch backend takes images at the bench size (not the size of an exported file's contract)
+    return Backend(name, be.run, device, be.sync, description=be.description)
 
 
 def _export(model_factory: Callable[[], torch.nn.Module], workdir: Optional[Path],
@@ -92,10 +83,11 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
         if qdq_path is None:
             raise Skip("no --qdq model given (make one with wmoe export quantize)")
         onnx_path = qdq_path
-    if name.startswith("ort-"):
+    if name.startswith("ort-"):  # ONNX Runtime, the runtime's backend opened through its registry
         import onnxruntime as ort
 
-        from wmoe.runtime.session import PROVIDERS, make_session
+        from wmoe.runtime.registry import open_backend
+        from wmoe.runtime.session import PROVIDERS
         key = {"ort-cpu": "cpu", "ort-qdq": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[name]
         provider = PROVIDERS[key]
         if provider not in ort.get_available_providers():
@@ -103,17 +95,12 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
                        f"pip install onnxruntime-gpu)")
         if onnx_path is None:
             onnx_path = _export(model_factory, workdir, export)
-        sess = make_session(onnx_path, provider=key, trt_cache_dir=Path(workdir) / "ort-trt" if workdir else None)
-        names = [o.name for o in sess.get_outputs()]
-        in_name = sess.get_inputs()[0].name
-
-        def run(x: np.ndarray) -> Dict[str, np.ndarray]:
-            return dict(zip(names, sess.run(None, {in_name: x})))
-        return Backend(name, run, "cpu" if key == "cpu" else "cuda", meta=onnx_meta(onnx_path),
+        be = open_backend(onnx_path, key, trt_cache_dir=Path(workdir) / "ort-trt" if workdir else None)
+        return Backend(name, be.run, "cpu" if key == "cpu" else "cuda", meta=be.meta,
                        description=f"onnxruntime {ort.__version__} {provider}")
     if name.startswith("ov-cpu-"):  # OpenVINO on the CPU, the runtime's backend, precision asked explicitly
         try:
-            from wmoe.runtime.openvino_backend import OpenVinoBackend, cpu_capabilities
+            from wmoe.runtime.openvino_backend import cpu_capabilities
             caps = cpu_capabilities()
         except ImportError as e:
             raise Skip(f"OpenVINO is not installed ({e}): pip install 'wmoe[openvino]'")
@@ -126,10 +113,11 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
             onnx_path = qdq_path
         elif onnx_path is None:
             onnx_path = _export(model_factory, workdir, export)
+        from wmoe.runtime.registry import open_backend
         # the gate is what the bench measures: the backend runs the precision asked, gated or not
-        ovb = OpenVinoBackend(onnx_path, precision=prec, batch=1, allow_ungated=True,
-                              cache_dir=Path(workdir) / "openvino" if workdir else None)
-        return Backend(name, ovb.run, "cpu", meta=ovb.meta, description=ovb.description)
+        ovb = open_backend(onnx_path, "openvino", precision=prec, batch=1, allow_ungated=True,
+                           cache_dir=Path(workdir) / "openvino" if workdir else None)
+        return Backend(name, ovb.run, "cpu", meta=ovb.meta, description=getattr(ovb, "description", ""))
     if name == "trt-engine":
         if engine_path is None:
             raise Skip("no --engine given (build one with wmoe export trt on the target GPU)")
@@ -137,9 +125,9 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
             import tensorrt  # noqa: F401
         except ImportError:
             raise Skip("tensorrt is not installed (pip install tensorrt cuda-python)")
-        from wmoe.runtime.trt_backend import TrtBackend
-        be = TrtBackend(engine_path)
-        return Backend(name, be.run, "cuda", meta=engine_meta(engine_path))
+        from wmoe.runtime.registry import open_backend
+        be = open_backend(engine_path, "tensorrt")
+        return Backend(name, be.run, "cuda", meta=be.meta)
     if name == "aoti":
         if aoti_path is None:
             raise Skip("no --aoti package given (build one with wmoe export aoti; compiling takes minutes)")

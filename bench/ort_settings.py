@@ -26,7 +26,8 @@ import numpy as np
 
 from wmoe.contract import INPUT_FRAMES, ModelMeta
 from wmoe.onnx_meta import read_onnx_metadata
-from wmoe.runtime.session import GRAPH_OPTIMIZATION, make_session
+from wmoe.runtime.registry import open_backend
+from wmoe.runtime.session import GRAPH_OPTIMIZATION
 
 DEFAULT = "ort all, default threads"
 
@@ -61,14 +62,9 @@ def settings(cores: int, openvino: bool) -> List[Setting]:
 
 
 def _runner(model: Path, s: Setting, batch: int) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
-    if s.engine == "ort":
-        sess = make_session(model, "cpu", s.threads, optimization=s.optimization)
-        names = [o.name for o in sess.get_outputs()]
-        inp = sess.get_inputs()[0].name
-        return lambda x: dict(zip(names, sess.run(None, {inp: x})))
-    from wmoe.runtime.openvino_backend import OpenVinoBackend
-    be = OpenVinoBackend(model, precision="f32", batch=batch, threads=s.threads, hint=s.hint)
-    return be.run
+    if s.engine == "ort":  # the runtime's backends, opened through its registry
+        return open_backend(model, "cpu", s.threads, optimization=s.optimization).run
+    return open_backend(model, "openvino", s.threads, precision="f32", batch=batch, hint=s.hint).run
 
 
 def feed(meta: ModelMeta, batch: int, rng: np.random.Generator) -> np.ndarray:

@@ -126,13 +126,17 @@ def gate(ref: Outputs, got: Outputs, labels: Optional[np.ndarray] = None, masks:
 
 def run_session(session, x: np.ndarray, batch: int = 8,
                 progress: Optional[Callable[[int], None]] = None) -> Outputs:
-    """All outputs of an ONNX Runtime ``session`` on ``x`` in chunks of ``batch``, concatenated."""
-    name = session.get_inputs()[0].name
-    names = [o.name for o in session.get_outputs()]
-    parts: Dict[str, List[np.ndarray]] = {n: [] for n in names}
+    """All outputs of an ONNX Runtime ``session`` (or any runtime backend: its ``run``) on ``x`` in chunks of
+    ``batch``, concatenated."""
+    if hasattr(session, "meta") and hasattr(session, "run"):
+        run = session.run
+    else:
+        from wmoe.runtime.onnx_backend import session_runner
+        run = session_runner(session)
+    parts: Dict[str, List[np.ndarray]] = {}
     for i in range(0, len(x), batch):
-        for n, v in zip(names, session.run(None, {name: x[i:i + batch]})):
-            parts[n].append(v)
+        for n, v in run(x[i:i + batch]).items():
+            parts.setdefault(n, []).append(v)
         if progress:
             progress(min(i + batch, len(x)))
     return {n: np.concatenate(v) for n, v in parts.items()}

@@ -161,7 +161,7 @@ def test_upload_shows_predicts_score_verdict_and_picture(app, predicted, browser
     assert f"{pred['score']:.4f}" in score_el.text and f"{THRESHOLD:.4f}" in score_el.text
     verdict = _by_id(browser, "verdict")
     assert verdict.get_attribute("data-verdict") == ("anomalous" if pred["anomalous"] else "normal")
-    assert verdict.text in ("ANOMALOUS", "OK")
+    assert verdict.text in ("ANOMALOUS", "NORMAL")
     assert "%" in _by_id(browser, "area").text  # the stored pixel threshold gives a defect area
     assert "model" in _by_id(browser, "latency").text and "ms" in _by_id(browser, "latency").text
     # the picture the browser shows is wmoe predict's overlay of that image, pixel for pixel
@@ -218,12 +218,12 @@ def test_threshold_slider_redecides_without_rescoring(app, predicted, browser, w
     before = app.stats()
     slider = _by_id(browser, "threshold")
     slider.click()
-    slider.send_keys(Keys.END)  # highest threshold: above every score shown -> ok
+    slider.send_keys(Keys.END)  # highest threshold: above every score shown -> normal
     _wait(browser, lambda d: _by_id(d, "verdict").get_attribute("data-verdict") == "normal" and _idle(d),
           "verdict normal at the top of the slider")
     top = float(_by_id(browser, "score").get_attribute("data-threshold"))
     assert top > predicted["score"]
-    assert "OK" in _by_id(browser, "verdict").text
+    assert "NORMAL" in _by_id(browser, "verdict").text
     slider.send_keys(Keys.HOME)  # lowest: below every score -> anomalous
     _wait(browser, lambda d: _by_id(d, "verdict").get_attribute("data-verdict") == "anomalous" and _idle(d)
           and _by_id(d, "overlay").get_attribute("data-loaded") == "1", "verdict anomalous at the bottom")

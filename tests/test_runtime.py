@@ -61,8 +61,12 @@ def test_bad_frames(model_files):
     np.testing.assert_array_equal(gray.scores, rgb.scores)
     with pytest.raises(ContractError, match="missing.onnx: no such model file"):
         Runtime.open(model_files[1].with_name("missing.onnx"))
-    with pytest.raises(ContractError, match="unknown model type"):
-        Runtime.open(model_files[0])  # a checkpoint is not a deployable model
+    odd = model_files[1].with_name("model.bin")
+    odd.write_bytes(b"\0")
+    with pytest.raises(ContractError, match=r"model.bin: unknown model type \(expected .onnx, .engine, .plan, "):
+        Runtime.open(odd)
+    with pytest.raises(ContractError, match=r"no backend runs .onnx files on provider 'torch'"):
+        Runtime.open(model_files[1], provider="torch")
 
 
 def test_runtime_does_not_import_torch(model_files):

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .contract import (CALIBRATION_METHODS, METHOD_DEFECT_RECALL, METHOD_F1_MAX, METHOD_FALSE_REJECT,
-                       CalibrationRecord, Decision)
+                       CalibrationRecord, Decision, above_threshold)
 from .errors import WMoEError
 
 #: The rule of :func:`false_reject_threshold`, recorded with every decision it makes.
@@ -188,7 +188,7 @@ def false_reject_threshold(good_scores: np.ndarray, rate: float, what: str = "go
 def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Dict[str, Any]:
     """Counts at ``threshold`` (anomalous when ``score >= threshold``) and the rates a quality engineer reads."""
     s, y = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    pred = s >= threshold
+    pred = above_threshold(s, threshold)
     tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
     fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
     return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,

@@ -126,12 +126,13 @@ def _cmd_fit_normal(a: argparse.Namespace) -> int:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
+    from .contract import verdict_label
     from .predict import predict
     doc = predict(a.checkpoint, a.images, a.out, threshold=a.threshold, pretrained=a.pretrained, device=a.device,
                   batch_size=a.batch_size, overlays=not a.no_overlays, pixel_threshold=a.pixel_threshold,
                   class_name=a.class_name)
     for r in doc["results"]:
-        verdict = "" if "anomalous" not in r else ("  ANOMALOUS" if r["anomalous"] else "  ok")
+        verdict = f"  {verdict_label(r['verdict'])}" if "anomalous" in r else ""
         print(f"{r['score']:.4f}{verdict}  {r['path']}")
     for e in doc["errors"]:
         print(f"error: {e['error']}", file=sys.stderr)  # already printable (predict escapes file names)

@@ -61,8 +61,10 @@ _PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "ha
 SCORE_MEANING = ("s_hat = s_txt + max(anomaly map) (paper Eq. 8); unbounded above, higher = more anomalous; "
                  "maps are per-pixel anomaly probabilities in [0, 1]")
 
-#: Verdicts the runtime returns per image.
+#: The one verdict vocabulary, per image, of every path (runtime, Detector, predict, eval, camera, app, gate):
+#: ``undecided`` is a non-finite output or no threshold known — a fault is counted, never passed as ``normal``.
 VERDICT_ANOMALOUS, VERDICT_NORMAL, VERDICT_UNDECIDED = "anomalous", "normal", "undecided"
+VERDICTS: Tuple[str, ...] = (VERDICT_ANOMALOUS, VERDICT_NORMAL, VERDICT_UNDECIDED)
 
 #: Prefix of every metadata key wmoe writes into an ONNX file.
 META_PREFIX = "wmoe."
@@ -199,6 +201,14 @@ class CalibrationRecord:
         return rec
 
 
+def above_threshold(scores: Union[float, np.ndarray], threshold: float) -> np.ndarray:
+    """The comparison inside the verdict rule, vectorized: ``score >= threshold`` (a score AT the threshold is
+    anomalous). :meth:`Decision.verdict` judges with it; sweeps that only count (calibration's confusion counts, the
+    decision plot) call it on whole arrays. A NaN score compares False here: judging goes through the Decision,
+    which makes it ``undecided`` first."""
+    return np.asarray(scores, np.float64) >= float(threshold)
+
+
 def _finite(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ContractError(f"decision {name} must be a finite number, got {v!r}")
@@ -272,24 +282,37 @@ class Decision:
             return self.class_pixel_thresholds[class_name]
         return self.pixel_threshold
 
+    def verdict(self, score: float, class_name: Optional[str] = None) -> str:
+        """THE verdict rule, the only one in wmoe: ``anomalous`` when ``score >= threshold``, else ``normal``;
+        ``undecided`` for a non-finite score (a broken model or frame must never pass as normal) or when no
+        threshold is known for ``class_name``."""
+        t = self.threshold_for(class_name)
+        v = float(score)
+        if t is None or not math.isfinite(v):
+            return VERDICT_UNDECIDED
+        return VERDICT_ANOMALOUS if above_threshold(v, t) else VERDICT_NORMAL
+
     def verdicts(self, scores: np.ndarray, class_names: Union[None, str, Sequence[Optional[str]]] = None
                  ) -> List[str]:
-        """Per image: ``anomalous`` / ``normal``, or ``undecided`` for a non-finite score (a broken model or frame
-        must never pass as normal) or when no threshold is known. ``class_names``: one class for all images or
-        one per image (None: the global threshold)."""
+        """:meth:`verdict` per image. ``class_names``: one class for all images or one per image (None: the
+        global threshold)."""
         s = np.asarray(scores, dtype=np.float64).reshape(-1)
         names = ([class_names] * len(s) if class_names is None or isinstance(class_names, str)
                  else list(class_names))
         if len(names) != len(s):
             raise ContractError(f"{len(names)} class names for {len(s)} scores")
-        out = []
-        for v, c in zip(s, names):
-            t = self.threshold_for(c)
-            if t is None or not math.isfinite(v):
-                out.append(VERDICT_UNDECIDED)
-            else:
-                out.append(VERDICT_ANOMALOUS if v >= t else VERDICT_NORMAL)
-        return out
+        return [self.verdict(v, c) for v, c in zip(s, names)]
+
+    def judge(self, scores: np.ndarray, maps: Optional[Sequence[np.ndarray]] = None,
+              text_scores: Optional[np.ndarray] = None,
+              class_names: Union[None, str, Sequence[Optional[str]]] = None) -> "Tuple[List[str], List[str]]":
+        """(verdicts, faults) of a model's outputs: THE NaN policy of every path. An image whose score, text score
+        or map is not finite is a fault (``faults[i]`` says what, "" otherwise) and its verdict is ``undecided``:
+        counted, never judged, never an exception that would stop a line for one bad part."""
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        faults = [output_fault(s[i], None if text_scores is None else text_scores[i],
+                               None if maps is None else maps[i]) for i in range(len(s))]
+        return self.verdicts(np.where([bool(f) for f in faults], np.nan, s), class_names), faults
 
     def mask(self, amap: np.ndarray, class_name: Optional[str] = None) -> Optional[np.ndarray]:
         """Boolean defect mask ``amap >= pixel threshold`` (None when no pixel threshold is known). Non-finite
@@ -347,6 +370,29 @@ class Decision:
         if not isinstance(d, dict):
             raise ContractError(f"{source}: expected a JSON object, got {type(d).__name__}")
         return cls.from_dict(d, source)
+
+
+def output_fault(score: float, text_score: Optional[float] = None, amap: Optional[np.ndarray] = None) -> str:
+    """What is wrong with one image's outputs ("" when all are finite): the fault text of :meth:`Decision.judge`."""
+    bad = [name for name, a in (("score", score), ("text score", text_score), ("map", amap))
+           if a is not None and not np.isfinite(a).all()]
+    return f"non-finite {' and '.join(bad)} (a broken model or input): not judged" if bad else ""
+
+
+def verdict_label(verdict: str) -> str:
+    """How a verdict is printed (CLI lines, overlay banners): the vocabulary's word in capitals."""
+    if verdict not in VERDICTS:
+        raise ContractError(f"unknown verdict {verdict!r} (known: {', '.join(VERDICTS)})")
+    return verdict.upper()
+
+
+def count_verdicts(verdicts: Sequence[str]) -> Dict[str, int]:
+    """How many images got each verdict (every word of :data:`VERDICTS`, zero included): undecided images are
+    counted, so a report never hides them."""
+    out = {v: 0 for v in VERDICTS}
+    for v in verdicts:
+        out[v] += 1
+    return out
 
 
 def threshold_path(checkpoint: Union[str, Path]) -> Path:

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
 from .calibration import binary_curve
+from .contract import above_threshold
 
 _W, _H, _M = 250, 190, 34  # panel size and margin (px)
 _GOOD, _BAD, _THR, _CURVE = (46, 125, 50), (198, 40, 40), (21, 101, 192), (33, 33, 33)
@@ -45,7 +46,7 @@ def _row(draw: ImageDraw.ImageDraw, y0: int, name: str, labels: np.ndarray, scor
          threshold: Optional[float]) -> None:
     y, s = labels.astype(bool), scores.astype(np.float64)
     both = y.any() and (~y).any()
-    pred = s >= threshold if threshold is not None else None
+    pred = above_threshold(s, threshold) if threshold is not None else None
     if both:
         tps, fps, _ = binary_curve(y, s)
         tpr, fpr = np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from .atomic import atomic_write_text, ensure_output_dir
 from .checkpoint import load_model
-from .contract import (METHOD_F1_MAX, ContractError, VERDICT_ANOMALOUS, VERDICT_NORMAL, CalibrationRecord, Decision,
-                       decision_for_checkpoint, sha256_file, write_decision)
+from .contract import (METHOD_F1_MAX, VERDICT_ANOMALOUS, VERDICT_NORMAL, VERDICT_UNDECIDED, CalibrationRecord,
+                       ContractError, Decision, decision_for_checkpoint, sha256_file, write_decision)
 from .data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
 from .errors import NonFiniteError
 from .expert_health import ExpertUsage, moe_routing, usage_line, usage_markdown
@@ -29,31 +29,40 @@ from .model import WMoECLIP
 
 @torch.no_grad()
 def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: str, skipped: SkippedFiles,
-                 bar, usage: Optional[ExpertUsage] = None, paths: Optional[List[str]] = None
+                 bar, usage: Optional[ExpertUsage] = None, paths: Optional[List[str]] = None,
+                 undecided: Optional[List[Dict[str, object]]] = None
                  ) -> "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]":
+    """One class through the runtime (:class:`wmoe.torch_backend.TorchBackend`): labels, scores, maps (float16),
+    masks of the images with finite outputs. An image with a NaN/inf output is a fault, as everywhere: undecided,
+    appended to ``undecided`` (path, label, fault) and left out of the metrics, never an exception."""
+    from .runtime import Runtime
+    from .torch_backend import TorchBackend
+
+    def observe(out) -> None:
+        if usage is not None and out.moe_context is not None:
+            usage.update(moe_routing(model.samoe, out.moe_context))
+
+    rt = Runtime(TorchBackend(model, device=device, on_output=observe))
     labels: List[np.ndarray] = []
     scores: List[np.ndarray] = []
     maps: List[np.ndarray] = []
     masks: List[np.ndarray] = []
     paths = [] if paths is None else paths
+    undecided = [] if undecided is None else undecided
     for batch, bad in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate):
         skipped.add(bad)
         n = len(bad) + (0 if batch is None else len(batch["label"]))
         if batch is not None:
-            out = model(batch["image"].to(device))
-            finite = torch.isfinite(out.scores) & torch.isfinite(out.maps).flatten(1).all(1)
-            if not finite.all():
-                first = batch["img_path"][int((~finite).nonzero()[0])]
-                raise NonFiniteError(f"the model produced NaN/inf scores or maps for {int((~finite).sum())} image(s), "
-                                     f"first {first}: metrics on them would be meaningless (broken or diverged "
-                                     f"weights?)")
-            if usage is not None and out.moe_context is not None:
-                usage.update(moe_routing(model.samoe, out.moe_context))
-            labels.append(batch["label"].numpy())
-            paths.extend(str(p) for p in batch["img_path"])
-            scores.append(out.scores.float().cpu().numpy())
-            maps.append(out.maps.float().cpu().numpy().astype(np.float16))
-            masks.append(batch["mask"][:, 0].numpy() > 0.5)
+            res = rt.score_preprocessed(batch["image"].to(device))
+            ok = np.array([not f for f in res.faults])
+            y = batch["label"].numpy()
+            undecided += [{"path": str(p), "label": int(y[i]), "fault": f}
+                          for i, (p, f) in enumerate(zip(batch["img_path"], res.faults)) if f]
+            labels.append(y[ok])
+            paths.extend(str(p) for p, keep in zip(batch["img_path"], ok) if keep)
+            scores.append(res.scores[ok])
+            maps.append(res.maps[ok].astype(np.float16))
+            masks.append(batch["mask"][:, 0].numpy()[ok] > 0.5)
         if bar is not None:
             bar.update(n)
     if not labels:
@@ -112,6 +121,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     table = MetricsTable()
     skipped = SkippedFiles()
     all_labels, all_scores, all_paths, all_classes = [], [], [], []
+    undecided: List[Dict[str, object]] = []  # images with a NaN/inf output: counted, reported, not in the metrics
     # SA-MoE utilization per class and over all classes (the report's "expert utilization" section)
     usages = {c: ExpertUsage(model.samoe.w1.shape[0], model.samoe.top_k) for c in chosen} if model.samoe else {}
     t0 = time.time()
@@ -129,8 +139,10 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
             if bar is not None:
                 bar.set_postfix_str(cls)
             cls_paths: List[str] = []
-            labels, scores, maps, masks = _infer_class(models[cls], ds, batch_size, device, skipped, bar, usages.get(cls),
-                                                       cls_paths)
+            cls_undecided: List[Dict[str, object]] = []
+            labels, scores, maps, masks = _infer_class(models[cls], ds, batch_size, device, skipped, bar,
+                                                       usages.get(cls), cls_paths, cls_undecided)
+            undecided += [{**u, "class": cls} for u in cls_undecided]
             all_labels.append(labels)
             all_scores.append(scores)
             all_paths += cls_paths
@@ -147,6 +159,13 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
             table.add_row(cls, fut.result() if fut is not None else {}, n_images=n, n_anomalous=n_anom)
     if bar is not None:
         bar.close()
+    if undecided and not sum(a.size for a in all_labels):
+        raise NonFiniteError(f"the model produced NaN/inf scores or maps for {len(undecided)} image(s) (all "
+                             f"undecided), first {undecided[0]['path']}: no metric can be computed (broken or "
+                             f"diverged weights?)")
+    if undecided:
+        warnings.warn(f"{len(undecided)} image(s) undecided (NaN/inf model output), left out of the metrics, first "
+                      f"{undecided[0]['path']}: {undecided[0]['fault']}", RuntimeWarning, stacklevel=2)
     labels = np.concatenate(all_labels) if all_labels else np.zeros(0)
     scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
     with warnings.catch_warnings():
@@ -157,7 +176,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
         "data_root": str(root), "classes": chosen, "sigma": sigma, "n_images": int(labels.size),
         "skipped_files": len(skipped), "threshold": None if math.isnan(threshold) else threshold,
         "seconds": round(time.time() - t0, 2), "checkpoint": str(ckpt_path) if ckpt_path else None,
-        "image_size": model.image_size,
+        "image_size": model.image_size, "undecided": len(undecided),
     })
     if reference is not None:
         w = next(iter(models.values())).weight if models else None
@@ -187,11 +206,16 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
             "threshold": stored.threshold, "class_thresholds": stored.class_thresholds,
             "method": stored.record.method or "unrecorded",
             "confusion": confusion_at_verdicts(labels, verdicts)}
+        table.extra["decision"]["confusion"]["undecided"] += len(undecided)
     if out_dir is not None:
         out = Path(out_dir)
         table.write(out, appendix=appendix)
         skipped.write(out / "skipped.json")
-        write_eval_scores(out / "scores.csv", all_paths, all_classes, labels, scores, verdicts)
+        write_eval_scores(out / "scores.csv", all_paths + [str(u["path"]) for u in undecided],
+                          all_classes + [str(u["class"]) for u in undecided],
+                          np.concatenate([labels, [u["label"] for u in undecided]]).astype(np.int64),
+                          np.concatenate([scores, np.full(len(undecided), np.nan)]),
+                          list(verdicts) + [VERDICT_UNDECIDED] * len(undecided))
     if ckpt_path is not None and store_threshold and not math.isnan(threshold):
         from .calibration import confusion
         rec = CalibrationRecord(

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .contract import VERDICT_ANOMALOUS, VERDICT_UNDECIDED, Decision
+from .contract import VERDICT_ANOMALOUS, VERDICT_UNDECIDED, Decision, verdict_label
 
 # matplotlib's 'jet' segment data (x, value) per channel (matplotlib/_cm.py, _jet_data)
 _JET = {
@@ -99,16 +99,21 @@ def _outline(m: np.ndarray) -> np.ndarray:
 
 def decision_text(score: float, threshold: Optional[float], verdict: Optional[str] = None
                   ) -> Tuple[str, Tuple[int, int, int]]:
-    """The verdict line and its colour. NaN scores are "UNDECIDED", never "ok". ``verdict`` (the runtime's
-    ``anomalous`` / ``normal`` / ``undecided``, e.g. from a per-class threshold) wins over ``score >= threshold``."""
-    if not np.isfinite(score) or verdict == VERDICT_UNDECIDED and threshold is not None:
-        return f"UNDECIDED  score {score}", NEUTRAL
-    if threshold is None or not np.isfinite(threshold):
+    """The verdict line and its colour, in the contract's vocabulary (:func:`wmoe.contract.verdict_label`).
+    ``verdict`` (the runtime's, e.g. from a per-class threshold) wins; without one it is
+    ``Decision(threshold).verdict(score)`` — the one rule. A NaN score is ``UNDECIDED``, never ``NORMAL``."""
+    known = threshold is not None and bool(np.isfinite(threshold))
+    if not np.isfinite(score):
+        verdict = VERDICT_UNDECIDED
+    elif verdict is None:
+        verdict = Decision(threshold=threshold if known else None).verdict(score)
+    if verdict == VERDICT_UNDECIDED and (known or not np.isfinite(score)):
+        return f"{verdict_label(verdict)}  score {score}", NEUTRAL
+    if not known:
         return f"score {score:.4f}  (no threshold)", NEUTRAL
-    anomalous = score >= threshold if verdict is None else verdict == VERDICT_ANOMALOUS
-    if anomalous:
-        return f"ANOMALOUS  score {score:.4f} >= {threshold:.4f}", BAD
-    return f"ok  score {score:.4f} < {threshold:.4f}", GOOD
+    if verdict == VERDICT_ANOMALOUS:
+        return f"{verdict_label(verdict)}  score {score:.4f} >= {threshold:.4f}", BAD
+    return f"{verdict_label(verdict)}  score {score:.4f} < {threshold:.4f}", GOOD
 
 
 def pixel_threshold_text(p: float) -> str:
@@ -193,7 +198,7 @@ def overlay_panel(image: np.ndarray, amap: np.ndarray, score: float, threshold: 
     Left: the image; right: the anomaly map over it in 'jet' on a FIXED scale ``[vmin, vmax]`` (default the maps'
     range [0, 1], so a good part stays blue and frames compare), with a colour bar; the predicted defect contour
     (white) where ``amap >= pixel_threshold``, the ground-truth contour (magenta) when ``mask`` is given; above both
-    a banner: verdict (red: anomalous, green: ok, grey: no threshold or undecided), score and threshold on the first
+    a banner: verdict (red: anomalous, green: normal, grey: no threshold or undecided), score and threshold on the first
     line, then ``label`` (e.g. the class or frame), the pixel threshold and the defect area.
 
     ``image`` is RGB uint8 HxWx3; ``amap`` an HxW float map of any size (resized here, bilinear); ``mask`` a boolean

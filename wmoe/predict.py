@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 from PIL import Image
 
 from .atomic import atomic_path, atomic_write_text, ensure_output_dir
+from .contract import VERDICT_ANOMALOUS
 from .data import DataError, IMAGE_EXTENSIONS, load_image, load_mask
 from .errors import NonFiniteError, printable
 from .overlay import overlay_panel
@@ -71,20 +72,17 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
     """
     from .detector import Detector
 
+    if threshold is not None and not math.isfinite(threshold):
+        raise NonFiniteError(f"the decision threshold is {threshold}; pass a finite --threshold")
     out = ensure_output_dir(out_dir)
-    det = Detector.from_checkpoint(ckpt, pretrained=pretrained, device=device, batch_size=batch_size)
+    # the decision stored beside the checkpoint (refused when calibrated on another one), overridden by the user's
+    # numbers; judged by the runtime's one rule (wmoe.contract.Decision), per class when asked
+    det = Detector.from_checkpoint(ckpt, pretrained=pretrained, device=device, batch_size=batch_size,
+                                   threshold=threshold, pixel_threshold=pixel_threshold, class_name=class_name)
     errors: List[Dict[str, str]] = []
     paths = expand_inputs(inputs, unreadable=errors)
-    from .contract import decision_for_checkpoint
-    stored = decision_for_checkpoint(ckpt)
-    if stored is not None:
-        stored.check_class(class_name)
-    thr = threshold if threshold is not None else (
-        stored.threshold_for(class_name) if stored is not None else det.threshold)
-    if pixel_threshold is None:
-        pixel_threshold = stored.pixel_threshold_for(class_name) if stored is not None else None
-    if thr is not None and not math.isfinite(thr):
-        raise NonFiniteError(f"the decision threshold is {thr}; pass a finite --threshold")
+    thr = det.threshold
+    pixel_threshold = det.decision.pixel_threshold_for(class_name)
     results: List[Dict[str, object]] = []
     it = range(0, len(paths), batch_size)
     if progress:
@@ -100,24 +98,17 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
                 errors.append({"path": printable(p), "error": printable(e)})
         if not imgs:
             continue
-        try:
-            res = det(imgs, max_map_side=overlay_size)
-        except NonFiniteError:  # score one by one: only the images that really overflow are undecided
-            res = None
+        res = det(imgs, max_map_side=overlay_size)
         for k, (p, img) in enumerate(zip(ok, imgs)):
-            if res is None:
-                try:
-                    r1 = det([img], max_map_side=overlay_size)
-                except NonFiniteError as e:
-                    errors.append({"path": printable(p), "error": f"undecided: {e}"})
-                    continue
-                s, ts, m = r1.scores[0], r1.text_scores[0], r1.maps[0]
-            else:
-                s, ts, m = res.scores[k], res.text_scores[k], res.maps[k]
+            if res.faults[k]:  # the one NaN policy: undecided, counted (listed), never judged
+                errors.append({"path": printable(p), "error": f"undecided: {res.faults[k]}"})
+                continue
+            s, ts, m, verdict = res.scores[k], res.text_scores[k], res.maps[k], res.verdicts[k]
             rec: Dict[str, object] = {"path": printable(p), "score": float(s), "text_score": float(ts),
                                       "max_map": float(m.max())}
+            rec["verdict"] = verdict
             if thr is not None:
-                rec["anomalous"] = bool(s >= thr)
+                rec["anomalous"] = verdict == VERDICT_ANOMALOUS
             if overlays:
                 name = f"{len(results):04d}_{printable(p.stem)}_overlay.png"
                 gt = None
@@ -128,13 +119,16 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
                         rec["mask_error"] = printable(e)
                 with atomic_path(out / name) as tmp:
                     Image.fromarray(overlay_panel(img, m, float(s), thr, mask=gt, max_side=overlay_size,
-                                                  pixel_threshold=pixel_threshold, label=printable(p.name))
+                                                  pixel_threshold=pixel_threshold, verdict=verdict,
+                                                  label=printable(p.name))
                                     ).save(tmp, "PNG")
                 rec["overlay"] = name
             results.append(rec)
         del imgs, res
-    doc = {"checkpoint": printable(ckpt), "class": class_name, "threshold": thr, "pixel_threshold": pixel_threshold, "n_scored": len(results), "n_failed": len(errors),
-           "results": results, "errors": errors}
+    doc = {"checkpoint": printable(ckpt), "class": class_name, "threshold": thr, "pixel_threshold": pixel_threshold,
+           "n_scored": len(results), "n_failed": len(errors),
+           "n_undecided": sum(e["error"].startswith("undecided: ") for e in errors), "results": results,
+           "errors": errors}
     atomic_write_text(out / "scores.json", json.dumps(doc, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

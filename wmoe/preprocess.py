@@ -14,6 +14,7 @@ from .errors import WMoEError
 
 from .contract import PreprocessSpec
 from .image_io import pil_to_rgb_array
+from .runtime.frames import as_rgb
 
 
 class InputError(WMoEError, ValueError):
@@ -24,17 +25,12 @@ def _from_numpy(a: np.ndarray, where: str) -> Tensor:
     if a.dtype != np.uint8:
         raise InputError(f"{where}: numpy images must be uint8 HxWxC (0-255), got dtype {a.dtype}; "
                          f"convert with (img * 255).clip(0, 255).astype(np.uint8) or pass a float torch tensor")
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3:
+    if a.ndim not in (2, 3):
         raise InputError(f"{where}: expected an HxWxC image, got shape {a.shape}")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] == 4:
-        a = a[:, :, :3]
-    if a.shape[2] != 3:
+    rgb = as_rgb(a)  # the runtime's one gray/alpha -> RGB coercion
+    if rgb is None:
         raise InputError(f"{where}: expected 1, 3 or 4 channels (HxWxC), got {a.shape[2]} in shape {a.shape}")
-    a = np.ascontiguousarray(a)
+    a = np.ascontiguousarray(rgb)
     if not a.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only buffers
         a = a.copy()
     return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)

@@ -21,12 +21,19 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..contract import Decision, read_decision
+from ..contract import Decision, decision_carrier
 from ..errors import NonFiniteError
 from ..overlay import fit_size
+from ..runtime.registry import suffixes
 
-#: exported-model suffixes that go through the torch-free runtime (wmoe.runtime.Runtime.open)
-RUNTIME_SUFFIXES = (".onnx", ".engine", ".plan")
+#: exported-model suffixes that go through the torch-free runtime (wmoe.runtime.Runtime.open): the registry's
+RUNTIME_SUFFIXES = suffixes(exported_only=True)
+
+
+def _finite(res, i: int) -> None:
+    """The app shows no verdict for a faulty output (the runtime's NaN policy marked it undecided): it says why."""
+    if res.faults[i]:
+        raise NonFiniteError(f"the model gave no verdict for this image: {res.faults[i]}")
 
 
 @dataclass
@@ -77,14 +84,13 @@ class RuntimeScorer(Scorer):
         from ..runtime import Runtime
         self.path = path
         self.runtime = Runtime.open(path, provider=provider, threads=threads)
-        self.kind = "onnx" if path.suffix == ".onnx" else "engine"
+        self.kind = decision_carrier(path)  # "onnx" or "engine"
         self.decision = self.runtime.decision
         self.provider = provider
 
     def _score(self, image, max_side):
         res = self.runtime.score([image])
-        if res.faults[0]:
-            raise NonFiniteError(f"the model gave no verdict for this image: {res.faults[0]}")
+        _finite(res, 0)
         return res.scores[0], res.text_scores[0], res.maps_at(0, fit_size(image.shape[0], image.shape[1], max_side))
 
     def describe(self) -> str:
@@ -101,17 +107,16 @@ class CheckpointScorer(Scorer):
         super().__init__()
         from ..detector import Detector  # torch: only for checkpoints
         self.path = path
-        stored = read_decision(path)  # CKPT.threshold.json; refused when calibrated on another checkpoint
-        self.detector = Detector.from_checkpoint(path, pretrained=pretrained, device=device, batch_size=1,
-                                                 threshold=stored.threshold)
-        # a checkpoint from before threshold files kept its threshold inside: the Detector found it
-        self.decision = (stored if stored.threshold is not None or self.detector.threshold is None
-                         else Decision(threshold=self.detector.threshold, pixel_threshold=stored.pixel_threshold))
+        # the decision stored beside it (CKPT.threshold.json, refused when calibrated on another checkpoint; a
+        # checkpoint from before threshold files kept its threshold inside): the Detector's runtime reads it
+        self.detector = Detector.from_checkpoint(path, pretrained=pretrained, device=device, batch_size=1)
+        self.decision = self.detector.decision
         self.kind = "checkpoint"
 
     def _score(self, image, max_side):
         # wmoe predict's call (det(images, max_map_side=overlay_size)): the map comes back at fit_size(H, W, max_side)
         res = self.detector([image], max_map_side=max_side)
+        _finite(res, 0)
         return res.scores[0], res.text_scores[0], res.maps[0]
 
     def describe(self) -> str:

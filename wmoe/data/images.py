@@ -16,6 +16,7 @@ from ..contract import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, PreprocessSpec, is
 # the one image loader lives in wmoe.image_io (torch-free, shared with the runtime); re-exported for wmoe.data users
 from ..image_io import (MAX_IMAGE_PIXELS, DataError, ReducedDecodeWarning, load_image, load_mask,  # noqa: F401
                         pil_to_rgb_array)
+from ..runtime.frames import as_rgb
 
 
 def is_image_file(path: Path) -> bool:
@@ -29,15 +30,10 @@ def _as_rgb_uint8(image: Union[np.ndarray, Image.Image]) -> np.ndarray:
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise TypeError(f"preprocess expects a uint8 image, got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if arr.ndim != 3 or arr.shape[2] != 3:
+    rgb = as_rgb(arr)  # the runtime's one gray/alpha -> RGB coercion
+    if rgb is None:
         raise ValueError(f"preprocess expects an HxWx3 RGB image, got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(rgb)
 
 
 def preprocess(

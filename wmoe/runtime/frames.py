@@ -7,7 +7,7 @@ frame costs two passes of a few vectorized operations instead of Pillow per chan
 from __future__ import annotations
 
 import functools
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -17,6 +17,19 @@ from ..errors import WMoEError
 
 class FrameError(WMoEError, ValueError):
     """A frame cannot be scored; the message names its index and the problem."""
+
+
+def as_rgb(a: np.ndarray) -> Optional[np.ndarray]:
+    """THE gray/alpha -> RGB coercion of every input path (runtime frames, the Detector, the data set): HxW and
+    HxWx1 gray are repeated to 3 channels, HxWx4 drops alpha (not composited, as the peers' ``convert('RGB')``),
+    HxWx3 is returned as is. None for any other shape: each caller refuses it with its own error, naming the image."""
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        return None
+    if a.shape[2] == 1:
+        return np.repeat(a, 3, axis=2)
+    return a[:, :, :3] if a.shape[2] == 4 else a
 
 
 def check_frames(frames: Union[np.ndarray, Sequence[np.ndarray]]) -> List[np.ndarray]:
@@ -34,15 +47,10 @@ def check_frames(frames: Union[np.ndarray, Sequence[np.ndarray]]) -> List[np.nda
         f = np.asarray(f)
         if f.dtype != np.uint8:
             raise FrameError(f"frame {i}: expected uint8 pixels, got {f.dtype}")
-        if f.ndim == 2:
-            f = np.repeat(f[:, :, None], 3, axis=2)
-        if f.ndim != 3 or f.shape[2] not in (1, 3, 4) or min(f.shape[:2]) == 0:
+        rgb = as_rgb(f)
+        if rgb is None or min(f.shape[:2]) == 0:
             raise FrameError(f"frame {i}: expected an HxWx3 image, got shape {f.shape}")
-        if f.shape[2] == 1:
-            f = np.repeat(f, 3, axis=2)
-        elif f.shape[2] == 4:
-            f = f[:, :, :3]
-        out.append(f)
+        out.append(rgb)
     return out
 
 

@@ -15,11 +15,11 @@ import numpy as np
 
 from ..contract import INPUT_FRAMES, ContractError, Decision, ModelMeta
 from .frames import FrameError, check_frames, frames_to_size, preprocess_frames, resize_map
-from .session import PROVIDERS as ORT_PROVIDERS
+from .registry import open_backend, providers
 
-#: every ``provider=`` of :meth:`Runtime.open` for an ONNX model: ONNX Runtime's execution providers, and
-#: ``openvino`` (the OpenVINO CPU backend). The CLIs take their choices from here.
-RUNTIME_PROVIDERS: Tuple[str, ...] = (*ORT_PROVIDERS, "openvino")
+#: every ``provider=`` of :meth:`Runtime.open` for an ONNX model (from :data:`wmoe.runtime.registry.BACKENDS`:
+#: ONNX Runtime's execution providers, then ``openvino``). The CLIs take their choices from here.
+RUNTIME_PROVIDERS: Tuple[str, ...] = providers(".onnx")
 
 
 @dataclass
@@ -68,20 +68,14 @@ class Runtime:
     def open(cls, path: Union[str, Path], provider: str = "cpu", threads: int = 0,
              threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
              class_name: Optional[str] = None, allow_cpu_fallback: bool = False, **kw) -> "Runtime":
+        """Open the model file at ``path`` with the backend :mod:`wmoe.runtime.registry` names for its suffix and
+        ``provider`` (``kw``: that backend's own options); a training checkpoint (``.safetensors``) runs in PyTorch
+        (:mod:`wmoe.torch_backend`, imported only then; ``provider`` ``cpu`` or ``cuda``)."""
         path = Path(path)
         if not path.is_file():
             raise ContractError(f"{path}: no such model file")
-        if path.suffix == ".onnx" and provider == "openvino":  # precision=, batch=, cache_dir= (openvino_backend)
-            from .openvino_backend import OpenVinoBackend
-            return cls(OpenVinoBackend(path, threads=threads, **kw), threshold, pixel_threshold, class_name)
-        if path.suffix == ".onnx":
-            from .onnx_backend import OnnxBackend
-            return cls(OnnxBackend(path, provider=provider, threads=threads, allow_cpu_fallback=allow_cpu_fallback,
-                                   **kw), threshold, pixel_threshold, class_name)
-        if path.suffix in (".engine", ".plan"):
-            from .trt_backend import TrtBackend
-            return cls(TrtBackend(path, **kw), threshold, pixel_threshold, class_name)
-        raise ContractError(f"{path}: unknown model type (expected .onnx, .engine or .plan)")
+        backend = open_backend(path, provider, threads, allow_cpu_fallback, **kw)
+        return cls(backend, threshold, pixel_threshold, class_name)
 
     @property
     def meta(self) -> ModelMeta:
@@ -120,9 +114,11 @@ class Runtime:
 
     def score_preprocessed(self, x: np.ndarray, frame_sizes: Optional[list] = None,
                            class_name: Optional[str] = None) -> Result:
-        """Score an already preprocessed batch (the model's input tensor); non-finite input is refused."""
-        x = np.asarray(x)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
+        """Score an already preprocessed batch (the model's input tensor: numpy, or what the backend takes — the
+        torch backend takes a torch tensor already on its device); non-finite numpy input is refused."""
+        if not isinstance(x, np.ndarray) and type(x).__module__.split(".")[0] != "torch":
+            x = np.asarray(x)
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = sorted({int(i) for i in np.nonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0]})
             raise FrameError(f"input batch holds NaN or infinite values (images {bad})")
         return self._run(x, frame_sizes, self._class(class_name))
@@ -132,13 +128,9 @@ class Runtime:
         scores = out["scores"].astype(np.float32)
         maps = out["maps"].astype(np.float32)
         n = scores.shape[0]
-        faults = []
-        for i in range(n):
-            bad = [name for name, a in (("score", scores[i]), ("text score", out["text_scores"][i]), ("map", maps[i]))
-                   if not np.isfinite(a).all()]
-            faults.append(f"non-finite {' and '.join(bad)} (a broken model or input): not judged" if bad else "")
-        verdicts = self.decision.verdicts(np.where([bool(f) for f in faults], np.nan, scores), class_name)
-        return Result(scores, out["text_scores"].astype(np.float32), maps,
+        text_scores = out["text_scores"].astype(np.float32)
+        verdicts, faults = self.decision.judge(scores, maps, text_scores, class_name)
+        return Result(scores, text_scores, maps,
                       frame_sizes or [tuple(maps.shape[1:])] * n, self.decision, verdicts, faults, class_name)
 
     def close(self) -> None:

@@ -55,7 +55,8 @@ async function api(method, url, body, headers) {
 }
 
 const fmt = (v, d = 4) => (v === null || v === undefined ? "—" : Number(v).toFixed(d));
-const VERDICT_TEXT = { anomalous: "ANOMALOUS", normal: "OK", undecided: "UNDECIDED" };
+// the contract's vocabulary (wmoe.contract.VERDICTS) in capitals, as wmoe.contract.verdict_label prints it
+const VERDICT_TEXT = { anomalous: "ANOMALOUS", normal: "NORMAL", undecided: "UNDECIDED" };
 
 // --- thresholds -------------------------------------------------------------------------------------------------
 
