@@ -74,11 +74,12 @@ def predict(ckpt: Union[str, Path], inputs: Sequence[Union[str, Path]], out_dir:
 
     if threshold is not None and not math.isfinite(threshold):
         raise NonFiniteError(f"the decision threshold is {threshold}; pass a finite --threshold")
-    out = ensure_output_dir(out_dir)
-    # the decision stored beside the checkpoint (refused when calibrated on another one), overridden by the user's
-    # numbers; judged by the runtime's one rule (wmoe.contract.Decision), per class when asked
+    # the decision stored beside the checkpoint (refused when calibrated on another one, or when it does not know
+    # class_name: before anything is written), overridden by the user's numbers; judged by the runtime's one rule
+    # (wmoe.contract.Decision), per class when asked
     det = Detector.from_checkpoint(ckpt, pretrained=pretrained, device=device, batch_size=batch_size,
                                    threshold=threshold, pixel_threshold=pixel_threshold, class_name=class_name)
+    out = ensure_output_dir(out_dir)
     errors: List[Dict[str, str]] = []
     paths = expand_inputs(inputs, unreadable=errors)
     thr = det.threshold
