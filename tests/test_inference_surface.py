@@ -11,6 +11,7 @@ import tokenize
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import wmoe
 from wmoe.contract import VERDICTS, Decision, ModelMeta
@@ -168,3 +169,29 @@ def test_runtime_still_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_eval_counts_undecided_images_and_measures_the_rest(tmp_path):
+    """wmoe eval under the one NaN policy: an image whose output is NaN is undecided — counted, listed in
+    scores.csv with its verdict, left out of the metrics — and the evaluation goes on (it raised before)."""
+    import torch
+
+    from wmoe.config import ModelConfig
+    from wmoe.data import make_demo_dataset
+    from wmoe.evaluate import evaluate
+    from wmoe.model import WMoECLIP
+
+    class FirstOfBatchOverflows(WMoECLIP):  # the real model; the first image of every batch overflows
+        def forward(self, x):
+            out = super().forward(x)
+            out.scores[0] = float("nan")
+            return out
+
+    torch.manual_seed(0)
+    model = FirstOfBatchOverflows(ModelConfig.tiny(image_size=112))
+    data = make_demo_dataset(tmp_path / "data", image_size=32, n_test_good=3, n_test_defect=3, categories=["brick"])
+    with pytest.warns(RuntimeWarning, match=r"2 image\(s\) undecided \(NaN/inf model output\), left out"):
+        table = evaluate(model, data, batch_size=3, out_dir=tmp_path / "eval", progress=False, pro=False)
+    assert table.extra["undecided"] == 2 and table.extra["n_images"] == 4
+    rows = (tmp_path / "eval" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 and sum(r.endswith(",undecided") for r in rows) == 2
