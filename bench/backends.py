@@ -13,6 +13,7 @@ from wmoe.contract import EngineSidecar, ModelMeta
 
 from .backend_names import ALL_BACKENDS  # noqa: F401 - torch-free, for the command line
 from .backend_names import MATMUL_PRECISION  # noqa: F401
+from .backend_names import RUNTIME_PREFIX
 
 if TYPE_CHECKING:
     from wmoe.kernels.dispatch import Kernels
@@ -140,6 +141,12 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
             return {"scores": s.float().cpu().numpy(), "maps": m.float().cpu().numpy(),
                     "text_scores": t.float().cpu().numpy()}
         return Backend(name, run, dev, torch.cuda.synchronize if cuda else (lambda: None))
+    if name.startswith(RUNTIME_PREFIX):  # any other provider of the runtime's registry, on the exported ONNX
+        from wmoe.runtime.registry import open_backend
+        if onnx_path is None:
+            onnx_path = _export(model_factory, workdir, export)
+        be = open_backend(onnx_path, name[len(RUNTIME_PREFIX):])
+        return Backend(name, be.run, "cpu", meta=be.meta, description=getattr(be, "description", ""))
     raise ValueError(f"unknown backend {name!r}; choose from {ALL_BACKENDS}")
 
 

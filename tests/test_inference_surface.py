@@ -8,6 +8,7 @@ import re
 import sys
 import textwrap
 import tokenize
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,10 @@ def test_a_new_backend_is_one_module_plus_one_registry_line(tmp_path, monkeypatc
         res = rt.score_preprocessed(x)
         assert isinstance(res, Result) and res.verdicts == ["normal", "anomalous", "undecided"]
         assert res.faults[:2] == ["", ""] and res.faults[2].startswith("non-finite score and text score and map")
+    # the bench measures a registry backend that serves ONNX files without a line of its own
+    from wmoe.bench.backend_names import runtime_backends
+    monkeypatch.setattr(registry, "BACKENDS", (*registry.BACKENDS, replace(spec, suffixes=(".onnx",))))
+    assert runtime_backends() == ("runtime-echo",)
 
 
 def test_one_verdict_rule_one_vocabulary():
