@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from wmoe.data.images import DataError, is_image_file, load_image, preprocess
 from wmoe.data.meta import read_meta
+from wmoe.image_io import DataError, is_image_file, load_image
 
 DEFAULT_MAX_IMAGES = 256  # "a few hundred": more barely moves max/entropy ranges and costs calibration time
 
@@ -80,6 +80,9 @@ def as_model_input(rgb: np.ndarray, image_size: int, frame_size: Optional[Tuple[
     """One decoded RGB image as the exported model's input: a (3,S,S) float32 normalized image, or, for a model
     with in-graph preprocessing (``frame_size`` (H, W)), a uint8 (H,W,3) frame as a camera would deliver it."""
     if frame_size is None:
+        # the data set's own preprocessing (torch's resize), so the ranges are those the model sees at evaluation;
+        # a model with in-graph preprocessing (frames) needs no torch at all
+        from wmoe.data.images import preprocess
         return preprocess(rgb, image_size).numpy()
     from PIL import Image
     h, w = frame_size

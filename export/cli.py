@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 from wmoe.cli_run import run, standalone
-from wmoe.contract import HIGH_PRECISIONS, PRECISIONS, QUANTIZED_PRECISIONS
+from wmoe.contract import (FLAVORS, HIGH_PRECISIONS, INPUT_FRAMES, INPUT_IMAGES, INPUT_KINDS, PRECISIONS,
+                           QUANTIZED_PRECISIONS)
 from wmoe.errors import UsageError
 from wmoe.cli_types import (checked, device, existing_file, finite_float, frame_size, int_list, non_negative_int,
                             one_of, output_dir, output_file, positive_float, positive_int, unit_float)
@@ -25,15 +26,13 @@ def _batch_ranges(s: str):
 def _onnx(a: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
     frame = a.frame_size
-    if frame and a.input == "images":
+    if frame and a.input == INPUT_IMAGES:
         raise UsageError("--frame-size needs --input frames (the default)")
-    path = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=a.input == "frames", frame_size=frame,
-                       opset=a.opset, exporter=a.exporter, pretrained=a.pretrained, flavor=a.flavor,
-                       threshold=a.threshold, pixel_threshold=a.pixel_threshold, reference=a.reference,
-                       product=a.product, fusion_weight=a.fusion_weight)
-    from wmoe.contract import ModelMeta
-    from wmoe.onnx_meta import read_onnx_metadata
-    d = ModelMeta.from_metadata(read_onnx_metadata(path), str(path)).decision
+    path, meta = export_onnx(a.checkpoint, a.out, precision=a.precision, preprocess=a.input == INPUT_FRAMES,
+                             frame_size=frame, opset=a.opset, exporter=a.exporter, pretrained=a.pretrained,
+                             flavor=a.flavor, threshold=a.threshold, pixel_threshold=a.pixel_threshold,
+                             reference=a.reference, product=a.product, fusion_weight=a.fusion_weight, with_meta=True)
+    d = meta.decision
     thr = f"threshold {d.threshold:.6g}" if d.threshold is not None else "no threshold (run wmoe eval or pass --threshold)"
     print(f"wrote {path} ({a.flavor}, {a.precision}, exporter {a.exporter}, {thr})")
     return 0
@@ -142,9 +141,9 @@ def register(subparsers) -> None:
     o.add_argument("--out", required=True, type=output_file, help="the ONNX file to write")
     o.add_argument("--precision", type=one_of(HIGH_PRECISIONS[::-1], "precision"), default="fp32",
                    help=f"{' or '.join(HIGH_PRECISIONS[::-1])} weights and activations")
-    o.add_argument("--flavor", type=one_of(["portable", "plugin"], "flavor"), default="portable",
+    o.add_argument("--flavor", type=one_of(list(FLAVORS), "flavor"), default=FLAVORS[0],
                    help="portable: standard ONNX ops everywhere; plugin: the Triton kernels as TensorRT plugins")
-    o.add_argument("--input", type=one_of(["frames", "images"], "input"), default="frames",
+    o.add_argument("--input", type=one_of(sorted(INPUT_KINDS), "input"), default=INPUT_FRAMES,
                    help="frames: uint8 (N,H,W,3) RGB with resize + normalization in the graph, so a runtime only "
                         "stacks frames; images: normalized float (N,3,S,S)")
     o.add_argument("--frame-size", default=None, type=frame_size,

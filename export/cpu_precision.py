@@ -17,15 +17,11 @@ from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 
-from wmoe.contract import CPU_PRECISIONS, INPUT_FRAMES, CpuPrecision, ModelMeta, sha256_file
-from wmoe.onnx_meta import read_onnx_metadata, write_onnx_metadata
+from wmoe.contract import CPU_PRECISIONS, INPUT_FRAMES, CpuPrecision, ModelMeta, read_onnx_contract, sha256_file
+from wmoe.onnx_meta import write_onnx_metadata
 
 from .gate import GateThresholds, compare, failures, format_figures, labeled_images, run_session
-from wmoe.errors import ExportError
-
-
-class CpuPrecisionError(ExportError):
-    """The CPU precision cannot be measured (wrong model, no images); the message says why."""
+from wmoe.errors import CpuPrecisionError  # defined in wmoe.errors; importable from here (its old home)
 
 
 def _outputs(be, x: np.ndarray, batch: int) -> Dict[str, np.ndarray]:
@@ -55,7 +51,7 @@ def choose_cpu_precision(onnx_path: Union[str, Path], *, qdq: Optional[Union[str
     from wmoe.runtime.session import make_session
     say: Callable[[str], None] = print if progress else (lambda s: None)
     src = Path(onnx_path)
-    meta = ModelMeta.from_metadata(read_onnx_metadata(src), str(src))
+    meta = read_onnx_contract(src)
     if meta.flavor != "portable" or meta.precision != "fp32":
         raise CpuPrecisionError(f"{src}: is a {meta.flavor} {meta.precision} model; the CPU precision is chosen on "
                                 f"the portable fp32 export (wmoe export onnx)")
@@ -64,7 +60,7 @@ def choose_cpu_precision(onnx_path: Union[str, Path], *, qdq: Optional[Union[str
     frame = meta.frame_size if meta.input == INPUT_FRAMES else None
     qpath = Path(qdq) if qdq else None
     if qpath is not None:
-        qm = ModelMeta.from_metadata(read_onnx_metadata(qpath), str(qpath))
+        qm = read_onnx_contract(qpath)
         if qm.precision != "int8":
             raise CpuPrecisionError(f"{qpath}: is {qm.precision}, not an int8 Q/DQ model (wmoe export quantize "
                                     f"--precision int8 --high-precision fp32)")

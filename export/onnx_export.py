@@ -13,7 +13,7 @@ import contextlib
 import copy
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Tuple, Union, overload
 
 import torch
 
@@ -46,13 +46,25 @@ def _no_mha_fastpath() -> Iterator[None]:
             mha.set_fastpath_enabled(old)
 
 
+@overload
+def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path], *,
+                with_meta: Literal[False] = False, **options: Any) -> Path: ...
+
+
+@overload
+def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path], *, with_meta: Literal[True],
+                **options: Any) -> Tuple[Path, ModelMeta]: ...
+
+
 def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path], *, precision: str = "fp32",
                 preprocess: bool = False, frame_size: Optional["tuple[int, int]"] = None, opset: int = DEFAULT_OPSET,
                 batch: int = 2, max_batch: int = 256, exporter: str = "dynamo", pretrained: Optional[str] = None,
                 flavor: str = "portable", allow_torchscript: bool = False, threshold: Optional[float] = None,
                 pixel_threshold: Optional[float] = None, decision: Optional[Decision] = None,
-                reference=None, product: Optional[str] = None, fusion_weight: Optional[float] = None) -> Path:
-    """Export to ``out`` (written atomically) and return its path.
+                reference=None, product: Optional[str] = None, fusion_weight: Optional[float] = None,
+                with_meta: bool = False) -> Union[Path, Tuple[Path, ModelMeta]]:
+    """Export to ``out`` (written atomically) and return its path (``with_meta``: ``(path, the ModelMeta written
+    into it)``, so a caller reports the stored decision without reading the file back).
 
     Args:
         precision: ``fp32`` or ``fp16`` (weights and compute in fp16, inputs and outputs stay fp32 — what TensorRT 11's
@@ -175,10 +187,11 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
                 proto = onnx.load(str(tmp))
             proto.producer_name = "wmoe"
             proto.producer_version = __version__
-            meta = ModelMeta(image_size=s, input=in_name, frame_size=tuple(frame_size) if preprocess else None,
-                             flavor=flavor, precision=precision, decision=decision,
-                             config=model.cfg.to_json(), checkpoint_sha256=ckpt_sha, version=__version__,
-                             exporter=exporter, reference=ref_summary).to_metadata()
+            meta_obj = ModelMeta(image_size=s, input=in_name, frame_size=tuple(frame_size) if preprocess else None,
+                                 flavor=flavor, precision=precision, decision=decision,
+                                 config=model.cfg.to_json(), checkpoint_sha256=ckpt_sha, version=__version__,
+                                 exporter=exporter, reference=ref_summary)
+            meta = meta_obj.to_metadata()
             del proto.metadata_props[:]
             for k, v in sorted(meta.items()):
                 proto.metadata_props.add(key=k, value=v)
@@ -189,4 +202,4 @@ def export_onnx(ckpt_or_model: Union[str, Path, WMoECLIP], out: Union[str, Path]
             if exporter == "dynamo":
                 del prog
             onnx.checker.check_model(str(tmp))
-    return out
+    return (out, meta_obj) if with_meta else out

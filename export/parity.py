@@ -20,8 +20,7 @@ import numpy as np
 
 from wmoe.atomic import atomic_write_text
 
-from wmoe.contract import INPUT_FRAMES, INPUT_IMAGES, ModelMeta
-from wmoe.onnx_meta import read_onnx_metadata
+from wmoe.contract import INPUT_FRAMES, INPUT_IMAGES, ModelMeta, read_onnx_contract
 
 from wmoe.errors import ExportError
 
@@ -55,7 +54,7 @@ def save_reference(onnx_path: Union[str, Path], out_dir: Union[str, Path], batch
     """Run the portable model on the host and write ``inputs.json`` and ``outputs.json`` (atomically)."""
     from wmoe.runtime.session import make_session
 
-    meta = ModelMeta.from_metadata(read_onnx_metadata(onnx_path), str(onnx_path))
+    meta = read_onnx_contract(onnx_path)
     if meta.flavor != "portable":
         raise ExportError(f"{onnx_path}: reference outputs come from the portable flavor (this is "
                           f"{meta.flavor}; ONNX Runtime cannot run the plugin nodes)")

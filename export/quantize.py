@@ -45,19 +45,15 @@ from wmoe.atomic import atomic_path, atomic_write_text
 from .calib import DEFAULT_MAX_IMAGES, CalibrationSet, load_calibration
 from .gate import GateThresholds, compare, format_figures, gate, labeled_images, run_session
 from .onnx_write import write_model
-from wmoe.contract import HIGH_PRECISIONS, INPUT_FRAMES, ContractError, Decision, ModelMeta, decision_metadata, sha256_file
+from wmoe.contract import (HIGH_PRECISIONS, INPUT_FRAMES, ContractError, Decision, ModelMeta, decision_metadata,
+                           read_onnx_contract, sha256_file)
 from wmoe.contract import QUANTIZED_PRECISIONS as PRECISIONS
-from wmoe.onnx_meta import read_onnx_metadata
-from wmoe.errors import ExportError
+from wmoe.errors import QuantizeError  # defined in wmoe.errors; importable from here (its old home)
 from wmoe.runtime.session import make_session
 
 DEFAULT_METHOD = {"int8": "entropy", "fp8": "max"}  # Model Optimizer's defaults for each mode
 METHODS = ("entropy", "max", "minmax", "percentile", "distribution")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
-
-
-class QuantizeError(ExportError):
-    """Quantization cannot proceed or its result fails the accuracy gate; the message says why."""
 
 
 def min_heldout(min_spearman: float) -> int:
@@ -485,7 +481,7 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
     if cfg.resolved_method() not in METHODS:
         raise QuantizeError(f"calibration method must be one of {METHODS}, got {cfg.method!r}")
     try:
-        meta = ModelMeta.from_metadata(read_onnx_metadata(src), str(src))  # names the file when it is not one
+        meta = read_onnx_contract(src)  # names the file when it is not one
     except ContractError as e:
         raise QuantizeError(str(e)) from None
     if meta.flavor != "portable":

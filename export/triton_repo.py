@@ -29,9 +29,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
-from wmoe.contract import INPUT_FRAMES, META_PREFIX, ContractError, EngineCompatError, EngineSidecar, ModelMeta
+from wmoe.contract import (INPUT_FRAMES, META_PREFIX, ContractError, EngineCompatError, EngineSidecar, ModelMeta,
+                           read_onnx_contract)
 from wmoe.folder_lock import FolderLock
-from wmoe.onnx_meta import read_onnx_contract
 from wmoe.runtime.triton_python import MODEL_FILE_PARAM, THREADS_PARAM, TritonPythonModel
 
 from wmoe.errors import ExportError, OutputError, output_error
@@ -416,7 +416,7 @@ def _fill(src: Path, kind: str, spec: Optional[ModelSpec], staged: Mapping[str, 
     assert spec is not None
     if kind != "checkpoint":
         info["source_sha256"] = source_sha
-        info["checkpoint_sha256"] = spec.metadata.get(f"{META_PREFIX}checkpoint_sha256", "")
+        info["checkpoint_sha256"] = ModelMeta.from_metadata(spec.metadata, str(spec.path)).checkpoint_sha256
     info["engine_sha256" if kind == "engine" else "onnx_sha256"] = source_sha
     extra = _external_files(src) if kind != "engine" else []
     placed: Optional[Path] = src if kind == "checkpoint" else None  # the repository's own copy, once made

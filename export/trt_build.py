@@ -10,12 +10,13 @@ generated TensorRT double for 10.9 and 11.4 (tests/test_trt_double.py, tests/tes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, List, Optional, Tuple, TypeVar, Union
 
 from wmoe.atomic import atomic_path
-from wmoe.contract import INPUT_FRAMES, QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor, sha256_file
+from wmoe.contract import (INPUT_FRAMES, QUANTIZED_PRECISIONS, EngineSidecar, ModelMeta, major_minor,
+                           read_onnx_contract, sha256_file, wmoe_metadata)
 from wmoe.errors import ExportError
-from wmoe.onnx_meta import read_onnx_contract, read_onnx_metadata
+from wmoe.onnx_meta import read_onnx_metadata
 
 INSTALL_HINT = ("TensorRT is not installed. On x86-64: pip install 'wmoe[trt]' (CUDA 12 drivers; pip install tensorrt "
                 "cuda-python also works) or 'wmoe[trt-cu13]' (CUDA 13); on Jetson (JetPack 6): apt install "
@@ -46,12 +47,12 @@ def parse_batch(spec: str) -> List[Tuple[int, int, int]]:
     return ranges
 
 
-def plan_flavor(meta: Dict[str, str], tensorrt_version: str, checkpoint: Optional[Union[str, Path]] = None
+def plan_flavor(meta: ModelMeta, tensorrt_version: str, checkpoint: Optional[Union[str, Path]] = None
                 ) -> Tuple[str, Optional[str]]:
     """``(flavor to build, message)``: a plugin-flavor ONNX needs TensorRT >= 10.9 (AOT Python plugins); older
     TensorRT (JetPack 6 ships 10.3) builds the portable flavor instead, re-exported from ``checkpoint``."""
     from .trt_plugins import trt_version_ok
-    flavor = meta.get("wmoe.flavor", "portable")
+    flavor = meta.flavor
     if flavor != "plugin" or trt_version_ok(tensorrt_version):
         return flavor, None
     if checkpoint is None:
@@ -77,7 +78,7 @@ def portable_fallback(onnx_path: Union[str, Path], checkpoint: Union[str, Path],
     import dataclasses
 
     onnx_path, checkpoint = Path(onnx_path), Path(checkpoint)
-    src = ModelMeta.from_metadata(read_onnx_metadata(onnx_path), str(onnx_path))
+    src = read_onnx_contract(onnx_path)
     if not checkpoint.is_file():
         raise ExportError(f"{checkpoint}: no such checkpoint (needed to re-export {onnx_path} as the portable flavor)")
     if src.checkpoint_sha256 and src.checkpoint_sha256 != sha256_file(checkpoint):
@@ -86,7 +87,7 @@ def portable_fallback(onnx_path: Union[str, Path], checkpoint: Union[str, Path],
     from .onnx_export import export_onnx
     path = export_onnx(checkpoint, out, precision=src.precision, preprocess=src.input == INPUT_FRAMES,
                        frame_size=src.frame_size, decision=src.decision)
-    got = ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+    got = read_onnx_contract(path)
     changed = [f.name for f in dataclasses.fields(ModelMeta)
                if f.name not in _FLAVOR_FIELDS and getattr(got, f.name) != getattr(src, f.name)]
     if changed:  # a guard: export_onnx gained a contract field this function does not pass on
@@ -124,15 +125,17 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
     require_tensorrt()
     import tensorrt as trt  # a module-typed name: the type check follows every call below into the stubs
     onnx_path, out = Path(onnx_path), Path(out)
-    meta = read_onnx_metadata(onnx_path)
-    precision_in = read_onnx_contract(onnx_path).precision  # a graph contradicting its metadata: refused here
+    raw = read_onnx_metadata(onnx_path)  # the wmoe.* entries go into the sidecar verbatim
+    meta = read_onnx_contract(onnx_path)  # a graph contradicting its metadata: refused here
+    precision_in = meta.precision
     ranges = parse_batch(batch)
     flavor, note = plan_flavor(meta, trt.__version__, checkpoint)
     if note:
         print(note, flush=True)
         assert checkpoint is not None  # plan_flavor only plans a re-export from a checkpoint it was given
         onnx_path = portable_fallback(onnx_path, checkpoint, out.with_suffix(".portable.onnx"))
-        meta = read_onnx_metadata(onnx_path)
+        raw = read_onnx_metadata(onnx_path)
+        meta = read_onnx_contract(onnx_path)
     if flavor == "plugin":
         from .trt_plugins import check_plugin_nodes
         _register_plugins(out, kernels)
@@ -185,12 +188,12 @@ def build_engine(onnx_path: Union[str, Path], out: Union[str, Path], precision: 
             raise ExportError(f"TensorRT refused the optimization profile {lo}:{opt}:{hi} for input {inp.name} "
                               f"{shape}")
     sidecar = EngineSidecar(  # everything known before the (long) build, so nothing can fail after it
-        engine=out.name, onnx_sha256=sha256_file(onnx_path), checkpoint_sha256=meta.get("wmoe.checkpoint_sha256", ""),
+        engine=out.name, onnx_sha256=sha256_file(onnx_path), checkpoint_sha256=meta.checkpoint_sha256,
         precision=precision, tensorrt_version=trt.__version__, flavor=flavor, gpu_name=gpu_name,
         compute_capability=f"{cc_major}.{cc_minor}",
         inputs={inp.name: [-1] + shape[1:]},
         outputs={network.get_output(i).name: _dims(network.get_output(i).shape) for i in range(network.num_outputs)},
-        batch_ranges=[list(r) for r in ranges], metadata={k: v for k, v in meta.items() if k.startswith("wmoe.")},
+        batch_ranges=[list(r) for r in ranges], metadata=wmoe_metadata(raw),
     )
     blob = builder.build_serialized_network(network, config)
     if blob is None:

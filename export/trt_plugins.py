@@ -33,6 +33,7 @@ No ``from __future__ import annotations`` here: ``tensorrt.plugin`` validates th
 """
 
 import importlib
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -43,11 +44,11 @@ import numpy as np
 import numpy.typing as npt
 
 from wmoe.kernels.aot import entry_params, lowest_ptx_isa, ptx_version, set_ptx_version
-from wmoe.kernels.spec import cdiv, launch_plan as spec_plan
-from wmoe.kernels.stages import stage_specs
+from wmoe.kernels.spec import launch_plan as spec_plan
+from wmoe.kernels.stages import plugin_stages, stage_specs
 
 from wmoe.errors import ExportError
-from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
+from wmoe.contract import PLUGIN_DOMAIN as DOMAIN
 
 MIN_TRT_AOT = (10, 9)  # tensorrt.plugin.aot_impl
 # Dynamic shared memory a plugin kernel may use: above 48 KB a kernel needs cudaFuncSetAttribute(
@@ -92,10 +93,9 @@ class PluginKernel:
         return self._count("out")
 
 
-PLUGINS = {
-    WCMA_OP: PluginKernel(WCMA_OP, "wcma_frequency", "wcma_main"),
-    MOE_OP: PluginKernel(MOE_OP, "moe_experts", "moe_router"),
-}
+#: every stage record with a plugin (:class:`wmoe.kernels.spec.Plugin`), by op type
+PLUGINS = {op: PluginKernel(op, s.name, s.plugin.kernel)  # type: ignore[union-attr]  # plugin_stages: has one
+           for op, s in plugin_stages().items()}
 
 
 def launch_plan(op: str, dims: Dict[str, Any], constexprs: Dict[str, int], num_warps: int
@@ -283,7 +283,8 @@ def unregister_plugins() -> None:
 
 
 def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tuple[int, int]] = None) -> None:
-    """Register both plugins with ``tensorrt.plugin`` (once per process) before the ONNX parser sees the nodes."""
+    """Register every stage's plugin (the records of :func:`wmoe.kernels.stages.plugin_stages`) with
+    ``tensorrt.plugin`` (once per process) before the ONNX parser sees the nodes."""
     import tensorrt as trt
     if not trt_version_ok(trt.__version__):
         raise ExportError(f"TensorRT {trt.__version__} has no AOT Python plugins (needs >= 10.9): build the "
@@ -311,40 +312,61 @@ def register_plugins(store: KernelStore, target: str, driver_limit: Optional[Tup
             return "fp32"
         raise ExportError(f"plugin input dtype {desc.dtype} has no AOT kernel (fp16/fp32 only)")
 
-    @trtp.register(f"{DOMAIN}::{WCMA_OP}")
-    def _wcma_desc(x: trtp.TensorDesc, g: trtp.TensorDesc, w_pw: trtp.TensorDesc, b_pw: trtp.TensorDesc,
-                   w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: I32, aot: I32) -> trtp.TensorDesc:
-        s = x.shape_expr
-        return trtp.from_shape_expr((s[0], cdiv(s[1], 2), cdiv(s[2], 2), s[3]), dtype=x.dtype)
+    registered = {}
+    for op, stage in plugin_stages().items():
+        describe, aot = _plugin_functions(trt, trtp, I32, stage, store, target, driver_limit, _dtype)
+        trtp.register(f"{DOMAIN}::{op}")(describe)
+        trtp.aot_impl(f"{DOMAIN}::{op}")(aot)
+        registered[op] = aot
+    _REGISTERED.update({"trtp": trtp, "key": key, **registered})
 
-    @trtp.aot_impl(f"{DOMAIN}::{WCMA_OP}")
-    def _wcma_aot(x: trtp.TensorDesc, g: trtp.TensorDesc, w_pw: trtp.TensorDesc, b_pw: trtp.TensorDesc,
-                  w_local: trtp.TensorDesc, b_local: trtp.TensorDesc, hidden: I32, aot: I32,
-                  outputs: Tuple[trtp.TensorDesc], tactic: int
-                  ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        s = x.shape_expr
-        dims = dict(B=s[0], H=s[1], W=s[2], C=s[3], D=_int(hidden))
-        art, ptx = store.kernel(WCMA_OP, _dtype(x), target, driver_limit, aligned_dims(WCMA_OP, dims))
-        grid, threads, scalars = launch_plan(WCMA_OP, dims, art["constexprs"], art["num_warps"])
+
+def _plugin_functions(trt: Any, trtp: Any, I32: Any, stage: Any, store: "KernelStore", target: str,
+                      driver_limit: Optional[Tuple[int, int]], dtype_of: Any) -> Tuple[Any, Any]:
+    """The ``tensorrt.plugin`` describe and ``aot_impl`` functions of one stage's plugin, from its record.
+
+    ``tensorrt.plugin`` reads their signatures (``inspect.signature``: the tensor inputs annotated ``TensorDesc``,
+    then the attributes, the output count from the return annotation) and calls describe as ``f(*inputs,
+    **attrs)`` and aot_impl as ``f(*inputs, *attrs, outputs, tactic)``. The signatures are built from the record
+    (the kernel's pointer arguments, the plugin's attributes) as real ``inspect.Signature`` objects with class
+    annotations, so the frontend validates them exactly as it would a written-out function."""
+    plugin, op = stage.plugin, stage.plugin.op
+    kernel = stage.kernel(plugin.kernel)
+    ins = [a for a in kernel.args if a.role == "in"]
+    outs = [a for a in kernel.args if a.role == "out"]
+    n_in = len(ins)
+
+    def dims_of(inputs: Sequence[Any], attrs: Dict[str, Any]) -> Dict[str, Any]:
+        return {name: (inputs[src[0]].shape_expr[src[1]] if isinstance(src, tuple) else _int(attrs[src]))
+                for name, src in plugin.dims.items()}
+
+    def out_dtype(arg_type: str, like: Any) -> Any:
+        return {"*T": like, "*fp32": trt.float32, "*i32": trt.int32}[arg_type]
+
+    def describe(*inputs: Any, **attrs: Any) -> Any:
+        shapes = plugin.outputs(stage.dims(**dims_of(inputs, attrs)))
+        return tuple(trtp.from_shape_expr(tuple(shape), dtype=out_dtype(a.type, inputs[0].dtype))
+                     for a, shape in zip(outs, shapes))
+
+    def aot(*args: Any) -> Any:
+        inputs, values = args[:n_in], args[n_in:n_in + len(plugin.attrs)]
+        dims = dims_of(inputs, dict(zip(plugin.attrs, values)))
+        art, ptx = store.kernel(op, dtype_of(inputs[0]), target, driver_limit, aligned_dims(op, dims))
+        grid, threads, scalars = launch_plan(op, dims, art["constexprs"], art["num_warps"])
         return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
 
-    @trtp.register(f"{DOMAIN}::{MOE_OP}")
-    def _router_desc(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: I32,
-                     n_experts: I32, aot: I32) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
-        b, k = x.shape_expr[0], _int(top_k)
-        return (trtp.from_shape_expr((b, k), dtype=trt.float32), trtp.from_shape_expr((b, k), dtype=trt.int32))
-
-    @trtp.aot_impl(f"{DOMAIN}::{MOE_OP}")
-    def _router_aot(x: trtp.TensorDesc, w_router: trtp.TensorDesc, b_router: trtp.TensorDesc, top_k: I32,
-                    n_experts: I32, aot: I32, outputs: Tuple[trtp.TensorDesc, trtp.TensorDesc], tactic: int
-                    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        s = x.shape_expr
-        dims = dict(B=s[0], C=s[1], NE=_int(n_experts), TOPK=_int(top_k))
-        art, ptx = store.kernel(MOE_OP, _dtype(x), target, driver_limit, aligned_dims(MOE_OP, dims))
-        grid, threads, scalars = launch_plan(MOE_OP, dims, art["constexprs"], art["num_warps"])
-        return art["kernel"], ptx, _launch(trtp, grid, threads, art), _scalars(trtp, scalars)
-
-    _REGISTERED.update({"trtp": trtp, "key": key, WCMA_OP: _wcma_aot, MOE_OP: _router_aot})
+    P = inspect.Parameter
+    tensors = [P(a.name[:-4] if a.name.endswith("_ptr") else a.name, P.POSITIONAL_OR_KEYWORD,
+                 annotation=trtp.TensorDesc) for a in ins]
+    attrs = [P(name, P.POSITIONAL_OR_KEYWORD, annotation=I32) for name in plugin.attrs]
+    out_descs: Any = Tuple[tuple([trtp.TensorDesc] * len(outs))]  # Tuple[TensorDesc, ...] of the output count
+    describe.__signature__ = inspect.Signature(tensors + attrs, return_annotation=out_descs)  # type: ignore
+    aot.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        tensors + attrs + [P("outputs", P.POSITIONAL_OR_KEYWORD, annotation=out_descs),
+                           P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)],
+        return_annotation=Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs])
+    describe.__name__ = aot.__name__ = op
+    return describe, aot
 
 
 def check_plugin_nodes(onnx_path: Union[str, Path], registry: Any) -> None:

@@ -1,8 +1,10 @@
 """Fused stages of WMoE-CLIP: Triton kernels beside their PyTorch references (``wmoe.kernels``).
 
-One file per stage: ``<stage>_triton.py`` (its ``@triton.jit`` kernels and its launcher); every stage's spec (the
-launch description, as data) in ``stages.py``; the entry points and the kernel choice in ``dispatch.py`` (exported
-here); references in ``wcma_ref.py`` / ``moe_ref.py``.
+One file per stage: ``<stage>_triton.py`` (its ``@triton.jit`` kernels and its launcher); every stage's record
+(kernels, launcher, reference, custom op, TensorRT plugin: data) in ``stages.py``, which the entry points
+(``dispatch.py``: ``run_stage`` and one function per stage, exported here), the custom ops (``ops.py``), the AOT
+compiler and the TensorRT plugins loop over; the kernel choice in ``choice.py``; references in ``wcma_ref.py`` /
+``moe_ref.py``.
 
 The names are resolved lazily (PEP 562): ``wmoe.kernels.spec``, ``wmoe.kernels.stages`` (``stage_specs``, also
 as ``wmoe.kernels.stage_specs``) and ``wmoe.kernels.aot``'s manifest and PTX helpers must import neither torch nor

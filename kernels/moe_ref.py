@@ -105,3 +105,54 @@ def expert_outputs_dense_ref(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: 
     """Every expert on every token: ``E_n(x_b)`` as ``(N, B, C)`` in the dtype of ``x`` (see :func:`expert_mlp_ref`)."""
     h = F.gelu(torch.einsum("bc,ncd->nbd", x, w1) + b1[:, None, :], approximate="tanh")
     return torch.einsum("nbd,ndc->nbc", h, w2) + b2[:, None, :]
+
+
+def moe_experts_fake(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+                     b2: Tensor, top_k: int, kernels: str = "auto", fp32: str = "ieee") -> Tensor:
+    """The shape of ``x_p`` (the custom op's meta implementation): that of ``x``."""
+    return x.new_empty(x.shape)
+
+
+# --- the TensorRT plugin of the MoE stage: the router kernel as one ONNX node, the experts in standard ops ---
+
+def moe_experts_onnx(node, op, x, w_router, b_router, w1, b1, w2, b2, top_k: int, kernels: str = "auto",
+                     fp32: str = "ieee"):
+    """``wmoe::moe_experts`` as ONNX (onnxscript, traced by the exporter): the plugin node of ``_router_kernel``,
+    then the k experts as a dense masked batched GEMM in standard ops (every expert is hit from batch ~16 on, so
+    the layer reads all expert weights anyway)."""
+    import math
+
+    import numpy as np
+    import onnxscript
+
+    def const(v, dtype=np.int64):
+        return op.Constant(value=onnxscript.ir.tensor(np.asarray(v, dtype=dtype)))
+
+    FLOAT = 1  # onnx.TensorProto.FLOAT
+    n_experts = int(w1.shape[0])
+    weights, experts = node(x, op.Cast(w_router, to=FLOAT), op.Cast(b_router, to=FLOAT), top_k=top_k,
+                            n_experts=n_experts, aot=1)
+    # (B, N) combine weights, zero for the experts not chosen (Eq. 8's w_k)
+    ids = op.Range(const(0), const(n_experts), const(1))
+    hit = op.Cast(op.Equal(op.Cast(op.Unsqueeze(experts, const([2])), to=7), ids), to=FLOAT)
+    dense_w = op.ReduceSum(op.Mul(hit, op.Unsqueeze(weights, const([2]))), const([1]), keepdims=0)
+    h = op.Add(op.Einsum(x, w1, equation="bc,ncd->nbd"), op.Unsqueeze(b1, const([1])))
+    # GELU (tanh form, the experts' activation): opset 18 has no Gelu(approximate="tanh")
+    k = op.CastLike(const(math.sqrt(2.0 / math.pi), np.float32), h)
+    c = op.CastLike(const(0.044715, np.float32), h)
+    half = op.CastLike(const(0.5, np.float32), h)
+    one = op.CastLike(const(1.0, np.float32), h)
+    h = op.Mul(op.Mul(half, h), op.Add(one, op.Tanh(op.Mul(k, op.Add(h, op.Mul(c, op.Mul(h, op.Mul(h, h))))))))
+    y = op.Add(op.Einsum(h, w2, equation="nbd,ndc->nbc"), op.Unsqueeze(b2, const([1])))
+    return op.CastLike(op.Einsum(op.Cast(y, to=FLOAT), dense_w, equation="nbc,bn->bc"), x)
+
+
+def moe_router_node_ref(x, w_router, b_router, top_k=None, n_experts=None, aot=None):
+    """What ``_router_kernel`` (the plugin node) computes, from numpy inputs: (weights float32, experts int32)."""
+    import numpy as np
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+    w, e = moe_router_ref(t(x), t(w_router), t(b_router), int(top_k))
+    return w.numpy().astype(np.float32), e.numpy().astype(np.int32)

@@ -1,51 +1,57 @@
-"""The two fused stages as ``torch.library`` custom ops, so ``torch.compile`` and ``torch.export`` trace through
-them as single nodes (``wmoe::wcma_frequency``, ``wmoe::moe_experts``) instead of into Triton launches.
+"""Every fused stage that has a :class:`~wmoe.kernels.spec.CustomOp` in its record (:mod:`wmoe.kernels.stages`) as a
+``torch.library`` custom op ``wmoe::<stage>``, so ``torch.compile`` and ``torch.export`` trace through it as one
+node (``wmoe::wcma_frequency``, ``wmoe::moe_experts``) instead of into Triton launches. This module loops over the
+records: a new stage needs no edit here.
 
-Each op runs the Triton kernel where ``KernelChoice(Kernels.AUTO)`` would (CUDA fp32/fp16 tensors, the rule of
-:func:`wmoe.kernels.dispatch.use_triton`) and the PyTorch reference otherwise; the fake
-(meta) implementations give the output shapes without computing. Inference only: no autograd formula is
-registered, so use :mod:`wmoe.kernels.dispatch` (which falls back to the reference) for training.
+Each op takes the kernel choice as its two last arguments (``kernels``, ``fp32``: strings, defaults ``"auto"`` and
+``"ieee"``) and runs the Triton launcher where :func:`wmoe.kernels.choice.use_triton` says so under that choice, the
+PyTorch reference otherwise; the fake (meta) implementations give the output shapes without computing.
+Inference only: no autograd formula is registered, so use :mod:`wmoe.kernels.dispatch` (which falls back to the
+reference) for training.
 """
 from __future__ import annotations
+
+from typing import Any, Callable, Dict
 
 import torch
 from torch import Tensor
 
-from .dispatch import Kernels, use_triton
-from .moe_ref import moe_experts_ref
-from .wcma_ref import wcma_frequency_ref
+from .choice import KernelChoice, use_triton
+from .spec import StageSpec, load
+from .stages import stage_specs
+
+NAMESPACE = "wmoe"  # torch.ops.wmoe.<stage>
+CHOICE_ARGS = 'str kernels="auto", str fp32="ieee"'
 
 
-def _use_kernel(x: Tensor) -> bool:
-    return use_triton(x, kernels=Kernels.AUTO)
+def _schema(stage: StageSpec) -> str:
+    args, _, result = stage.op.schema.partition("->")
+    args = args.strip()
+    if not (args.startswith("(") and args.endswith(")")):
+        raise ValueError(f"stage {stage.name}: op schema {stage.op.schema!r} is not '(args) -> result'")
+    inner = args[1:-1].strip()
+    return f"({inner + ', ' if inner else ''}{CHOICE_ARGS}) -> {result.strip()}"
 
 
-@torch.library.custom_op("wmoe::wcma_frequency", mutates_args=())
-def wcma_frequency_op(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor, w_local: Tensor,
-                      b_local: Tensor) -> Tensor:
-    """``F_p`` of Eq. 5-6 (BHWC in, (B, ceil(H/2), ceil(W/2), C) out)."""
-    if _use_kernel(x):
-        from .wcma_frequency_triton import wcma_frequency_triton
-        return wcma_frequency_triton(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
-    return wcma_frequency_ref(x, w_global, b_global, w_pw, b_pw, w_local, b_local).contiguous()
+def _impl(stage: StageSpec) -> Callable[..., Any]:
+    n = len(torch._C.parse_schema(f"{NAMESPACE}::{stage.name}{stage.op.schema}").arguments)
+
+    def run(*args: Any, **choice_args: str) -> Any:
+        # the dispatcher passes the defaulted choice arguments only when the caller gave them
+        choice = KernelChoice(*args[n:], **choice_args)
+        args = args[:n]
+        if use_triton(*(a for a in args if isinstance(a, Tensor)), kernels=choice):
+            return load(stage.launcher)(*args, fp32=choice.fp32.value)
+        out = load(stage.reference)(*args)
+        return out.contiguous() if isinstance(out, Tensor) else out  # an op's output never aliases an input
+    return run
 
 
-@wcma_frequency_op.register_fake
-def _(x, w_global, b_global, w_pw, b_pw, w_local, b_local):
-    B, H, W, C = x.shape
-    return x.new_empty((B, (H + 1) // 2, (W + 1) // 2, C))
+def _register(stage: StageSpec) -> Any:
+    op = torch.library.custom_op(f"{NAMESPACE}::{stage.name}", _impl(stage), mutates_args=(), schema=_schema(stage))
+    op.register_fake(load(stage.op.fake))
+    return op
 
 
-@torch.library.custom_op("wmoe::moe_experts", mutates_args=())
-def moe_experts_op(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
-                   top_k: int) -> Tensor:
-    """``x_p`` of Eq. 8 for ``x (B, C)``."""
-    if _use_kernel(x):
-        from .moe_experts_triton import moe_experts_triton
-        return moe_experts_triton(x, w_router, b_router, w1, b1, w2, b2, top_k)
-    return moe_experts_ref(x, w_router, b_router, w1, b1, w2, b2, top_k)
-
-
-@moe_experts_op.register_fake
-def _(x, w_router, b_router, w1, b1, w2, b2, top_k):
-    return x.new_empty(x.shape)
+#: the registered ops by stage name (``torch.ops.wmoe.<stage>`` is the same op)
+OPS: Dict[str, Any] = {name: _register(s) for name, s in stage_specs().items() if s.op is not None}

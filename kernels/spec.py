@@ -160,13 +160,86 @@ class KernelSpec:
             raise KeyError(f"{self.name}: dim {e} missing (have {sorted(dims)})") from None
 
 
+def load(ref: str) -> Any:
+    """The function ``"<module>:<function>"`` of :mod:`wmoe.kernels` names (imports its module)."""
+    module, _, function = ref.partition(":")
+    return getattr(importlib.import_module(f".{module}", __package__), function)
+
+
+def _check_ref(owner: str, what: str, ref: Optional[str]) -> None:
+    if ref is None:
+        return
+    module, sep, function = ref.partition(":")
+    if not (sep and module.isidentifier() and function.isidentifier()):
+        raise ValueError(f"{owner}: {what} {ref!r} is not '<module>:<function>' of wmoe.kernels")
+
+
+@dataclass(frozen=True)
+class CustomOp:
+    """The stage as one ``torch.library`` custom op ``wmoe::<stage>`` (:mod:`wmoe.kernels.ops` registers every
+    stage that has one), so ``torch.compile``/``torch.export`` keep it as one node and the plugin ONNX flavor can
+    translate it. ``schema``: the arguments and result in torch's schema syntax, without the kernel choice (two
+    trailing ``str`` arguments, ``kernels`` and ``fp32``, are appended: the op runs what the caller chose).
+    ``fake``: the meta implementation (``"<module>:<function>"``: outputs of the right shape, not computed)."""
+    schema: str
+    fake: str
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """The stage's TensorRT AOT plugin: one custom ONNX node (domain and plugin namespace ``wmoe``) that launches
+    the stage's kernel ``kernel`` (a TensorRT AOT plugin launches exactly one kernel). Everything the plugin modules
+    need, as data: :mod:`wmoe.export.trt_plugins` registers it with ``tensorrt.plugin`` and
+    :mod:`wmoe.export.plugin_graph` writes it, both by looping over the stages.
+
+    * ``op``: the ONNX op type = TensorRT plugin name. Its inputs and outputs are the kernel's pointer arguments
+      (names without ``_ptr``; ``*T`` in the kernel dtype, ``*fp32``/``*i32`` fixed);
+    * ``attrs``: its int attributes, in order (declared int32 arrays, see trt_plugins);
+    * ``dims``: where each given dim of the stage comes from: ``(input index, axis)`` of a tensor's shape, or an
+      attribute name;
+    * ``outputs``: the output shapes from the full dims (:meth:`StageSpec.dims`; ints or TensorRT shape
+      expressions, so only ``+ - * //``), one tuple per output;
+    * ``translation``: ``"<module>:<function>"``, the custom op written as this node plus standard ONNX ops
+      (onnxscript), called as ``translation(node, op, *the custom op's arguments)`` where ``node(*inputs,
+      **attrs)`` makes the plugin node (it adds ``plugin_namespace``) and ``op`` is onnxscript's opset 18;
+    * ``reference``: ``"<module>:<function>"``, what the kernel computes in float64 from the node's inputs and
+      attributes (the node's implementation for ``onnx.reference.ReferenceEvaluator``)."""
+    op: str
+    kernel: str
+    attrs: Tuple[str, ...]
+    dims: Mapping[str, Any]
+    outputs: Callable[[Mapping[str, Any]], Tuple[Tuple[Any, ...], ...]]
+    translation: str
+    reference: str
+
+
 @dataclass(frozen=True)
 class StageSpec:
-    """A fused stage: its kernels in launch order and how the full set of dims follows from the given ones
-    (``derive``: e.g. ``h = ⌈H/2⌉``; it must use only ``+ - * //`` so shape expressions work too)."""
+    """A fused stage, as one record: its kernels in launch order, how the full set of dims follows from the given
+    ones (``derive``: e.g. ``h = ⌈H/2⌉``; it must use only ``+ - * //`` so shape expressions work too), the launcher
+    (``"<module>:<function>"``: allocates the outputs, launches the kernels; takes ``fp32=``), the PyTorch
+    reference (same arguments: the oracle, also what the CPU and training run), optionally the reference to use
+    while tracing (no data-dependent shapes), the custom op (:class:`CustomOp`) and the TensorRT plugin
+    (:class:`Plugin`). The entry point :func:`wmoe.kernels.dispatch.run_stage` (``wmoe.kernels.<stage>``), the
+    custom ops, the AOT compiler and the TensorRT plugins all loop over these records."""
     name: str
     kernels: Tuple[KernelSpec, ...]
     derive: Callable[[Dict[str, Any]], Dict[str, Any]] = lambda d: d
+    launcher: Optional[str] = None
+    reference: Optional[str] = None
+    trace_reference: Optional[str] = None
+    op: Optional[CustomOp] = None
+    plugin: Optional[Plugin] = None
+
+    def __post_init__(self) -> None:
+        for what in ("launcher", "reference", "trace_reference"):
+            _check_ref(self.name, what, getattr(self, what))
+        if self.op is not None:
+            _check_ref(self.name, "op fake", self.op.fake)
+        if self.plugin is not None:
+            self.kernel(self.plugin.kernel)  # KeyError naming the stage's kernels
+            _check_ref(self.name, "plugin translation", self.plugin.translation)
+            _check_ref(self.name, "plugin reference", self.plugin.reference)
 
     def kernel(self, name: str) -> KernelSpec:
         for k in self.kernels:

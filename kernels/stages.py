@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .spec import Config, KernelSpec, StageSpec, cdiv, ins, next_pow2, outs, scalars
+from .spec import Config, CustomOp, KernelSpec, Plugin, StageSpec, cdiv, ins, next_pow2, outs, scalars
 
 # --- wcma_frequency (Eq. 5-6): kernels in wcma_frequency_triton.py; the resource report behind the tiles is in
 # docs/kernels.md ---
@@ -52,7 +52,16 @@ WCMA_MAIN = KernelSpec(
     grid=lambda d, c: (cdiv(d["B"] * d["h"] * d["w"], c["BLOCK_M"]),),
     shape_constexprs=lambda d: {"BLOCK_D": next_pow2(d["D"], 16)},
     options={"FP32": "ieee"}, aot_dims={"D": 192}, aligned=("C", "D"))
-WCMA_FREQUENCY = StageSpec("wcma_frequency", (WCMA_POOL, WCMA_GEMV, WCMA_MAIN), derive=_wcma_dims)
+WCMA_FREQUENCY = StageSpec(
+    "wcma_frequency", (WCMA_POOL, WCMA_GEMV, WCMA_MAIN), derive=_wcma_dims,
+    launcher="wcma_frequency_triton:wcma_frequency_triton", reference="wcma_ref:wcma_frequency_ref",
+    op=CustomOp("(Tensor x, Tensor w_global, Tensor b_global, Tensor w_pw, Tensor b_pw, Tensor w_local, "
+                "Tensor b_local) -> Tensor", fake="wcma_ref:wcma_frequency_fake"),
+    # the main kernel only: its global branch g (a GAP and a GEMV, Eq. 5) is standard ops in the graph
+    plugin=Plugin("WmoeWcmaFrequency", "wcma_main", attrs=("hidden", "aot"),
+                  dims={"B": (0, 0), "H": (0, 1), "W": (0, 2), "C": (0, 3), "D": "hidden"},
+                  outputs=lambda d: ((d["B"], d["h"], d["w"], d["C"]),),
+                  translation="wcma_ref:wcma_frequency_onnx", reference="wcma_ref:wcma_main_ref"))
 
 # --- wcma_attention (Eq. 5-7): kernels in wcma_attention_triton.py; the pool and GEMV pre-pass are the frequency
 # stage's kernels ---
@@ -74,8 +83,9 @@ WCMA_ATTN_COMBINE = KernelSpec(
     configs={"default": Config({"BLOCK_C": 64}, num_warps=4)},
     grid=lambda d, c: (d["B"], cdiv(d["C"], c["BLOCK_C"])),
     shape_constexprs=lambda d: {"BLOCK_T": next_pow2(d["T"], 2)}, aot_dims={"T": 2}, aligned=("C",))
-WCMA_ATTENTION = StageSpec("wcma_attention", (WCMA_POOL, WCMA_GEMV, WCMA_ATTN, WCMA_ATTN_COMBINE),
-                           derive=_wcma_dims)
+WCMA_ATTENTION = StageSpec(
+    "wcma_attention", (WCMA_POOL, WCMA_GEMV, WCMA_ATTN, WCMA_ATTN_COMBINE), derive=_wcma_dims,
+    launcher="wcma_attention_triton:wcma_attention_triton", reference="wcma_ref:wcma_attention_ref")
 
 # --- moe_experts (Eq. 8): kernels in moe_experts_triton.py ---
 
@@ -106,10 +116,26 @@ MOE_COMBINE = KernelSpec(
     ins("y_ptr") + scalars("B", "C", "TOPK") + outs("out_ptr", t="*T"),
     configs={"default": Config({"BLOCK_C": 128}, num_warps=4)},
     grid=lambda d, c: (d["B"], cdiv(d["C"], c["BLOCK_C"])), aligned=("C",))
-MOE_EXPERTS = StageSpec("moe_experts", (MOE_ROUTER, MOE_UP, MOE_DOWN, MOE_COMBINE))
+MOE_EXPERTS = StageSpec(
+    "moe_experts", (MOE_ROUTER, MOE_UP, MOE_DOWN, MOE_COMBINE),
+    launcher="moe_experts_triton:moe_experts_triton", reference="moe_ref:moe_experts_ref",
+    trace_reference="moe_ref:moe_experts_dense_ref",  # no data-dependent shapes while tracing: same numbers
+    op=CustomOp("(Tensor x, Tensor w_router, Tensor b_router, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
+                "int top_k) -> Tensor", fake="moe_ref:moe_experts_fake"),
+    # the router only (the experts run as a dense masked GEMM in standard ops: docs/export.md)
+    plugin=Plugin("WmoeMoeRouter", "moe_router", attrs=("top_k", "n_experts", "aot"),
+                  dims={"B": (0, 0), "C": (0, 1), "NE": "n_experts", "TOPK": "top_k"},
+                  outputs=lambda d: ((d["B"], d["TOPK"]), (d["B"], d["TOPK"])),
+                  translation="moe_ref:moe_experts_onnx", reference="moe_ref:moe_router_node_ref"))
 
 
 def stage_specs() -> Dict[str, StageSpec]:
-    """Every fused stage's spec by name, in the order a new stage is added here: the AOT compiler, the TensorRT
-    plugins and the kernel bench iterate these. Imports neither torch nor Triton."""
+    """Every fused stage's record by name, in the order a new stage is added here: the entry points
+    (``dispatch.run_stage``), the custom ops, the AOT compiler, the TensorRT plugins, the plugin ONNX flavor and
+    the kernel bench iterate these. Imports neither torch nor Triton."""
     return {s.name: s for s in (WCMA_FREQUENCY, WCMA_ATTENTION, MOE_EXPERTS)}
+
+
+def plugin_stages() -> Dict[str, StageSpec]:
+    """The stages that have a TensorRT plugin, by its op type (the ONNX node = the plugin name)."""
+    return {s.plugin.op: s for s in stage_specs().values() if s.plugin is not None}

@@ -122,3 +122,58 @@ def wcma_cross_attention_folded_ref(
     q = F.linear(F.linear(f_t, w_q), w_k.t()) / (C ** 0.5)  # q' = F_T W_q^T W_k / sqrt(C)
     attn = torch.softmax(q @ kv.transpose(1, 2), dim=-1)
     return F.linear(attn @ kv, w_v)
+
+
+def wcma_attention_ref(f_t: Tensor, x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor,
+                       w_local: Tensor, b_local: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor) -> Tensor:
+    """The whole WCMA stage, ``F'_T`` of Eq. 7 over ``F_p`` of Eq. 5-6 (the stage ``wcma_attention``'s oracle)."""
+    f_p = wcma_frequency_ref(x, w_global, b_global, w_pw, b_pw, w_local, b_local)
+    return wcma_cross_attention_ref(f_t.to(f_p.dtype), f_p, w_q, w_k, w_v)
+
+
+def wcma_frequency_fake(x: Tensor, w_global: Tensor, b_global: Tensor, w_pw: Tensor, b_pw: Tensor, w_local: Tensor,
+                        b_local: Tensor, kernels: str = "auto", fp32: str = "ieee") -> Tensor:
+    """The shape of ``F_p`` (the custom op's meta implementation): (B, ⌈H/2⌉, ⌈W/2⌉, C)."""
+    B, H, W, C = x.shape
+    return x.new_empty((B, (H + 1) // 2, (W + 1) // 2, C))
+
+
+# --- the TensorRT plugin of the frequency stage: its main kernel as one ONNX node, the rest in standard ops ---
+
+_INT_MAX = 2**62
+
+
+def wcma_frequency_onnx(node, op, x, w_global, b_global, w_pw, b_pw, w_local, b_local, kernels: str = "auto",
+                        fp32: str = "ieee"):
+    """``wmoe::wcma_frequency`` as ONNX (onnxscript, traced by the exporter): the global branch of Eq. 5,
+    ``g = W_1 ReLU(GAP(2a)) + b_1``, in standard ops (fp32), then the plugin node of ``_wcma_main_kernel``."""
+    import numpy as np
+    import onnxscript
+
+    def const(v, dtype=np.int64):
+        return op.Constant(value=onnxscript.ir.tensor(np.asarray(v, dtype=dtype)))
+
+    FLOAT = 1  # onnx.TensorProto.FLOAT
+    # F_L + F_H = 2a (top-left pixel of each 2x2 block; odd sides need no padding here)
+    a = op.Slice(x, const([0, 0]), const([_INT_MAX, _INT_MAX]), const([1, 2]), const([2, 2]))
+    pooled = op.Relu(op.Mul(op.ReduceMean(op.Cast(a, to=FLOAT), const([1, 2]), keepdims=0),
+                            const(2.0, np.float32)))
+    g = op.Gemm(pooled, op.Cast(w_global, to=FLOAT), op.Cast(b_global, to=FLOAT), transB=1)
+    hidden = w_pw.shape[0] if getattr(w_pw, "shape", None) is not None else 0
+    return node(x, g, w_pw, op.Cast(b_pw, to=FLOAT), w_local, op.Cast(b_local, to=FLOAT), hidden=int(hidden), aot=1)
+
+
+def wcma_main_ref(x, g, w_pw, b_pw, w_local, b_local, hidden=None, aot=None):
+    """What ``_wcma_main_kernel`` (the plugin node) computes, in float64 numpy: ``F_p = (2a - LL)·σ(loc + g) +
+    LL``, Eq. 5-6, with the global branch ``g`` given."""
+    import numpy as np
+    if hidden is not None and int(hidden) != w_pw.shape[0]:
+        raise ValueError(f"attribute hidden={hidden} but w_pw has {w_pw.shape[0]} rows")
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+    ll, lh, hl, hh = haar_dwt_ref(t(x))
+    s = ll + lh + hl + hh  # 2a
+    loc = F.linear(torch.relu(F.linear(s, t(w_pw), t(b_pw))), t(w_local), t(b_local))
+    return ((s - ll) * torch.sigmoid(loc + t(g)[:, None, None, :]) + ll).numpy().astype(x.dtype)

@@ -111,7 +111,8 @@ def test_onnx_whose_metadata_contradicts_its_graph_is_refused_at_load(frames_onn
     import sys
 
     from wmoe.contract import ContractError
-    from wmoe.onnx_meta import read_onnx_contract, write_onnx_metadata
+    from wmoe.contract import read_onnx_contract
+    from wmoe.onnx_meta import write_onnx_metadata
     from wmoe.runtime import Runtime
 
     bad = write_onnx_metadata(frames_onnx, {key: value}, out=tmp_path / "mixed.onnx")

@@ -8,7 +8,8 @@ from onnx.reference import ReferenceEvaluator
 from wmoe.config import ModelConfig
 from wmoe.export.onnx_export import export_onnx
 from wmoe.onnx_meta import read_onnx_metadata as read_metadata
-from wmoe.export.plugin_graph import DOMAIN, MOE_OP, REFERENCE_OPS, WCMA_OP
+from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
+from wmoe.export.plugin_graph import REFERENCE_OPS
 from wmoe.kernels import KernelChoice
 from wmoe.model import WMoECLIP
 

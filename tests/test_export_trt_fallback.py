@@ -7,7 +7,7 @@ import torch
 
 from wmoe.checkpoint import save_checkpoint
 from wmoe.config import ModelConfig
-from wmoe.contract import INPUT_FRAMES, Decision, ModelMeta
+from wmoe.contract import INPUT_FRAMES, Decision, ModelMeta, read_onnx_contract
 from wmoe.errors import ExportError
 from wmoe.export.onnx_export import export_onnx
 from wmoe.export.trt_build import plan_flavor, portable_fallback
@@ -28,7 +28,7 @@ def plugin_frames(tmp_path_factory):
 
 def test_fallback_keeps_the_whole_contract(plugin_frames, tmp_path):
     meta = read_onnx_metadata(plugin_frames["onnx"])
-    flavor, note = plan_flavor(meta, "10.3.0", plugin_frames["ckpt"])
+    flavor, note = plan_flavor(read_onnx_contract(plugin_frames["onnx"]), "10.3.0", plugin_frames["ckpt"])
     assert flavor == "portable" and "10.3.0 < 10.9" in note
     out = portable_fallback(plugin_frames["onnx"], plugin_frames["ckpt"], tmp_path / "m.portable.onnx")
     src = ModelMeta.from_metadata(meta)

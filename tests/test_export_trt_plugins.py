@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from wmoe.export.onnx_export import ExportError
-from wmoe.export.plugin_graph import MOE_OP, WCMA_OP
+from wmoe.contract import PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
 from wmoe.export.trt_build import plan_flavor
 from wmoe.export.trt_plugins import (PLUGIN_SMEM_LIMIT, PLUGINS, KernelStore, aligned_dims,
                                      check_plugin_artifact, driver_for_ptx, driver_ptx_limit, launch_plan,
@@ -176,12 +176,14 @@ def test_store_takes_the_lowest_isa_from_the_manifest(tmp_path, store, monkeypat
 
 def test_flavor_fallback_on_old_tensorrt(tmp_path):
     assert trt_version_ok("10.9.0.34") and trt_version_ok("11.0.0") and not trt_version_ok("10.3.0")
-    assert plan_flavor({"wmoe.flavor": "plugin"}, "10.13.0") == ("plugin", None)
-    assert plan_flavor({"wmoe.flavor": "portable"}, "10.3.0") == ("portable", None)
-    flavor, note = plan_flavor({"wmoe.flavor": "plugin"}, "10.3.0", checkpoint="m.safetensors")
+    from wmoe.contract import ModelMeta
+    plugin, portable = ModelMeta(224, flavor="plugin"), ModelMeta(224, flavor="portable")
+    assert plan_flavor(plugin, "10.13.0") == ("plugin", None)
+    assert plan_flavor(portable, "10.3.0") == ("portable", None)
+    flavor, note = plan_flavor(plugin, "10.3.0", checkpoint="m.safetensors")
     assert flavor == "portable" and "10.3.0 < 10.9" in note and "portable" in note
     with pytest.raises(ExportError, match="--checkpoint"):
-        plan_flavor({"wmoe.flavor": "plugin"}, "10.3.0")
+        plan_flavor(plugin, "10.3.0")
 
 
 def test_register_plugins_needs_tensorrt(store):

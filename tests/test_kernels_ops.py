@@ -3,8 +3,11 @@ import pytest
 import torch
 
 from wmoe.kernels.moe_ref import moe_experts_ref
-from wmoe.kernels.ops import moe_experts_op, wcma_frequency_op
+from wmoe.kernels.ops import OPS
 from wmoe.kernels.wcma_ref import wcma_frequency_ref
+
+
+wcma_frequency_op, moe_experts_op = OPS["wcma_frequency"], OPS["moe_experts"]
 
 
 def _wcma_args(B=2, H=5, W=6, C=16, D=8):

@@ -26,7 +26,7 @@ import cuda_double
 import trt_behaviour
 import trt_double as D
 from wmoe.contract import EngineSidecar
-from wmoe.export.plugin_graph import MOE_OP, WCMA_OP
+from wmoe.contract import PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
 from wmoe.export.trt_plugins import unregister_plugins
 
 VERSIONS = ["10.9", "11.4"]

@@ -20,7 +20,7 @@ import trt_behaviour as TB
 import trt_double as D
 from wmoe.config import ModelConfig
 from wmoe.export.onnx_export import ExportError, export_onnx
-from wmoe.export.plugin_graph import DOMAIN, MOE_OP, WCMA_OP
+from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
 from wmoe.export.trt_plugins import (PLUGINS, check_plugin_nodes, launch_plan, ptx_version,
                                      register_plugins, unregister_plugins)
 from wmoe.model import WMoECLIP

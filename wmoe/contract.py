@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import WMoEError
+from .errors import ContractError, WMoEError  # noqa: F401  (ContractError: re-exported, its old home)
+from .kernels.stages import plugin_stages, stage_specs
 
 # --- constants ----------------------------------------------------------------------------------------------------
 
@@ -39,15 +40,18 @@ INPUT_FRAMES = "frames"
 INPUT_KINDS: Tuple[str, ...] = (INPUT_IMAGES, INPUT_FRAMES)
 
 #: Model outputs, in order: image scores s_hat (N,), anomaly maps (N,S,S), text scores s_txt (N,).
-OUTPUT_NAMES: Tuple[str, ...] = ("scores", "maps", "text_scores")
+OUTPUT_SCORES, OUTPUT_MAPS, OUTPUT_TEXT_SCORES = "scores", "maps", "text_scores"
+OUTPUT_NAMES: Tuple[str, ...] = (OUTPUT_SCORES, OUTPUT_MAPS, OUTPUT_TEXT_SCORES)
 
 #: Export flavors: ``portable`` (standard ONNX ops) or ``plugin`` (fused stages as TensorRT plugin nodes).
 FLAVORS: Tuple[str, ...] = ("portable", "plugin")
 #: The plugin flavor's custom nodes = TensorRT plugin names (namespace, op types): written by the exporter
 #: (wmoe.export.plugin_graph), registered by the engine build (wmoe.export.trt_plugins), which runs without torch.
+#: The op types are those of the stage records (wmoe.kernels.stages: data, no torch), named here for readers.
 PLUGIN_DOMAIN = "wmoe"
-PLUGIN_WCMA_OP = "WmoeWcmaFrequency"
-PLUGIN_MOE_OP = "WmoeMoeRouter"
+PLUGIN_OPS: Tuple[str, ...] = tuple(plugin_stages())
+PLUGIN_WCMA_OP = stage_specs()["wcma_frequency"].plugin.op  # type: ignore[union-attr]
+PLUGIN_MOE_OP = stage_specs()["moe_experts"].plugin.op  # type: ignore[union-attr]
 
 #: The precision vocabulary. Which path supports which is checked where it is used (ONNX export: fp32/fp16;
 #: ``wmoe export quantize``: int8/fp8 Q/DQ graphs).
@@ -68,10 +72,6 @@ VERDICTS: Tuple[str, ...] = (VERDICT_ANOMALOUS, VERDICT_NORMAL, VERDICT_UNDECIDE
 
 #: Prefix of every metadata key wmoe writes into an ONNX file.
 META_PREFIX = "wmoe."
-
-
-class ContractError(WMoEError, ValueError):
-    """A model file's wmoe contract (metadata, sidecar, spec) is missing or inconsistent; the message names it."""
 
 
 class EngineCompatError(WMoEError, RuntimeError):
@@ -502,6 +502,12 @@ class CpuPrecision:
 
 # --- ONNX metadata ------------------------------------------------------------------------------------------------
 
+def wmoe_metadata(meta: Mapping[str, str]) -> Dict[str, str]:
+    """The ``wmoe.*`` entries of a model's metadata, verbatim (what an engine sidecar carries); {} for an ONNX file
+    that is not a wmoe model. The key prefix is spelt only here and in :class:`ModelMeta`."""
+    return {k: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+
+
 @dataclass
 class ModelMeta:
     """The ``wmoe.*`` metadata of an exported model (ONNX ``metadata_props``; copied into the engine sidecar).
@@ -615,6 +621,21 @@ def signature_problems(meta: ModelMeta, inputs: Mapping[str, Sequence[Any]],
         if len(got) != 2 or any(fixed(g) and g != meta.image_size for g in got):
             problems.append(f"output 'maps' is {got} but its metadata says image_size {meta.image_size}")
     return problems
+
+
+def read_onnx_contract(path: Union[str, Path]) -> ModelMeta:
+    """The :class:`ModelMeta` of an exported ONNX, refused (:class:`ContractError` naming the file and the fields)
+    when it is not a wmoe model or its graph's input or map shapes contradict it: every reader that serves or
+    scores an ONNX opens it here (the typed reader: no other module parses ``wmoe.*`` keys). Standard library only
+    (:mod:`wmoe.onnx_meta` walks the protobuf; no onnx package)."""
+    from .onnx_meta import read_onnx_io, read_onnx_metadata
+    meta = ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+    inputs, outputs = read_onnx_io(path)
+    problems = signature_problems(meta, inputs, outputs)
+    if problems:
+        raise ContractError(f"{path}: its metadata contradicts its graph: {'; '.join(problems)}; re-export it "
+                            "(wmoe export onnx) instead of editing its metadata")
+    return meta
 
 
 # --- TensorRT engine sidecar --------------------------------------------------------------------------------------

@@ -32,10 +32,24 @@ class MissingDependencyError(WMoEError, ImportError):
                          f"install it with: pip install \"wmoe[{extra}]\"" + (f" ({hint})" if hint else ""))
 
 
+class ContractError(WMoEError, ValueError):
+    """A model file's wmoe contract (metadata, sidecar, spec) is missing or inconsistent; the message names it.
+    Defined here so that the metadata readers (wmoe.onnx_meta) and the contract (wmoe.contract, which calls them)
+    do not import each other; ``wmoe.contract.ContractError`` is the same class."""
+
+
 class ExportError(WMoEError, RuntimeError):
     """Export or engine build failed; the message says what and where. Defined here (standard library only) so that
     building a TensorRT engine or a Triton repository from an ONNX imports no torch (on a Jetson the engine is built
     on the device, in JetPack's Python without torch). ``wmoe.export.onnx_export.ExportError`` is the same class."""
+
+
+class QuantizeError(ExportError):
+    """Quantization cannot proceed or its result fails the accuracy gate; the message says why."""
+
+
+class CpuPrecisionError(ExportError):
+    """The CPU precision cannot be measured (wrong model, no images); the message says why."""
 
 
 class NonFiniteError(WMoEError, ArithmeticError):

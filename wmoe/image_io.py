@@ -17,6 +17,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .contract import is_image_name
 from .errors import WMoEError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -29,6 +30,11 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 
 class DataError(WMoEError, ValueError):
     """A data-set file or layout problem. The message always names the offending path."""
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file with an image suffix (``._foo.png`` macOS resource forks are not images)."""
+    return is_image_name(path) and path.is_file()
 
 
 class ReducedDecodeWarning(UserWarning):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Union
 
-from .contract import ContractError, ModelMeta, signature_problems
+from .errors import ContractError
 
 _METADATA_PROPS, _IR_VERSION, _GRAPH = 14, 1, 7
 
@@ -270,18 +270,6 @@ def read_onnx_io(path: Union[str, Path]) -> "tuple[Dict[str, List[Optional[int]]
     _each_graph_field(path, _GRAPH_INPUT, value_info(_GRAPH_INPUT))
     _each_graph_field(path, _GRAPH_OUTPUT, value_info(_GRAPH_OUTPUT))
     return found[_GRAPH_INPUT], found[_GRAPH_OUTPUT]
-
-
-def read_onnx_contract(path: Union[str, Path]) -> ModelMeta:
-    """The :class:`ModelMeta` of an exported ONNX, refused (:class:`ContractError` naming the file and the fields)
-    when its graph's input or map shapes contradict it: every reader that serves or scores an ONNX opens it here."""
-    meta = ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
-    inputs, outputs = read_onnx_io(path)
-    problems = signature_problems(meta, inputs, outputs)
-    if problems:
-        raise ContractError(f"{path}: its metadata contradicts its graph: {'; '.join(problems)}; re-export it "
-                            "(wmoe export onnx) instead of editing its metadata")
-    return meta
 
 
 def encode_varint(n: int) -> bytes:

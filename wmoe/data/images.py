@@ -5,7 +5,6 @@ Everything here is side-effect free at import time (no global Pillow settings ar
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
@@ -14,14 +13,9 @@ from PIL import Image
 
 from ..contract import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, PreprocessSpec, is_image_name  # noqa: F401
 # the one image loader lives in wmoe.image_io (torch-free, shared with the runtime); re-exported for wmoe.data users
-from ..image_io import (MAX_IMAGE_PIXELS, DataError, ReducedDecodeWarning, load_image, load_mask,  # noqa: F401
-                        pil_to_rgb_array)
+from ..image_io import (MAX_IMAGE_PIXELS, DataError, ReducedDecodeWarning, is_image_file, load_image,  # noqa: F401
+                        load_mask, pil_to_rgb_array)
 from ..runtime.frames import as_rgb
-
-
-def is_image_file(path: Path) -> bool:
-    """True for a visible file with an image suffix (``._foo.png`` macOS resource forks are not images)."""
-    return is_image_name(path) and path.is_file()
 
 
 def _as_rgb_uint8(image: Union[np.ndarray, Image.Image]) -> np.ndarray:

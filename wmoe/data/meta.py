@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..atomic import atomic_write_text
-from .images import DataError, is_image_file
+from ..image_io import DataError, is_image_file  # torch-free: quantization reads meta.json without torch
 
 PathLike = Union[str, "os.PathLike[str]"]
 Entry = Dict[str, object]

@@ -6,8 +6,7 @@ from typing import Any, Callable, Dict, Sequence
 
 import numpy as np
 
-from ..contract import ModelMeta
-from ..onnx_meta import read_onnx_contract
+from ..contract import ModelMeta, read_onnx_contract
 from .session import DEFAULT_TRT_BATCH, make_session
 
 

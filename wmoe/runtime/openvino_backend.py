@@ -29,9 +29,10 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..contract import CPU_PRECISIONS, OUTPUT_NAMES, ContractError, CpuPrecision, ModelMeta, sha256_file
+from ..contract import (CPU_PRECISIONS, OUTPUT_NAMES, ContractError, CpuPrecision, ModelMeta, read_onnx_contract,
+                        sha256_file)
 from ..errors import MissingDependencyError
-from ..onnx_meta import read_onnx_contract, read_onnx_metadata
+from ..onnx_meta import read_onnx_metadata
 
 #: OpenVINO's names of the inference precision hint per wmoe CPU precision (int8: the rest of the Q/DQ graph).
 _HINT = {"f32": "f32", "bf16": "bf16", "int8": "f32"}

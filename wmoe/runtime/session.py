@@ -19,9 +19,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..contract import INPUT_FRAMES, ContractError, ModelMeta
-from ..errors import MissingDependencyError, ProviderUnavailableError
+from ..contract import INPUT_FRAMES, ContractError, ModelMeta, wmoe_metadata
 from ..onnx_meta import read_onnx_metadata
+from ..errors import MissingDependencyError, ProviderUnavailableError
 
 PROVIDERS: Dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                              "tensorrt": "TensorrtExecutionProvider"}
@@ -117,7 +117,7 @@ def make_session(path: Union[str, Path], provider: str = "cpu", threads: int = 0
         raise MissingDependencyError("onnxruntime", "runtime",
                                      "the ONNX runtime path (onnxruntime-gpu for CUDA/TensorRT)") from None
     raw = read_onnx_metadata(path)
-    meta = ModelMeta.from_metadata(raw, str(path)) if any(k.startswith("wmoe.") for k in raw) else None
+    meta = ModelMeta.from_metadata(raw, str(path)) if wmoe_metadata(raw) else None
     if meta is not None and meta.flavor == "plugin":
         raise ContractError(f"{path} is the plugin flavor: its fused stages are TensorRT plugin nodes that ONNX "
                             f"Runtime cannot run. Build a TensorRT engine from it (wmoe export trt), or export the "
