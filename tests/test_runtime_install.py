@@ -339,6 +339,25 @@ print(res.scores.tolist())
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
 
 
+def test_wheelhouse_resolves_for_an_arm_line_pc_with_an_older_python(runtime_venv, tmp_path):
+    """The documented `make wheelhouse WHEEL_PLATFORM=manylinux_2_28_aarch64 WHEEL_PYTHON=3.10` failed ('No matching
+    distribution found for numpy>=1.24'): pip takes a manylinux_2_X tag literally, and numpy's CPython 3.10 ARM wheels
+    are tagged manylinux_2_17. Resolved here with the wheelhouse's own pip options (metadata only, --dry-run)."""
+    from wmoe.wheelhouse import platform_args
+    report = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+                        "--only-binary=:all:", *platform_args("manylinux_2_28_aarch64"), "--python-version", "3.10",
+                        "--implementation", "cp", "--target", str(tmp_path / "t"), "--report", str(report),
+                        f"{runtime_venv['wheel']}[runtime,camera,mqtt]"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {_norm(i["metadata"]["name"]): i["download_info"]["url"].rsplit("/", 1)[-1]
+           for i in json.loads(report.read_text())["install"]}
+    assert {"wmoe", "numpy", "onnxruntime", "pillow", "opencv-python-headless", "paho-mqtt"} <= set(got), got
+    assert not set(got) & MODEL_STACK
+    for name, file in got.items():  # each wheel is for CPython 3.10 on ARM, or pure Python
+        assert file.endswith("-any.whl") or ("aarch64" in file and ("cp310" in file or "abi3" in file)), (name, file)
+
+
 def test_installed_runtime_says_what_to_install_for_an_engine(runtime_venv, frames_onnx, tmp_path):
     """`wmoe-camera --model x.engine` where TensorRT is not installed: one line naming the engine and the install
     command (a raw ImportError traceback before)."""

@@ -9,7 +9,7 @@ the line PC's platform and Python, collected on a machine that reaches a package
 It builds wmoe's wheel from a copy of the source tree (or takes ``--wheel``), then ``pip download
 --only-binary=:all: --platform P --python-version V --implementation cp`` resolves the extras for that target:
 binary wheels only (a line PC has no compilers), nothing of the torch stack. A ``manylinux_2_X`` platform also
-accepts wheels for older glibc. The folder is written beside and renamed when complete, with ``INSTALL.txt`` (the
+accepts wheels for older glibc (:func:`platform_args` lists those tags for pip, which does not). The folder is written beside and renamed when complete, with ``INSTALL.txt`` (the
 command above and what it holds).
 """
 from __future__ import annotations
@@ -38,6 +38,29 @@ def host_platform() -> str:
         return f"manylinux_{major}_{minor}_{platform.machine()}"
     import sysconfig
     return sysconfig.get_platform().replace("-", "_").replace(".", "_")
+
+
+# the legacy manylinux names and the glibc they stand for (PEP 600): a wheel tagged with one runs where that glibc does
+LEGACY_MANYLINUX = {(2, 17): "manylinux2014", (2, 12): "manylinux2010", (2, 5): "manylinux1"}
+
+
+def platform_args(platform_tag: str) -> List[str]:
+    """pip's ``--platform`` options for a line PC of ``platform_tag``. pip expands ``manylinux2014_<arch>`` to the
+    older tags a target accepts but takes ``manylinux_2_X_<arch>`` literally: ``--platform manylinux_2_28_aarch64``
+    alone found no numpy for CPython 3.10 (its wheels are tagged manylinux_2_17). So a ``manylinux_2_X`` tag is
+    given with every older glibc tag down to 2.17 (2.5 on x86_64/i686) and their legacy names, newest first."""
+    import re
+    m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform_tag)
+    if m is None:
+        return ["--platform", platform_tag]
+    minor, arch = int(m.group(1)), m.group(2)
+    floor = 5 if arch in ("x86_64", "i686") else 17
+    tags: List[str] = []
+    for y in range(minor, floor - 1, -1):
+        tags.append(f"manylinux_2_{y}_{arch}")
+        if (2, y) in LEGACY_MANYLINUX:
+            tags.append(f"{LEGACY_MANYLINUX[(2, y)]}_{arch}")
+    return [a for t in tags for a in ("--platform", t)]
 
 
 def _run(cmd: List[str]) -> None:
@@ -73,7 +96,7 @@ def collect(out: Path, extras: str = DEFAULT_EXTRAS, platform_tag: Optional[str]
     else:
         shutil.copy(wheel, partial / Path(wheel).name)
         wheel = partial / Path(wheel).name
-    _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", platform_tag,
+    _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *platform_args(platform_tag),
           "--python-version", python_version, "--implementation", "cp", "-d", str(partial),
           f"{wheel}[{extras}]"])
     wheels = sorted(p.name for p in partial.glob("*.whl"))
