@@ -17,7 +17,8 @@ from .cli_types import (device, existing_file, finite_float, non_negative_float,
                         output_dir, output_file, patch_size_of, positive_float, positive_int, unit_float)
 from .errors import UsageError
 from .reference.fusion import DEFAULT_EXPERTS_WEIGHT, DEFAULT_FUSION_WEIGHT
-from .runtime.session import PROVIDERS
+from .runtime.registry import provider_help
+from .runtime.runtime import RUNTIME_PROVIDERS
 
 
 def _formats() -> List[str]:
@@ -273,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="print the decision, store nothing")
     c.add_argument("--scores-csv", default=None, type=output_file, help="per-image scores as CSV")
     c.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
-    c.add_argument("--provider", default="cpu", type=one_of(tuple(PROVIDERS), "provider"),
-                   help="ONNX Runtime provider for an exported model")
+    c.add_argument("--provider", default="cpu", type=one_of(RUNTIME_PROVIDERS, "provider"),
+                   help=f"for an exported model: {provider_help()}")
     c.add_argument("--allow-cpu-fallback", action="store_true",
                    help="run on the CPU when --provider cannot be had (default: an error)")
     model_args(c)
@@ -335,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a data root with meta.json (wmoe data demo DIR) whose test images the page offers")
     ap.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1: only this machine)")
     ap.add_argument("--port", type=non_negative_int, default=8765, help="0 picks a free port")
-    ap.add_argument("--provider", default="cpu", type=one_of(tuple(PROVIDERS), "provider"),
-                    help="ONNX Runtime provider for an .onnx model")
+    ap.add_argument("--provider", default="cpu", type=one_of(RUNTIME_PROVIDERS, "provider"),
+                    help=f"for an .onnx model: {provider_help()}")
     ap.add_argument("--threads", type=non_negative_int, default=0, help="ONNX Runtime threads; 0: as many as it picks")
     ap.add_argument("--max-upload-mb", type=positive_float, default=32.0, help="largest file accepted (MB)")
     ap.add_argument("--log", action="store_true", help="print one line per request")

@@ -39,6 +39,7 @@ from ..contract import CPU_PRECISIONS
 from ..errors import WMoEError
 from .loop import DROP_POLICIES, LoopStats, frame_result, resolve_drop, run_loop
 from .results import RESULT_SUFFIXES, check_results_path
+from .registry import provider_help
 from .runtime import RUNTIME_PROVIDERS
 from .sources import Frame, SourceError, _cv2, open_source
 
@@ -63,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image folder, image file, video file, camera index or stream URL (rtsp://...)")
     ap.add_argument("--model", required=True, help="exported model: .onnx or TensorRT .engine (with its .json)")
     ap.add_argument("--provider", default="cpu", type=one_of(RUNTIME_PROVIDERS, "provider"),
-                    help=f"{', '.join(RUNTIME_PROVIDERS[:-1])}: the ONNX Runtime provider; openvino: OpenVINO on the "
-                         "CPU (pip install 'wmoe[openvino]'); one that cannot be had is an error")
+                    help=f"{provider_help()}; one that cannot be had is an error")
     ap.add_argument("--allow-cpu-fallback", action="store_true",
                     help="run on the CPU (with a warning) when --provider cannot be had, instead of failing")
     ap.add_argument("--class", dest="class_name", default=None, metavar="NAME",

@@ -109,6 +109,12 @@ def providers(suffix: str = ".onnx") -> Tuple[str, ...]:
     return tuple(out)
 
 
+def provider_help(suffix: str = ".onnx") -> str:
+    """What each ``provider=`` choice for a ``suffix`` file runs, in one line (the CLIs' ``--provider`` help)."""
+    return "; ".join(f"{', '.join(b.providers)}: {b.description} (pip install 'wmoe[{b.extra}]')"
+                     for b in BACKENDS if suffix in b.suffixes and b.providers)
+
+
 def find_backend(path: Union[str, Path], provider: str = "cpu") -> BackendSpec:
     """The backend that runs ``path`` on ``provider``; a :class:`ContractError` naming the file otherwise."""
     suffix = Path(path).suffix.lower()
