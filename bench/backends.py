@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from wmoe.contract import EngineSidecar, ModelMeta
+from wmoe.contract import OUTPUT_NAMES, EngineSidecar, ModelMeta
 
 from .backend_names import ALL_BACKENDS  # noqa: F401 - torch-free, for the command line
 from .backend_names import MATMUL_PRECISION  # noqa: F401
@@ -138,8 +138,7 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
         @torch.no_grad()
         def run(x: np.ndarray) -> Dict[str, np.ndarray]:
             s, m, t = runner(torch.from_numpy(x).to(dev))
-            return {"scores": s.float().cpu().numpy(), "maps": m.float().cpu().numpy(),
-                    "text_scores": t.float().cpu().numpy()}
+            return {name: v.float().cpu().numpy() for name, v in zip(OUTPUT_NAMES, (s, m, t))}
         return Backend(name, run, dev, torch.cuda.synchronize if cuda else (lambda: None))
     if name.startswith(RUNTIME_PREFIX):  # any other provider of the runtime's registry, on the exported ONNX
         from wmoe.runtime.registry import open_backend

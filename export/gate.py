@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from wmoe.contract import VERDICT_UNDECIDED, Decision
+from wmoe.contract import OUTPUT_MAPS as MAPS, OUTPUT_SCORES as SCORES, VERDICT_UNDECIDED, Decision
 
 Outputs = Dict[str, np.ndarray]  # "scores" (N,), "maps" (N,S,S), "text_scores" (N,)
 
@@ -68,27 +68,27 @@ def compare(ref: Outputs, got: Outputs, labels: Optional[np.ndarray] = None,
     """Gate figures of ``got`` against the fp32 reference ``ref`` (same images, same order); with a ``decision``
     that has a threshold, the verdict agreement at it (:func:`verdict_agreement`)."""
     from wmoe.metrics import image_metrics, pixel_metrics, smooth_maps
-    d = np.abs(got["maps"].astype(np.float64) - ref["maps"])
+    d = np.abs(got[MAPS].astype(np.float64) - ref[MAPS])
     fig: Dict[str, float] = {
-        "n_images": int(len(ref["scores"])),
+        "n_images": int(len(ref[SCORES])),
         "max_map_diff": float(d.max()), "mean_map_diff": float(d.mean()),
-        "max_score_diff": float(np.abs(got["scores"].astype(np.float64) - ref["scores"]).max()),
-        "spearman_scores": _corr(ref["scores"], got["scores"], rank=True),
-        "pearson_scores": _corr(ref["scores"], got["scores"], rank=False),
-        "pearson_maps": _corr(ref["maps"], got["maps"], rank=False),
+        "max_score_diff": float(np.abs(got[SCORES].astype(np.float64) - ref[SCORES]).max()),
+        "spearman_scores": _corr(ref[SCORES], got[SCORES], rank=True),
+        "pearson_scores": _corr(ref[SCORES], got[SCORES], rank=False),
+        "pearson_maps": _corr(ref[MAPS], got[MAPS], rank=False),
     }
     if labels is not None and 0 < int(np.sum(labels)) < len(labels):
-        fig["image_auroc_ref"] = image_metrics(labels, ref["scores"])["auroc"]
-        fig["image_auroc"] = image_metrics(labels, got["scores"])["auroc"]
+        fig["image_auroc_ref"] = image_metrics(labels, ref[SCORES])["auroc"]
+        fig["image_auroc"] = image_metrics(labels, got[SCORES])["auroc"]
         fig["image_auroc_change"] = fig["image_auroc"] - fig["image_auroc_ref"]
         if masks is not None and masks.any():
             def pixel_auroc(maps: np.ndarray) -> float:
                 return pixel_metrics(masks, smooth_maps(maps), pro=False, pro_binned=False)["auroc"]
-            fig["pixel_auroc_ref"] = pixel_auroc(ref["maps"])
-            fig["pixel_auroc"] = pixel_auroc(got["maps"])
+            fig["pixel_auroc_ref"] = pixel_auroc(ref[MAPS])
+            fig["pixel_auroc"] = pixel_auroc(got[MAPS])
             fig["pixel_auroc_change"] = fig["pixel_auroc"] - fig["pixel_auroc_ref"]
     if decision is not None and (decision.threshold is not None or decision.class_thresholds):
-        fig.update(verdict_agreement(ref["scores"], got["scores"], decision, class_names))
+        fig.update(verdict_agreement(ref[SCORES], got[SCORES], decision, class_names))
     return fig
 
 

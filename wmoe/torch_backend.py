@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import numpy as np
 import torch
 
-from .contract import Decision, ModelMeta, PreprocessSpec, decision_for_checkpoint, sha256_file
+from .contract import OUTPUT_NAMES, Decision, ModelMeta, PreprocessSpec, decision_for_checkpoint, sha256_file
 from .kernels import ChoiceLike
 
 #: torch dtypes of the contract's precision names (wmoe.contract.PRECISIONS; aliases via parse_precision)
@@ -98,8 +98,7 @@ class TorchBackend:
             out = self._fn(t)
         if self.on_output is not None:
             self.on_output(out)
-        return {"scores": out.scores.float().cpu().numpy(), "maps": out.maps.float().cpu().numpy(),
-                "text_scores": out.text_scores.float().cpu().numpy()}
+        return {name: t.float().cpu().numpy() for name, t in zip(OUTPUT_NAMES, (out.scores, out.maps, out.text_scores))}
 
     def sync(self) -> None:
         """Wait for the device (timings)."""

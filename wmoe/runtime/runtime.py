@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..contract import INPUT_FRAMES, ContractError, Decision, ModelMeta
+from ..contract import INPUT_FRAMES, OUTPUT_NAMES, ContractError, Decision, ModelMeta
 from .frames import FrameError, check_frames, frames_to_size, preprocess_frames, resize_map
 from .registry import open_backend, providers
 
@@ -125,10 +125,8 @@ class Runtime:
 
     def _run(self, x: np.ndarray, frame_sizes: Optional[list], class_name: Optional[str] = None) -> Result:
         out = self.backend.run(x)
-        scores = out["scores"].astype(np.float32)
-        maps = out["maps"].astype(np.float32)
+        scores, maps, text_scores = (out[name].astype(np.float32) for name in OUTPUT_NAMES)
         n = scores.shape[0]
-        text_scores = out["text_scores"].astype(np.float32)
         verdicts, faults = self.decision.judge(scores, maps, text_scores, class_name)
         return Result(scores, text_scores, maps,
                       frame_sizes or [tuple(maps.shape[1:])] * n, self.decision, verdicts, faults, class_name)
