@@ -31,6 +31,7 @@ from wmoe.export.quantize import (  # noqa: E402
     report_path,
     switchable,
 )
+from wmoe.export.quantize import MIN_SENSITIVITY_IMAGES, _select_keep, _Switch  # noqa: E402
 
 SIZE = 56
 
@@ -269,6 +270,15 @@ def test_keep_high_precision_restores_the_fp32_graph(tiny):
     want = run_session(make_session(p1, optimization="disabled"), x)
     got = switched([one])
     assert np.abs(got["maps"] - want["maps"]).max() <= 1e-5 and np.abs(got["maps"] - ref["maps"]).max() > 1e-5
+    # the time budget: a budget no run fits measures the sensitivities on the fewest images allowed, and says so
+    said = []
+    held = np.random.default_rng(2).standard_normal((6, 3, SIZE, SIZE)).astype(np.float32)
+    sw_run = _Switch(q, groups, tiny["dir"], 8, progress=False)
+    _, sens, _, _, rec = _select_keep(sw_run, held, run_session(make_session(tiny["onnx"]), held), 1.01, said.append,
+                                      budget_s=1e-6)
+    assert rec["sensitivity_images"] == MIN_SENSITIVITY_IMAGES and set(sens) == set(groups)
+    assert any("time budget" in m for m in said)
+    assert rec["runs"] == sw_run.runs and sw_run.images == 6 + 4 * len(groups) + 6 * (rec["runs"] - 1 - len(groups))
 
 
 def test_bench_runs_the_gate_on_the_qdq_model(tiny):
