@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from wmoe.contract import OUTPUT_NAMES, EngineSidecar, ModelMeta
+from wmoe.contract import OUTPUT_NAMES, EngineSidecar, ModelMeta, read_onnx_contract
 
 from .backend_names import ALL_BACKENDS  # noqa: F401 - torch-free, for the command line
 from .backend_names import MATMUL_PRECISION  # noqa: F401
@@ -150,9 +150,8 @@ def make_backend(name: str, model_factory: Callable[[], torch.nn.Module], *, onn
 
 
 def onnx_meta(path: Path) -> ModelMeta:
-    """The model contract of an exported ONNX (its ``wmoe.*`` metadata)."""
-    from wmoe.onnx_meta import read_onnx_metadata
-    return ModelMeta.from_metadata(read_onnx_metadata(path), str(path))
+    """The model contract of an exported ONNX (its ``wmoe.*`` metadata, checked against its graph)."""
+    return read_onnx_contract(path)
 
 
 def engine_meta(path: Path) -> ModelMeta:

@@ -24,8 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from wmoe.contract import INPUT_FRAMES, ModelMeta
-from wmoe.onnx_meta import read_onnx_metadata
+from wmoe.contract import INPUT_FRAMES, ModelMeta, read_onnx_contract
 from wmoe.runtime.registry import open_backend
 from wmoe.runtime.session import GRAPH_OPTIMIZATION
 
@@ -79,7 +78,7 @@ def feed(meta: ModelMeta, batch: int, rng: np.random.Generator) -> np.ndarray:
 def measure(model: Path, batches: Sequence[int] = (1, 4), rounds: int = 5, warmup: int = 1,
             openvino: Optional[bool] = None, progress: bool = True) -> Dict[str, object]:
     model = Path(model)
-    meta = ModelMeta.from_metadata(read_onnx_metadata(model), str(model))
+    meta = read_onnx_contract(model)
     if openvino is None:
         try:
             import openvino  # noqa: F401

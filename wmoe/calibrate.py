@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .calibration import CalibrationConfig, CalibrationError, ScoredImages, decide
-from .contract import Decision, ModelMeta, decision_carrier, is_image_name, sha256_file, write_decision
+from .contract import Decision, decision_carrier, is_image_name, read_onnx_contract, sha256_file, write_decision
 from .errors import printable
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -163,8 +163,7 @@ def calibrate(model: PathLike, source: PathLike, cfg: CalibrationConfig = Calibr
     if kind == "checkpoint":
         rec["checkpoint_sha256"] = sha256_file(model)
     else:
-        from .onnx_meta import read_onnx_metadata
-        meta = (ModelMeta.from_metadata(read_onnx_metadata(model), str(model)) if kind == "onnx" else None)
+        meta = read_onnx_contract(model) if kind == "onnx" else None
         if meta is not None and meta.checkpoint_sha256:
             rec["checkpoint_sha256"] = meta.checkpoint_sha256
         rec["model_sha256"] = sha256_file(model)  # the scored file, before its metadata is rewritten
