@@ -88,7 +88,9 @@ def test_banner_fits_a_small_image_and_keeps_the_pixel_thresholds_digits():
     from wmoe.overlay import banner_fonts, banner_lines
     width = pic.shape[1]
     lines = banner_lines(1.2092, 1.0, 0.999879, amap >= 0.999879, "000.png  class brick")
-    assert ">= 1.0000" in lines[0] and "0.9999" in lines[1]
+    assert ">= 1.0000" in lines[0] and "map >= 0.999879:" in lines[1]
+    assert "map >= 0.999972:" in banner_lines(1.0, 1.0, 0.999972, amap >= 0.999972)[1]  # not 'map >= 1'
+    assert "map >= 0.5:" in banner_lines(1.0, 1.0, 0.5, amap >= 0.5)[1]
     draw = ImageDraw.Draw(Image.new("RGB", (8, 8)))
     for line, font in zip(lines, banner_fonts(lines, width)):
         assert draw.textlength(line, font=font) <= width - 12, (line, width)  # x = 6 and a 6 px margin

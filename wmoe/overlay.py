@@ -117,8 +117,9 @@ def decision_text(score: float, threshold: Optional[float], verdict: Optional[st
 
 
 def pixel_threshold_text(p: float) -> str:
-    """The pixel threshold as printed: four significant digits, so a calibrated 0.99988 reads 0.9999, not 1."""
-    return f"{p:.4g}"
+    """The pixel threshold as printed: six significant digits, so a calibrated 0.999972 reads 0.999972, not 1 (the
+    maps of a poorly separating model crowd just under 1, where fewer digits round every threshold to 1)."""
+    return f"{p:.6g}"
 
 
 def banner_lines(score: float, threshold: Optional[float], pixel_threshold: Optional[float],
