@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wmoe.metrics import pixel_metrics, smooth_maps
+from wmoe.evaluation.metrics import pixel_metrics, smooth_maps
 
 
 def make_class(rng: np.random.Generator, n: int, size: int):

@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from wmoe.cli_run import run, standalone
-from wmoe.cli_types import existing_file, int_list, list_of, non_negative_int, output_dir, positive_int
+from wmoe.cli.run import run, standalone
+from wmoe.cli.types import existing_file, int_list, list_of, non_negative_int, output_dir, positive_int
 from wmoe.export.cli import gate_options, gate_thresholds
 
 from .backend_names import ALL_BACKENDS

@@ -171,8 +171,9 @@ class Check:
         return ("ok" if p.returncode == 0 else "failed"), "", _tail(p), files
 
     def checkpoint(self, t: int):
-        code = ("import sys, torch\nfrom wmoe.config import ModelConfig\nfrom wmoe.model import WMoECLIP\n"
-                "from wmoe.checkpoint import save_checkpoint\ntorch.manual_seed(0)\n"
+        code = ("import sys, torch\nfrom wmoe.model.config import ModelConfig\n"
+                "from wmoe.model.wmoe_clip import WMoECLIP\n"
+                "from wmoe.model.checkpoint import save_checkpoint\ntorch.manual_seed(0)\n"
                 "save_checkpoint(WMoECLIP(ModelConfig(image_size=336)).eval(), sys.argv[1])\n")
         p = _run([self.py, "-c", code, str(self.ckpt)], t)
         return ("ok" if p.returncode == 0 and self.ckpt.is_file() else "failed"), "", _tail(p), []

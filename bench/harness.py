@@ -17,7 +17,7 @@ import torch
 from wmoe import __version__
 from wmoe.atomic import atomic_path, atomic_write_text
 from wmoe.contract import INPUT_FRAMES, OUTPUT_NAMES, ModelMeta
-from wmoe.preprocess import frames_to_images
+from wmoe.model.preprocess import frames_to_images
 
 from wmoe.export.gate import GateThresholds
 
@@ -137,8 +137,8 @@ class PeakMemory:
 
 
 def _model_factory(cfg: BenchConfig, size: int):
-    from wmoe.checkpoint import load_model, read_checkpoint
-    from wmoe.model import WMoECLIP
+    from wmoe.model.checkpoint import load_model, read_checkpoint
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     def build():
         m = load_model(cfg.checkpoint, pretrained=cfg.pretrained)
@@ -179,7 +179,7 @@ def _make(cfg: BenchConfig, name: str, factory, base_size: bool, size: int = 0) 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, object]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from wmoe.checkpoint import read_checkpoint
+    from wmoe.model.checkpoint import read_checkpoint
     base_size = read_checkpoint(cfg.checkpoint)[0].config.image_size
     sizes = list(cfg.sizes or [base_size])
     info = device_info()
@@ -281,7 +281,7 @@ class Feeds:
     """What each backend is fed, from its model contract (:attr:`Backend.meta`): normalized float images (N,3,S,S)
     for PyTorch and images-input exports; seeded uint8 camera frames (N,H,W,3) at the contract's frame size for a
     frames-input export (the CLI's default), whose reference is torch-fp32 on those frames preprocessed as the graph
-    does (:func:`wmoe.preprocess.frames_to_images`), so parity compares the same pixels."""
+    does (:func:`wmoe.model.preprocess.frames_to_images`), so parity compares the same pixels."""
 
     def __init__(self, ref_be: Backend, size: int, n: int, rng: np.random.Generator) -> None:
         self.ref_be, self.size, self.n, self.rng = ref_be, size, n, rng
@@ -314,7 +314,7 @@ def auroc_parity(cfg: BenchConfig, skipped: Dict[str, str]) -> Dict[str, dict]:
     pixel AUROC and their change, score Spearman, map differences, and whether the gate
     (:mod:`wmoe.export.gate`: AUROC drop <= ``cfg.gate.max_image_auroc_drop``, Spearman >= ``min_spearman``)
     passes."""
-    from wmoe.checkpoint import read_checkpoint
+    from wmoe.model.checkpoint import read_checkpoint
     from wmoe.export.gate import compare, failures, labeled_images
     size = read_checkpoint(cfg.checkpoint)[0].config.image_size
     factory = _model_factory(cfg, size)

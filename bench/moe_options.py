@@ -25,11 +25,11 @@ from typing import Any, Dict, List
 import torch
 
 from wmoe.atomic import atomic_write_text
-from wmoe.config import ModelConfig
+from wmoe.model.config import ModelConfig
 from wmoe.data import DEMO_TEST_CLASSES, DEMO_TRAIN_CLASSES, make_demo_dataset
-from wmoe.evaluate import evaluate
-from wmoe.expert_health import USAGE_FILE
-from wmoe.train import TrainConfig, train
+from wmoe.evaluation.evaluate import evaluate
+from wmoe.model.expert_health import USAGE_FILE
+from wmoe.training.train import TrainConfig, train
 
 METRICS = [("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("pixel_auroc", "P-AUROC"), ("pixel_pro", "P-PRO")]
 

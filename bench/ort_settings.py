@@ -143,7 +143,7 @@ def to_markdown(doc: Dict[str, object]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from wmoe.cli_types import existing_file, int_list, non_negative_int, positive_int
+    from wmoe.cli.types import existing_file, int_list, non_negative_int, positive_int
     p = argparse.ArgumentParser(prog="python -m wmoe.bench.ort_settings", description=__doc__.split("\n\n")[0])
     p.add_argument("model", type=existing_file, help="an exported wmoe ONNX (portable flavor)")
     p.add_argument("--batch", type=int_list, default=[1, 4], help="batch sizes, comma-separated (default 1,4)")

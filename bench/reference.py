@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from wmoe.atomic import atomic_write_text
-from wmoe.checkpoint import load_model
+from wmoe.model.checkpoint import load_model
 from wmoe.data import DEMO_TEST_CLASSES, DEMO_TRAIN_CLASSES
 from wmoe.reference import ReferenceConfig, find_good_images, fit_class
 from wmoe.reference.compare import score_test_split

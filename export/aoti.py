@@ -16,10 +16,10 @@ from typing import Optional, Union
 import torch
 
 from wmoe.atomic import atomic_path
-from wmoe.checkpoint import load_model
+from wmoe.model.checkpoint import load_model
 from wmoe.errors import ExportError
 from wmoe.kernels import Kernels
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 from .onnx_export import _no_mha_fastpath
 from .wrapper import ExportWrapper

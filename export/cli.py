@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
-from wmoe.cli_run import run, standalone
+from wmoe.cli.run import run, standalone
 from wmoe.contract import (FLAVORS, HIGH_PRECISIONS, INPUT_FRAMES, INPUT_IMAGES, INPUT_KINDS, PRECISIONS,
                            QUANTIZED_PRECISIONS)
 from wmoe.errors import UsageError
-from wmoe.cli_types import (checked, device, existing_file, finite_float, frame_size, int_list, non_negative_int,
+from wmoe.cli.types import (checked, device, existing_file, finite_float, frame_size, int_list, non_negative_int,
                             one_of, output_dir, output_file, positive_float, positive_int, unit_float)
 
 

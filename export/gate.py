@@ -67,7 +67,7 @@ def compare(ref: Outputs, got: Outputs, labels: Optional[np.ndarray] = None,
             class_names: Optional[Sequence[Optional[str]]] = None) -> Dict[str, float]:
     """Gate figures of ``got`` against the fp32 reference ``ref`` (same images, same order); with a ``decision``
     that has a threshold, the verdict agreement at it (:func:`verdict_agreement`)."""
-    from wmoe.metrics import image_metrics, pixel_metrics, smooth_maps
+    from wmoe.evaluation.metrics import image_metrics, pixel_metrics, smooth_maps
     d = np.abs(got[MAPS].astype(np.float64) - ref[MAPS])
     fig: Dict[str, float] = {
         "n_images": int(len(ref[SCORES])),

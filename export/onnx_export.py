@@ -19,12 +19,12 @@ import torch
 
 from wmoe import __version__
 from wmoe.atomic import atomic_path
-from wmoe.checkpoint import CheckpointError, load_model
+from wmoe.model.checkpoint import CheckpointError, load_model
 from wmoe.errors import ExportError  # noqa: F401  (re-exported: its old home; new code imports wmoe.errors)
 from wmoe.kernels import KernelChoice, Kernels
 from wmoe.contract import (FLAVORS, INPUT_FRAMES, INPUT_IMAGES, OUTPUT_NAMES, ContractError, Decision, ModelMeta,
                            decision_for_checkpoint, parse_precision, sha256_file)
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 from .onnx_write import write_model
 from .wrapper import ExportWrapper

@@ -465,8 +465,8 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
     The decision: the fp32 model's threshold was calibrated on fp32 scores. The gate measures how the verdicts
     agree at it (``min_verdict_agreement``) and the quantized model carries it marked ``inherited_from``; with
     ``recalibrate`` (a folder of good images or a data root, as ``wmoe calibrate`` takes), the quantized model is
-    recalibrated the way the fp32 decision was (:func:`wmoe.calibration.recalibration_config`) and ships its own
-    thresholds instead — then verdict agreement at the old threshold is reported, not gated.
+    recalibrated the way the fp32 decision was (:func:`wmoe.evaluation.calibration.recalibration_config`) and
+    ships its own thresholds instead — then verdict agreement at the old threshold is reported, not gated.
     """
     import onnx
     t0 = time.time()
@@ -620,8 +620,8 @@ def quantize_onnx(onnx_path: Union[str, Path], calib: Union[str, Path, Calibrati
         with atomic_path(out) as t:
             write_model(final, t)
         if recalibrate is not None:
-            from wmoe.calibrate import calibrate
-            from wmoe.calibration import recalibration_config
+            from wmoe.evaluation.calibrate import calibrate
+            from wmoe.evaluation.calibration import recalibration_config
             rcfg = recalibration_config(meta.decision)
             say(f"recalibrating the {cfg.precision} model on {recalibrate} ({rcfg.method})")
             new_dec, _ = calibrate(out, recalibrate, rcfg, progress=progress)

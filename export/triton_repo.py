@@ -522,7 +522,7 @@ def check_config_text(text: str, model: str, spec: ModelSpec, opts: TritonOption
 
 
 def _model_square(ckpt: Path) -> Tuple[int, int]:
-    from wmoe.checkpoint import read_checkpoint
+    from wmoe.model.checkpoint import read_checkpoint
 
     s = read_checkpoint(ckpt)[0].config.image_size
     return (s, s)

@@ -7,17 +7,17 @@ import torch
 from torch import Tensor, nn
 
 from wmoe.contract import PreprocessSpec
-from wmoe.model import WMoECLIP
-from wmoe.preprocess import frames_to_images
+from wmoe.model.wmoe_clip import WMoECLIP
+from wmoe.model.preprocess import frames_to_images
 
 
 class ExportWrapper(nn.Module):
     """``images (N,3,S,S) normalized -> (scores (N,), maps (N,S,S), text_scores (N,))``.
 
     With ``preprocess=True`` the input is ``frames (N,H,W,3) uint8 RGB`` of a fixed camera size: squash resize
-    and CLIP normalization happen inside the graph — the same functions as every torch path (:mod:`wmoe.preprocess`),
-    traced to ONNX ``Resize(linear, half_pixel)`` + ``AveragePool``, which ONNX Runtime, TensorRT and OpenVINO
-    compute alike.
+    and CLIP normalization happen inside the graph — the same functions as every torch path
+    (:mod:`wmoe.model.preprocess`), traced to ONNX ``Resize(linear, half_pixel)`` + ``AveragePool``, which ONNX
+    Runtime, TensorRT and OpenVINO compute alike.
     """
 
     def __init__(self, model: WMoECLIP, preprocess: bool = False, dtype: torch.dtype = torch.float32) -> None:

@@ -10,12 +10,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from wmoe.config import ModelConfig  # noqa: E402
+from wmoe.model.config import ModelConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     torch.manual_seed(0)
     return WMoECLIP(ModelConfig.tiny()).eval()
@@ -25,7 +25,7 @@ def tiny_model():
 def trained_like_tiny():
     """A tiny model at 112 px whose trainable parameters are moved off their init, as after training (the heads at
     their init score everything alike). Read-only: save it where a test needs a checkpoint."""
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     torch.manual_seed(0)
     model = WMoECLIP(ModelConfig.tiny(image_size=112)).eval()
@@ -38,9 +38,9 @@ def trained_like_tiny():
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory):
     """A tiny model exported once per session with a stored decision: (checkpoint, onnx path)."""
-    from wmoe.checkpoint import save_checkpoint
+    from wmoe.model.checkpoint import save_checkpoint
     from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     d = tmp_path_factory.mktemp("tiny_onnx")
     torch.manual_seed(1)
@@ -50,7 +50,7 @@ def tiny_onnx(tmp_path_factory):
 
 @pytest.fixture()
 def fresh_tiny():
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     def make(**overrides):
         return WMoECLIP(ModelConfig.tiny(**overrides))

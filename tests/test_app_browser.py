@@ -51,11 +51,11 @@ def workdir(tmp_path_factory):
     """A tiny checkpoint with a stored decision and the demo set (two classes, small images)."""
     import torch
 
-    from wmoe.checkpoint import save_checkpoint
-    from wmoe.config import ModelConfig
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.config import ModelConfig
     from wmoe.contract import Decision, threshold_path
     from wmoe.data import make_demo_dataset
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     d = tmp_path_factory.mktemp("app")
     torch.manual_seed(3)
@@ -80,7 +80,7 @@ def app(workdir):
 @pytest.fixture(scope="module")
 def predicted(app, workdir):
     """``wmoe predict`` on the defect image (the same checkpoint and stored decision): its score and overlay."""
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
 
     out = workdir["dir"] / "pred"
     assert main(["predict", str(workdir["ckpt"]), str(workdir["defect"]), "--out", str(out)]) == 0

@@ -159,7 +159,7 @@ def test_page_and_static_files_are_served(served):
 
 
 def test_cli_refuses_a_missing_model_and_a_demo_folder_without_meta(tmp_path, tiny_onnx, capsys):
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
 
     with pytest.raises(SystemExit) as e:  # checked while parsing, before anything loads
         main(["app", str(tmp_path / "nope.onnx")])

@@ -86,10 +86,10 @@ def test_sidecar_that_contradicts_its_metadata_is_refused_at_load(tmp_path, caps
 def frames_onnx(tmp_path_factory):
     import torch
 
-    from wmoe.checkpoint import save_checkpoint
-    from wmoe.config import ModelConfig
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.config import ModelConfig
     from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     d = tmp_path_factory.mktemp("frames")
     torch.manual_seed(2)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from wmoe.checkpoint import CheckpointError, load_model, save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import CheckpointError, load_model, save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.errors import NonFiniteError, WMoEError, printable
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 CFG = ModelConfig.tiny(image_size=112)
 LATIN1 = os.fsdecode(b"caf\xe9")  # a Latin-1 name on a UTF-8 system: not decodable, arrives with a surrogate
@@ -57,7 +57,7 @@ def test_nan_weights_are_refused_at_load(corpus):
 
 def test_overflowing_model_gets_no_verdict_in_detector_predict_and_eval(corpus, tmp_path):
     from wmoe.detector import DetectionResult, Detector
-    from wmoe.evaluate import evaluate
+    from wmoe.evaluation.evaluate import evaluate
     from wmoe.predict import predict
 
     det = Detector.from_checkpoint(corpus["overflow"])

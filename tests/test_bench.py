@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from wmoe.bench.harness import count_flops
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.data import make_demo_dataset
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 
 def test_bench_cli_cpu(tmp_path):
@@ -58,7 +58,7 @@ def test_flop_count_matches_a_hand_count_of_a_vit(size):
     off nn.MultiheadAttention's fused fast path (and the CPU flash kernel) it missed the attention entirely."""
     import open_clip
 
-    from wmoe.backbone import register_configs
+    from wmoe.model.backbone import register_configs
     from wmoe.bench.harness import module_flops
     register_configs()
     cfg = open_clip.get_model_config("wmoe-tiny")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wmoe.calibration import (CalibrationConfig, CalibrationError, ScoredImages, conformal_rank, decide,
+from wmoe.evaluation.calibration import (CalibrationConfig, CalibrationError, ScoredImages, conformal_rank, decide,
                               f1_max_threshold, false_reject_threshold, frr_upper_bound, min_good_images,
                               recall_threshold, summary_lines)
 from wmoe.contract import (ContractError, Decision, EngineSidecar, ModelMeta, read_decision, threshold_path,
@@ -49,7 +49,7 @@ def test_false_reject_rate_on_fresh_good_parts_stays_at_the_target():
 
 
 def test_labelled_operating_points_and_confusion():
-    from wmoe.metrics import image_metrics
+    from wmoe.evaluation.metrics import image_metrics
     rng = np.random.default_rng(1)
     y = np.r_[np.zeros(60), np.ones(30)]
     s = np.r_[rng.normal(0, 1, 60), rng.normal(2, 1, 30)]
@@ -156,7 +156,7 @@ def _good_folder(root, n, seed, size=48):
 def test_calibrate_checkpoint_writes_the_decision_beside_it(tiny_onnx, tmp_path):
     import shutil
 
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     ckpt = tmp_path / "m.safetensors"
     shutil.copy(tiny_onnx[0], ckpt)
     good = _good_folder(tmp_path / "good", 12, 0)
@@ -186,7 +186,7 @@ def test_calibrate_exported_model_without_torch(tiny_onnx, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     shutil.copy(tiny_onnx[1], onnx_path)
     good = _good_folder(tmp_path / "good", 10, 1)
-    code = ("import sys\nfrom wmoe.cli import main\n"
+    code = ("import sys\nfrom wmoe.cli.commands import main\n"
             f"rc = main(['calibrate', {str(onnx_path)!r}, {str(good)!r}, '--false-reject-rate', '0.1', "
             "'--classes-from-folders'])\n"
             "assert 'torch' not in sys.modules, 'torch imported'\nsys.exit(rc)")
@@ -207,7 +207,7 @@ def test_calibrate_exported_model_without_torch(tiny_onnx, tmp_path):
         Runtime.open(onnx_path, class_name="nut")
     # dry run: nothing changes
     before = onnx_path.read_bytes()
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["calibrate", str(onnx_path), str(good), "--false-reject-rate", "0.2", "--dry-run"]) == 0
@@ -219,7 +219,7 @@ def test_predict_class_picks_the_products_thresholds(tiny_onnx, tmp_path, capsys
     a class the decision does not know is refused in one line before scoring."""
     import shutil
 
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     ckpt = tmp_path / "m.safetensors"
     shutil.copy(tiny_onnx[0], ckpt)
     good = _good_folder(tmp_path / "good", 1, 3)

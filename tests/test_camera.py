@@ -111,7 +111,7 @@ def test_cli_bad_sources_and_options(tiny_onnx, tmp_path, capsys):
 
 def test_cli_version_and_choices_from_one_definition(capsys):
     """issue 22: --version like every wmoe command; the choices are the runtime's and the contract's own lists,
-    and the camera stays torch-free with the shared CLI kit (wmoe.cli_run, wmoe.cli_types)."""
+    and the camera stays torch-free with the shared CLI kit (wmoe.cli.run, wmoe.cli.types)."""
     import subprocess
     import sys
 
@@ -195,7 +195,7 @@ def _same_files(tmp_path):
 
 def test_one_loader_for_every_path(tiny_onnx, tmp_path):
     from wmoe.detector import Detector
-    from wmoe.preprocess import to_chw_list
+    from wmoe.model.preprocess import to_chw_list
 
     files = _same_files(tmp_path)
     det = Detector.from_checkpoint(tiny_onnx[0])

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from wmoe.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
-from wmoe.config import ModelConfig
-from wmoe.model import WMoECLIP
+from wmoe.model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from wmoe.model.config import ModelConfig
+from wmoe.model.wmoe_clip import WMoECLIP
 
 
 def _perturb(model):
@@ -41,7 +41,7 @@ def _weights_file(tmp_path, name, seed):
     torch.manual_seed(seed)
     import open_clip
 
-    from wmoe.backbone import register_configs
+    from wmoe.model.backbone import register_configs
 
     register_configs()
     clip = open_clip.create_model("wmoe-tiny")
@@ -118,7 +118,7 @@ def test_failed_save_keeps_previous_file(tmp_path):
 
 
 def test_missing_backbone_weights_file(tmp_path):
-    from wmoe.backbone import BackboneError
+    from wmoe.model.backbone import BackboneError
 
     with pytest.raises(BackboneError, match="does not exist"):
         WMoECLIP(ModelConfig.tiny(), pretrained=str(tmp_path / "nope.safetensors"))

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from wmoe.bench import cli as bench_cli
-from wmoe.cli import build_parser, main as wmoe_main
+from wmoe.cli.commands import build_parser, main as wmoe_main
 from wmoe.export import cli as export_cli
 
 BIN = Path(sys.executable).parent
@@ -69,9 +69,9 @@ BAD_OPTIONS = [
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from wmoe.checkpoint import save_checkpoint
-    from wmoe.config import ModelConfig
-    from wmoe.model import WMoECLIP
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.config import ModelConfig
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     return save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(),
                            tmp_path_factory.mktemp("ck") / "m.safetensors")
@@ -233,7 +233,7 @@ def test_folder_lock_discards_only_the_folder_it_made_empty(tmp_path):
 
 
 def test_debug_after_the_subcommand_shows_the_traceback(capsys, tmp_path):
-    from wmoe.checkpoint import CheckpointError
+    from wmoe.model.checkpoint import CheckpointError
 
     missing = str(tmp_path / "missing.safetensors")
     assert wmoe_main(["eval", missing, str(tmp_path)]) == 2
@@ -383,7 +383,7 @@ def test_permission_errors_are_one_line(tmp_path, ckpt):
         pre = _drop_root_file_powers if os.geteuid() == 0 else None
         script = (  # one process (starting one costs seconds here): the CLI's main() on each command line
             "import contextlib, io, json, sys\n"
-            "from wmoe.cli import main\n"
+            "from wmoe.cli.commands import main\n"
             "res = []\n"
             "for argv in json.loads(sys.argv[1]):\n"
             "    err = io.StringIO()\n"
@@ -421,9 +421,9 @@ def test_permission_errors_are_one_line(tmp_path, ckpt):
 @pytest.mark.slow  # a real ONNX export (~60 s on 2 busy cores)
 def test_export_onnx_does_not_touch_the_callers_model(tmp_path):
     pytest.importorskip("onnxscript")
-    from wmoe.config import ModelConfig
+    from wmoe.model.config import ModelConfig
     from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     model = WMoECLIP(ModelConfig.tiny(image_size=112)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,7 +1,7 @@
 """Crash-safe training runs: SIGKILL at every stage of a checkpoint save, then --resume.
 
-The kill points are injected deterministically (``wmoe.checkpoint_set.fault_hook`` kills the process at the k-th
-stage), never by sleeping. One driver process imports torch once and forks a child per kill point, so the whole
+The kill points are injected deterministically (``wmoe.training.checkpoint_set.fault_hook`` kills the process at
+the k-th stage), never by sleeping. One driver process imports torch once and forks a child per kill point, so the whole
 sweep (2 saves x 9 stages, each followed by a resume) costs a few seconds.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ import textwrap
 
 import pytest
 
-from wmoe import checkpoint_set
-from wmoe.checkpoint import CheckpointError
-from wmoe.config import ModelConfig
+from wmoe.training import checkpoint_set
+from wmoe.model.checkpoint import CheckpointError
+from wmoe.model.config import ModelConfig
 from wmoe.data import make_demo_dataset
 from wmoe.folder_lock import LOCK_NAME
-from wmoe.train import TrainConfig, train
+from wmoe.training.train import TrainConfig, train
 
 CFG = ModelConfig.tiny(image_size=112)
 
@@ -30,9 +30,9 @@ DRIVER = textwrap.dedent(r'''
     torch.set_num_threads(1)  # no thread pool in the parent: forking stays safe
     from safetensors.torch import load_file
     from wmoe import checkpoint_set, kill_points
-    from wmoe.config import ModelConfig
+    from wmoe.model.config import ModelConfig
     from wmoe.errors import WMoEError
-    from wmoe.train import TrainConfig, train
+    from wmoe.training.train import TrainConfig, train
 
     data, work = sys.argv[1], Path(sys.argv[2])
     CFG = ModelConfig.tiny(image_size=112)

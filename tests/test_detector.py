@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 
 from wmoe.detector import Detector
-from wmoe.preprocess import InputError
+from wmoe.model.preprocess import InputError
 
 
 @pytest.fixture(scope="module")
 def detector():
-    from wmoe.config import ModelConfig
-    from wmoe.model import WMoECLIP
+    from wmoe.model.config import ModelConfig
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     torch.manual_seed(0)
     return Detector(WMoECLIP(ModelConfig.tiny()), device="cpu", batch_size=2)
@@ -59,8 +59,8 @@ def test_bad_inputs(detector, bad, match):
 
 
 def test_reduced_precision_needs_cuda():
-    from wmoe.config import ModelConfig
-    from wmoe.model import WMoECLIP
+    from wmoe.model.config import ModelConfig
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -69,9 +69,9 @@ def test_reduced_precision_needs_cuda():
 
 
 def test_kernel_choice_is_per_detector():
-    from wmoe.config import ModelConfig
+    from wmoe.model.config import ModelConfig
     from wmoe.kernels import Fp32, KernelChoice, Kernels
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     torch.manual_seed(0)
     m = WMoECLIP(ModelConfig.tiny())

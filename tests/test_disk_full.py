@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.cli import main as wmoe_main
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.cli.commands import main as wmoe_main
+from wmoe.model.config import ModelConfig
 from wmoe.errors import OutputError, output_error, write_failure
 
 PY = sys.executable
@@ -63,14 +63,15 @@ def one_line(r, *needles):
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("ckpt")
-    return save_checkpoint(__import__("wmoe.model", fromlist=["WMoECLIP"]).WMoECLIP(CFG).eval(), d / "m.safetensors")
+    network = __import__("wmoe.model.wmoe_clip", fromlist=["WMoECLIP"]).WMoECLIP
+    return save_checkpoint(network(CFG).eval(), d / "m.safetensors")
 
 
 @needs_prlimit
 def test_efbig_at_the_checkpoint_of_a_resumed_run(tmp_path):
     """--resume under a file-size limit: the save of step 2 fails; the step-1 checkpoint is kept and said so (the
     old code raised a raw SafetensorError ... File too large)."""
-    from wmoe import checkpoint_set
+    from wmoe.training import checkpoint_set
     from wmoe.data import make_demo_dataset
 
     data = make_demo_dataset(tmp_path / "demo", image_size=32, n_test_good=1, n_test_defect=1, categories=["brick"])
@@ -225,7 +226,7 @@ def test_demo_into_a_foreign_folder_is_one_line(tmp_path, capsys):
 def test_every_errno_maps_to_one_message(tmp_path, code, words):
     """ENOSPC and EFBIG (and a quota) give the same line, at atomic_path (checkpoints, ONNX, engines, repositories,
     overlays) and at the checkpoint set, naming the path and what was kept."""
-    from wmoe import checkpoint_set
+    from wmoe.training import checkpoint_set
     from wmoe.atomic import atomic_path
 
     target = tmp_path / "f.bin"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from wmoe.kernels import (haar_dwt_ref, moe_experts_dense_ref, moe_experts_ref, moe_router_ref,
                           wcma_cross_attention_ref, wcma_frequency_ref)
-from wmoe.losses import dice_loss, focal_loss, kl_loss, reconstruction_loss
+from wmoe.training.losses import dice_loss, focal_loss, kl_loss, reconstruction_loss
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pytorch_wavelets imports pkg_resources
@@ -150,7 +150,7 @@ def test_focal_and_dice_direct():
 
 
 def test_anomaly_probability_is_two_state_softmax():
-    from wmoe.model import anomaly_probability
+    from wmoe.model.wmoe_clip import anomaly_probability
 
     f = torch.randn(2, 3, 3, 8, dtype=torch.float64)
     t = torch.randn(2, 2, 8, dtype=torch.float64)

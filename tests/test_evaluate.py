@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.contract import ContractError, Decision, decision_for_checkpoint, sha256_file, threshold_path
 from wmoe.detector import Detector
 from wmoe.data import make_demo_dataset, write_meta
-from wmoe.evaluate import evaluate
-from wmoe.model import WMoECLIP
+from wmoe.evaluation.evaluate import evaluate
+from wmoe.model.wmoe_clip import WMoECLIP
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_write_threshold_says_what_it_replaces_and_is_never_ignored(ckpt, data, 
     """Issue 20: evaluation changes the stored decision only when asked, never silently. --write-threshold replaces a
     per-class decision by one F1-max threshold: it says the per-class thresholds go (it named only the old global
     one); with --reference nothing can be written (other score units): refused, not silently skipped."""
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     from wmoe.contract import read_decision, write_decision
     model = tmp_path / "m.safetensors"
     shutil.copy(ckpt, model)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from wmoe.checkpoint import load_model, read_checkpoint, save_checkpoint
-from wmoe.config import ModelConfig
-from wmoe.expert_health import (ExpertUsage, MoERouting, TrainingHealth, balance_loss, moe_routing, repulsion_loss,
-                                usage_markdown)
-from wmoe.losses import total_loss
+from wmoe.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from wmoe.model.config import ModelConfig
+from wmoe.model.expert_health import (ExpertUsage, MoERouting, TrainingHealth, balance_loss, moe_routing,
+                                      repulsion_loss, usage_markdown)
+from wmoe.training.losses import total_loss
 
 
 def _random_routing(B=7, N=5, k=2, C=6, seed=0):
@@ -162,7 +162,7 @@ def test_config_validation_and_old_checkpoints_load(tmp_path):
             ModelConfig.tiny(moe_balance=bad)
     with pytest.raises(ValueError, match="needs SA-MoE"):
         ModelConfig.tiny(moe_repulsion=0.1, use_samoe=False)
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
     model = WMoECLIP(ModelConfig.tiny(moe_balance=0.25, moe_repulsion=0.5))
     ckpt = save_checkpoint(model, tmp_path / "m.safetensors")
     info, _ = read_checkpoint(ckpt)
@@ -181,7 +181,7 @@ def test_config_validation_and_old_checkpoints_load(tmp_path):
 
 
 def test_cli_options_reach_the_model_config():
-    from wmoe.cli import _model_cfg, build_parser
+    from wmoe.cli.commands import _model_cfg, build_parser
     a = build_parser().parse_args(["train", "d", "--tiny", "--moe-balance", "0.01", "--moe-repulsion", "0.1"])
     cfg = _model_cfg(a)
     assert (cfg.moe_balance, cfg.moe_repulsion) == (0.01, 0.1)
@@ -199,7 +199,7 @@ def data(tmp_path_factory):
 
 
 def test_training_logs_usage_per_epoch_and_stores_the_options(data, tmp_path):
-    from wmoe.train import TrainConfig, train
+    from wmoe.training.train import TrainConfig, train
     cfg = ModelConfig.tiny(image_size=112, moe_balance=0.05, moe_repulsion=0.2)
     ckpt = train(cfg, TrainConfig(str(data), out_dir=str(tmp_path), batch_size=6, epochs=2, progress=False))
     info, _ = read_checkpoint(ckpt)
@@ -216,7 +216,7 @@ def test_training_logs_usage_per_epoch_and_stores_the_options(data, tmp_path):
 
 
 def test_evaluation_report_has_utilization(data, tmp_path, fresh_tiny):
-    from wmoe.evaluate import evaluate
+    from wmoe.evaluation.evaluate import evaluate
     model = fresh_tiny(image_size=112)
     table = evaluate(model, data, out_dir=tmp_path, progress=False)
     usage = json.loads((tmp_path / "metrics.json").read_text())["extra"]["expert_usage"]
@@ -230,7 +230,7 @@ def test_evaluation_report_has_utilization(data, tmp_path, fresh_tiny):
 def test_usage_plot_draws_frequencies(tmp_path):
     from PIL import Image
 
-    from wmoe.usage_plot import _CELL_H, _CELL_W, _HEAD_H, _LABEL_W, draw_usage_grid
+    from wmoe.evaluation.usage_plot import _CELL_H, _CELL_W, _HEAD_H, _LABEL_W, draw_usage_grid
     u = ExpertUsage(4, 2)
     u.update(MoERouting(probs=torch.full((2, 4), 0.25), weights=torch.full((2, 2), 0.5),
                         experts=torch.tensor([[1, 2], [1, 3]]), outputs=torch.randn(2, 4, 3)))

@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import torch
 
-from wmoe.config import ModelConfig
+from wmoe.model.config import ModelConfig
 from wmoe.export.aoti import export_aoti
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 
 def test_aoti_package_runs_without_wmoe(tmp_path):

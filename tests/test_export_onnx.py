@@ -10,14 +10,14 @@ import onnx
 import pytest
 import torch
 
-from wmoe.checkpoint import CheckpointError, save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import CheckpointError, save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.contract import ContractError, Decision, ModelMeta, threshold_path
 from wmoe.export.onnx_export import ExportError, export_onnx
 from wmoe.onnx_meta import read_onnx_metadata as read_metadata
 from wmoe.runtime.session import make_session
-from wmoe.model import WMoECLIP
-from wmoe.preprocess import resize_normalize, to_chw_list
+from wmoe.model.wmoe_clip import WMoECLIP
+from wmoe.model.preprocess import resize_normalize, to_chw_list
 
 SIZE = 112
 
@@ -36,7 +36,7 @@ def exported(ckpt, tmp_path_factory):
 
 
 def _torch(ckpt, x):
-    from wmoe.checkpoint import load_model
+    from wmoe.model.checkpoint import load_model
     m = load_model(ckpt)
     with torch.no_grad():
         o = m(x)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from wmoe.config import ModelConfig
+from wmoe.model.config import ModelConfig
 from wmoe.export.onnx_export import ExportError, export_onnx
 from wmoe.export.parity import compare, load_arrays, save_reference
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 
 def test_reference_files_round_trip_and_match_pytorch(tmp_path):

@@ -5,13 +5,13 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from wmoe.config import ModelConfig
+from wmoe.model.config import ModelConfig
 from wmoe.export.onnx_export import export_onnx
 from wmoe.onnx_meta import read_onnx_metadata as read_metadata
 from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
 from wmoe.export.plugin_graph import REFERENCE_OPS
 from wmoe.kernels import KernelChoice
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 
 def test_plugin_flavor_graph_and_reference_parity(tmp_path):

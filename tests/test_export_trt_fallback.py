@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.contract import INPUT_FRAMES, Decision, ModelMeta, read_onnx_contract
 from wmoe.errors import ExportError
 from wmoe.export.onnx_export import export_onnx
 from wmoe.export.trt_build import plan_flavor, portable_fallback
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 from wmoe.onnx_meta import read_onnx_metadata
 
 

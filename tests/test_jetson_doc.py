@@ -72,9 +72,9 @@ def test_every_command_is_classified_and_board_only_ones_are_said():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    from wmoe.checkpoint import save_checkpoint
-    from wmoe.config import ModelConfig
-    from wmoe.model import WMoECLIP
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.config import ModelConfig
+    from wmoe.model.wmoe_clip import WMoECLIP
     d = tmp_path_factory.mktemp("jetson")
     torch.manual_seed(7)
     save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=112)).eval(), d / "wmoe.safetensors")

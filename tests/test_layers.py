@@ -52,9 +52,14 @@ class Rule:
 # The CLI: the command modules (the console scripts of pyproject.toml and python -m wmoe) and the kit they share
 # (parsers, option types, the one-line error handler). The kit may serve every entry point, including the camera
 # loop's (wmoe-camera lives in wmoe.runtime.camera) and the bench's __main__ blocks; nothing imports a command.
-CLI_COMMANDS = ("wmoe.cli", "wmoe.cli.main", "wmoe.__main__", "wmoe.export.cli", "wmoe.bench.cli")
-CLI_KIT = ("wmoe.cli_*", "wmoe.cli.*")
+CLI_COMMANDS = ("wmoe.cli.commands", "wmoe.__main__", "wmoe.export.cli", "wmoe.bench.cli")
+CLI_KIT = ("wmoe.cli", "wmoe.cli.run", "wmoe.cli.types", "wmoe.cli.config")
 ENTRY_POINTS = (*CLI_COMMANDS, *CLI_KIT, "wmoe.runtime.camera", "wmoe.bench", "wmoe.bench.*")
+
+# The tasks above the model layer, and what serves deployment and the user (nothing below them imports these).
+TASKS = ("wmoe.training", "wmoe.training.*", "wmoe.evaluation", "wmoe.evaluation.*", "wmoe.reference",
+         "wmoe.reference.*", "wmoe.detector", "wmoe.predict", "wmoe.demo", "wmoe.torch_backend")
+DEPLOY_TASKS = ("wmoe.export", "wmoe.export.*", "wmoe.app", "wmoe.app.*", *CLI_COMMANDS)
 
 # The lead's table: edit patterns here when modules move.
 RULES = [
@@ -68,6 +73,13 @@ RULES = [
          exempt=("wmoe.bench", "wmoe.bench.*")),
     Rule("nothing imports a CLI command", ("*",), CLI_COMMANDS, level="any", exempt=CLI_COMMANDS),
     Rule("only entry points use the CLI kit", ("*",), CLI_KIT, level="any", exempt=ENTRY_POINTS),
+    # CLI -> tasks -> model: the layer packages (docs/architecture.md) import downwards only
+    Rule("the model imports no task, export, app or CLI", ("wmoe.model", "wmoe.model.*"), TASKS + DEPLOY_TASKS,
+         level="any"),
+    Rule("training imports no evaluation, export, app or CLI", ("wmoe.training", "wmoe.training.*"),
+         ("wmoe.evaluation", "wmoe.evaluation.*") + DEPLOY_TASKS, level="any"),
+    Rule("evaluation imports no training, export, app or CLI", ("wmoe.evaluation", "wmoe.evaluation.*"),
+         ("wmoe.training", "wmoe.training.*") + DEPLOY_TASKS, level="any"),
 ]
 
 

@@ -8,7 +8,7 @@ from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
-from wmoe.metrics import MetricsTable, evaluate_class, image_metrics, pixel_metrics, smooth_maps
+from wmoe.evaluation.metrics import MetricsTable, evaluate_class, image_metrics, pixel_metrics, smooth_maps
 
 
 def test_image_auroc_hand_computed_with_ties():

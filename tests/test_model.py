@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmoe.config import ModelConfig
-from wmoe.losses import total_loss
+from wmoe.model.config import ModelConfig
+from wmoe.training.losses import total_loss
 
 
 @pytest.mark.parametrize("image_size,grid", [(336, 24), (518, 37)])
@@ -30,7 +30,7 @@ def test_shapes(fresh_tiny, image_size, grid, batch):
 
 
 def test_feature_layers_scale_with_depth():
-    from wmoe.backbone import default_feature_layers
+    from wmoe.model.backbone import default_feature_layers
 
     assert default_feature_layers(24) == (6, 12, 18, 24)
     assert default_feature_layers(12) == (3, 6, 9, 12)
@@ -93,7 +93,7 @@ def test_final_score_is_text_score_plus_map_max(tiny_model):
 @pytest.mark.parametrize("ctds,wcma,samoe", [(False, False, False), (True, False, False), (True, True, False),
                                              (True, False, True), (True, True, True)])
 def test_table2_ablation_rows(ctds, wcma, samoe):
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     model = WMoECLIP(ModelConfig.tiny(use_ctds=ctds, use_wcma=wcma, use_samoe=samoe))
     names = {n.split(".")[0] for n in model.trainable_state_dict()}

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from wmoe.contract import PreprocessSpec
-from wmoe.preprocess import resize_batch, resize_normalize, to_chw_list
+from wmoe.model.preprocess import resize_batch, resize_normalize, to_chw_list
 from wmoe.runtime.frames import preprocess_frames, resize_frame
 
 #: The one stated tolerance between the numpy twin, the torch implementation and the definition, in [0, 1] pixel
@@ -77,9 +77,9 @@ def test_eval_and_predict_score_the_same_image_identically(tmp_path, tiny_onnx):
 
 
 def test_in_graph_frames_model_ports_to_onnxruntime_and_openvino(tmp_path):
-    from wmoe.config import ModelConfig
+    from wmoe.model.config import ModelConfig
     from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
     from wmoe.runtime import Runtime
     from wmoe.runtime.session import make_session
 
@@ -104,10 +104,10 @@ def test_in_graph_frames_model_ports_to_onnxruntime_and_openvino(tmp_path):
 def test_model_sized_frames_model_takes_any_frame_size(tmp_path):
     """The CLI's default export (uint8 frames of the model's SxS): the runtime resizes other frames with the numpy
     twin and rounds to uint8 — within half a grey level of the Detector's float path."""
-    from wmoe.config import ModelConfig
+    from wmoe.model.config import ModelConfig
     from wmoe.detector import Detector
     from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
     from wmoe.runtime import FrameError, Runtime
 
     torch.manual_seed(0)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.data import DataError, make_demo_dataset, preprocess, write_meta
 from wmoe.export.calib import load_calibration, normal_image_paths
 from wmoe.export.gate import GateThresholds, compare, failures, run_session
 from wmoe.export.onnx_export import export_onnx
 from wmoe.runtime.session import make_session
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 pytest.importorskip("modelopt.onnx.quantization")
 from wmoe.export.quantize import (  # noqa: E402
@@ -374,8 +374,8 @@ def test_quantized_model_decision_inherited_and_gated_or_recalibrated(tiny):
     its own thresholds, set the way the fp32 ones were."""
     import shutil
 
-    from wmoe.calibrate import calibrate
-    from wmoe.calibration import CalibrationConfig
+    from wmoe.evaluation.calibrate import calibrate
+    from wmoe.evaluation.calibration import CalibrationConfig
     from wmoe.contract import read_decision
     src = tiny["dir"] / "decided.onnx"
     shutil.copy(tiny["onnx"], src)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from wmoe.checkpoint import load_model, save_checkpoint
-from wmoe.config import ModelConfig
-from wmoe.model import WMoECLIP
+from wmoe.model.checkpoint import load_model, save_checkpoint
+from wmoe.model.config import ModelConfig
+from wmoe.model.wmoe_clip import WMoECLIP
 from wmoe.reference import (FusionStats, NormalReference, ReferenceConfig, ReferenceError, ReferenceModel,
                             find_good_images, fit_normal, fuse)
 from wmoe.reference.memory import greedy_coreset, local_features, nn_distance
@@ -158,8 +158,8 @@ def test_onnx_export_with_reference_runtime_parity(ckpt, data, ref_dir, experts_
     assert ort_rec["max_abs_maps"] <= 1e-4 and ort_rec["max_abs_scores"] <= 1e-4
     # wmoe calibrate on the reference-mode ONNX: i20's calibration through the runtime; the score meaning and the
     # reference metadata stay, the threshold is the good images' quantile of fused scores
-    from wmoe.calibrate import calibrate
-    from wmoe.calibration import CalibrationConfig
+    from wmoe.evaluation.calibrate import calibrate
+    from wmoe.evaluation.calibration import CalibrationConfig
     decision, written = calibrate(path, data / "gravel" / "test" / "good", CalibrationConfig(false_reject_rate=0.3),
                                   out=tmp_path / "cal.onnx", progress=False)
     meta2 = ModelMeta.from_metadata(read_onnx_metadata(written))
@@ -168,7 +168,7 @@ def test_onnx_export_with_reference_runtime_parity(ckpt, data, ref_dir, experts_
 
 
 def test_cli_fit_normal_and_eval_reference(ckpt, data, tmp_path, capsys):
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     ref = tmp_path / "ref"
     assert main(["fit-normal", str(ckpt), str(data), "--out", str(ref), "--k", "2", "--classes", "cell"]) == 0
     assert "| cell | 2 |" in capsys.readouterr().out
@@ -245,8 +245,8 @@ def test_experts_fit_is_deterministic_and_learns_the_good_images(good_embeddings
 
 def test_experts_loss_holds_esb_and_eir(good_embeddings):
     """Training with ESB gives a more balanced router, with EIR more dissimilar expert codes, than without: both
-    regularizers of wmoe.expert_health act on the experts' fit (this fails if either is dropped from the loss)."""
-    from wmoe.expert_health import balance_loss, repulsion_loss
+    regularizers of wmoe.model.expert_health act on the experts' fit (this fails if either is dropped from the loss)."""
+    from wmoe.model.expert_health import balance_loss, repulsion_loss
     from wmoe.reference.experts import ExpertsConfig, fit_experts
 
     def after(**kw):
@@ -254,7 +254,7 @@ def test_experts_loss_holds_esb_and_eir(good_embeddings):
     off, esb, eir = after(balance=0.0, repulsion=0.0), after(balance=3.0, repulsion=0.0), after(balance=0.0, repulsion=3.0)
     assert esb["esb"] < off["esb"] - 0.05 and esb["esb"] < 1.5  # uniform routing is 1, one level only 3
     assert eir["eir"] < off["eir"] - 0.05
-    # the terms are the SA-MoE ones, not copies: the same numbers from wmoe.expert_health on the same tensors
+    # the terms are the SA-MoE ones, not copies: the same numbers from wmoe.model.expert_health on the same tensors
     m = fit_experts(good_embeddings, ExpertsConfig(**FAST_EXPERTS))[0]
     from wmoe.reference.experts import objective
     with torch.no_grad():
@@ -306,7 +306,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_experts_bad_reference_folder_one_line_naming_the_file(ckpt, data, experts_ref_dir, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     from wmoe.contract import sha256_file
 
     doc = json.loads((experts_ref_dir / "reference.json").read_text())
@@ -341,7 +341,7 @@ def test_experts_bad_reference_folder_one_line_naming_the_file(ckpt, data, exper
 
 
 def test_cli_fit_normal_experts(ckpt, data, tmp_path, capsys):
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     ref = tmp_path / "ref"
     assert main(["fit-normal", str(ckpt), str(data), "--out", str(ref), "--k", "2", "--classes", "cell",
                  "--experts", "--experts-weight", "0.4"]) == 0
@@ -365,11 +365,11 @@ def test_reference_frames_model_on_the_line_triton_and_tensorrt(ckpt, data, expe
     import trt_double as D
     from triton_server import LocalTriton, Unavailable
 
-    from wmoe.cli import main as wmoe_main
+    from wmoe.cli.commands import main as wmoe_main
     from wmoe.contract import EngineSidecar
     from wmoe.export.onnx_export import export_onnx
     from wmoe.export.trt_plugins import unregister_plugins
-    from wmoe.preprocess import frames_to_images
+    from wmoe.model.preprocess import frames_to_images
     from wmoe.runtime import Runtime
 
     frame = (60, 80)

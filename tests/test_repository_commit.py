@@ -15,14 +15,14 @@ import textwrap
 import pytest
 import torch
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.contract import sha256_file
 from wmoe.export import repo_commit
 from wmoe.export.cli import main as export_main
 from wmoe.export.onnx_export import ExportError, export_onnx
 from wmoe.export.triton_repo import TritonOptions, write_repository
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 SIZE, FRAME = 56, (48, 64)
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from wmoe.cli import main as wmoe_main
+from wmoe.cli.commands import main as wmoe_main
 from wmoe.data import make_demo_dataset
 from wmoe.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
 

@@ -40,7 +40,7 @@ def test_runtime_matches_detector(model_files):
 def test_runtime_exact_on_preprocessed_input(model_files):
     ckpt, onnx_path = model_files
     x = torch.randn(3, 3, SIZE, SIZE)
-    from wmoe.checkpoint import load_model
+    from wmoe.model.checkpoint import load_model
     with torch.no_grad():
         o = load_model(ckpt)(x)
     res = Runtime.open(onnx_path).score_preprocessed(x.numpy())

@@ -231,7 +231,8 @@ def test_engine_and_repository_builders_import_without_torch():
             "assert {'wcma_frequency', 'wcma_attention', 'moe_experts'} <= set(stage_specs())\n"
             "from wmoe.errors import ExportError\n"
             "assert wmoe.export.trt_build.ExportError is ExportError is wmoe.export.triton_repo.ExportError\n"
-            "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.export.onnx_export') if m in sys.modules]\n")
+            "assert not [m for m in ('open_clip', 'wmoe.model.wmoe_clip', 'wmoe.export.onnx_export')\n"
+            "            if m in sys.modules]\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     from wmoe.errors import ExportError
@@ -244,10 +245,10 @@ def frames_onnx(tmp_path_factory):
     """A tiny model exported with in-graph preprocessing (uint8 frames at 60x80, the CLI's default input kind)."""
     import torch
 
-    from wmoe.checkpoint import save_checkpoint
-    from wmoe.config import ModelConfig
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.config import ModelConfig
     from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     d = tmp_path_factory.mktemp("frames_onnx")
     torch.manual_seed(2)
@@ -392,10 +393,10 @@ def plugin_frames_onnx(tmp_path_factory):
     """The frames model of :func:`frames_onnx` (same seed and contract) exported as the plugin flavor."""
     import torch
 
-    from wmoe.checkpoint import save_checkpoint
-    from wmoe.config import ModelConfig
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.config import ModelConfig
     from wmoe.export.onnx_export import export_onnx
-    from wmoe.model import WMoECLIP
+    from wmoe.model.wmoe_clip import WMoECLIP
 
     d = tmp_path_factory.mktemp("plugin_frames_onnx")
     torch.manual_seed(2)
@@ -420,7 +421,8 @@ def _build_under_doubles(python, argv, version, cwd, env=None, api_roots=None):
              "from wmoe.export.cli import main\n"
              f"rc = main({argv!r})\n"
              "assert sys.modules['torch'] is None and sys.modules['triton'] is None, 'torch or triton replaced'\n"
-             "assert not [m for m in ('open_clip', 'wmoe.model', 'wmoe.kernels.dispatch') if m in sys.modules]\n"
+             "assert not [m for m in ('open_clip', 'wmoe.model.wmoe_clip', 'wmoe.kernels.dispatch')\n"
+             "            if m in sys.modules]\n"
              "from wmoe.contract import PLUGIN_DOMAIN, PLUGIN_MOE_OP, PLUGIN_WCMA_OP\n"
              "reg = trt.get_plugin_registry()\n"
              "print('registered:', sorted(op for op in (PLUGIN_WCMA_OP, PLUGIN_MOE_OP)\n"

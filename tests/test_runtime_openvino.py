@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.contract import ContractError, CpuPrecision, ModelMeta
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 from wmoe.onnx_meta import read_onnx_metadata
 
 ov = pytest.importorskip("openvino")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
-from wmoe.model import WMoECLIP
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
+from wmoe.model.wmoe_clip import WMoECLIP
 
 # One worker runs the soak and the training tests one after the other (they were side by side when an xdist
 # worker first died silently; strace later showed a SIGSEGV after in-process OpenVINO use: docs/reliability.md).

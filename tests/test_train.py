@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wmoe.config import ModelConfig
+from wmoe.model.config import ModelConfig
 from wmoe.data import DataError, make_demo_dataset
-from wmoe.optim_state import load_optimizer
-from wmoe.train import TrainConfig, train
+from wmoe.training.optim_state import load_optimizer
+from wmoe.training.train import TrainConfig, train
 
 # One worker runs the soak and the training tests one after the other (they were side by side when an xdist
 # worker first died silently; strace later showed a SIGSEGV after in-process OpenVINO use: docs/reliability.md).
@@ -75,9 +75,9 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(
         "import hashlib, os, sys, torch\n"
-        "from wmoe.config import ModelConfig\n"
-        "from wmoe.train import TrainConfig, train\n"
-        "import wmoe.train as T\n"
+        "from wmoe.model.config import ModelConfig\n"
+        "from wmoe.training.train import TrainConfig, train\n"
+        "import wmoe.training.train as T\n"
         "orig = T._save\n"
         "def spy(model, *a, **k):\n"
         "    h = hashlib.sha256(b''.join(v.detach().numpy().tobytes() for _, v in sorted(model.trainable_state_dict().items()))).hexdigest()\n"

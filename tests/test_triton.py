@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from wmoe.checkpoint import save_checkpoint
-from wmoe.config import ModelConfig
+from wmoe.model.checkpoint import save_checkpoint
+from wmoe.model.config import ModelConfig
 from wmoe.contract import Decision, EngineSidecar, ModelMeta, sha256_file
 from wmoe.export.cli import main as export_main
 from wmoe.export.onnx_export import ExportError
 from wmoe.export.triton_repo import TritonOptions, pbtxt_string, write_repository
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 from wmoe.onnx_meta import read_onnx_metadata
 from wmoe.runtime import Runtime
 

@@ -39,9 +39,9 @@ pytestmark = pytest.mark.xdist_group("trt_dry_run")
 def checkpoint(tmp_path_factory):
     import torch
 
-    from wmoe.checkpoint import save_checkpoint
-    from wmoe.config import ModelConfig
-    from wmoe.model import WMoECLIP
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.config import ModelConfig
+    from wmoe.model.wmoe_clip import WMoECLIP
     torch.manual_seed(0)
     return save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=SIZE)).eval(),
                            tmp_path_factory.mktemp("ckpt") / "m.safetensors")
@@ -50,7 +50,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory):
     """``get(flavor, input)``: the ONNX of ``wmoe export onnx``, made once per (flavor, input)."""
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     d, made = tmp_path_factory.mktemp("onnx"), {}
 
     def get(flavor, kind):
@@ -94,7 +94,7 @@ def _header(engine_bytes: bytes) -> dict:
 @pytest.mark.parametrize("kind", ["images", "frames"])
 @pytest.mark.parametrize("flavor", ["portable", "plugin"])
 def test_dry_run(flavor, kind, version, exported, frames, plugin_kernels, doubles, tmp_path, capsys):
-    from wmoe.cli import main
+    from wmoe.cli.commands import main
     from wmoe.runtime.camera import main as camera
     from wmoe.runtime.runtime import Runtime
     onnx_path = exported(flavor, kind)

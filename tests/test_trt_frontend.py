@@ -18,12 +18,12 @@ import torch
 
 import trt_behaviour as TB
 import trt_double as D
-from wmoe.config import ModelConfig
+from wmoe.model.config import ModelConfig
 from wmoe.export.onnx_export import ExportError, export_onnx
 from wmoe.contract import PLUGIN_DOMAIN as DOMAIN, PLUGIN_MOE_OP as MOE_OP, PLUGIN_WCMA_OP as WCMA_OP
 from wmoe.export.trt_plugins import (PLUGINS, check_plugin_nodes, launch_plan, ptx_version,
                                      register_plugins, unregister_plugins)
-from wmoe.model import WMoECLIP
+from wmoe.model.wmoe_clip import WMoECLIP
 
 FRONTENDS = D.bindings_dirs()
 DRIVER_LIMIT = (8, 5)  # a CUDA 12.6 driver (JetPack 6.2 / many servers)

@@ -110,7 +110,7 @@ RESIZE = RESIZE_BILINEAR_BOX
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How an RGB uint8 HxWx3 image becomes the model's (3,S,S) input — implemented by :mod:`wmoe.preprocess`
+    """How an RGB uint8 HxWx3 image becomes the model's (3,S,S) input — implemented by :mod:`wmoe.model.preprocess`
     (torch), :mod:`wmoe.runtime.frames` (numpy) and in-graph by the ``frames`` ONNX.
 
     Squash resize to SxS (no crop: the whole part stays in view), then ``(x / 255 - mean) / std`` per channel.
@@ -151,7 +151,7 @@ class PreprocessSpec:
 # --- the decision -------------------------------------------------------------------------------------------------
 
 #: How a decision's image threshold was set (``CalibrationRecord.method``).
-METHOD_FALSE_REJECT = "false-reject-rate"  # from good images only: the finite-sample quantile (wmoe.calibration)
+METHOD_FALSE_REJECT = "false-reject-rate"  # from good images only: the finite-sample quantile (calibration)
 METHOD_F1_MAX = "f1-max"                   # labelled images: the F1-max point of the PR curve
 METHOD_DEFECT_RECALL = "defect-recall"     # labelled images: the highest threshold reaching a defect recall
 METHOD_GIVEN = "given"                     # a number the user typed (export --threshold, ...)

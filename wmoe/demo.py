@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from .atomic import atomic_write_text
-from .config import ModelConfig
+from .model.config import ModelConfig
 
 
 @dataclass
@@ -43,15 +43,15 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
     """Data -> training -> calibration on good images -> zero-shot evaluation, learning check on fresh images
     of the training categories (trained vs untrained head), false-reject rate on held-out good images ->
     predictions -> ``report.md`` with the decision plots."""
-    from .calibrate import calibrate, calibration_images, score_images
-    from .calibration import CalibrationConfig
-    from .checkpoint import save_checkpoint
+    from .evaluation.calibrate import calibrate, calibration_images, score_images
+    from .evaluation.calibration import CalibrationConfig
+    from .model.checkpoint import save_checkpoint
     from .data import DEMO_TEST_CLASSES, DEMO_TRAIN_CLASSES, make_demo_dataset
-    from .evaluate import evaluate
-    from .model import WMoECLIP
+    from .evaluation.evaluate import evaluate
+    from .model.wmoe_clip import WMoECLIP
     from .predict import predict
-    from .report import write_report
-    from .train import TrainConfig, _seed_all, train
+    from .evaluation.report import write_report
+    from .training.train import TrainConfig, _seed_all, train
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,12 +137,12 @@ def run_demo(cfg: DemoConfig) -> Dict[str, object]:
         pred["results"] += doc["results"]
         pred["errors"] += doc["errors"]
     times["predict"] = time.time() - t
-    from .expert_health import USAGE_FILE
+    from .model.expert_health import USAGE_FILE
     usage_log = out / "run" / USAGE_FILE
     train_usage = json.loads(usage_log.read_text())["epochs"] if usage_log.is_file() else []
     t = time.time()
     print("[6/7] normal-reference mode on the held-out categories (k = 1, 4, 16, all good images)")
-    from .checkpoint import load_model
+    from .model.checkpoint import load_model
     from .reference.report import reference_section
     ref_lines = reference_section(out, load_model(ckpt, pretrained=cfg.pretrained).eval(), root,
                                   list(DEMO_TEST_CLASSES))

@@ -18,9 +18,9 @@ from wmoe.kernels import ChoiceLike
 
 from .contract import Decision
 from .errors import NonFiniteError
-from .model import WMoECLIP
+from .model.wmoe_clip import WMoECLIP
 from .overlay import fit_size
-from .preprocess import original_sizes, resize_normalize, to_chw_list
+from .model.preprocess import original_sizes, resize_normalize, to_chw_list
 from .runtime import Result, Runtime
 from .torch_backend import TorchBackend
 
@@ -99,7 +99,7 @@ class Detector:
     def from_checkpoint(cls, path: Union[str, Path], pretrained: Optional[str] = None, **kwargs: Any) -> "Detector":
         """The model and the decision stored beside it (``<checkpoint>.threshold.json``; older checkpoints kept the
         threshold inside); ``threshold=`` overrides it."""
-        from .checkpoint import load_model
+        from .model.checkpoint import load_model
         from .torch_backend import checkpoint_decision
         model = load_model(path, pretrained=pretrained)
         kwargs.setdefault("decision", checkpoint_decision(path, model))

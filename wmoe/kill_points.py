@@ -1,6 +1,6 @@
 """Kill points: the named stages of a crash-safe write, where the crash tests SIGKILL the process.
 
-The run folder's checkpoint set (:mod:`wmoe.checkpoint_set`) and the Triton repository's version switch
+The run folder's checkpoint set (:mod:`wmoe.training.checkpoint_set`) and the Triton repository's version switch
 (``wmoe.export.repo_commit``) call their :class:`KillPoints` at every stage ("committed", "renamed:last.json", ...).
 In a normal run that is a no-op. A crash test first records the stages of one write (:meth:`KillPoints.record`),
 then, in a fresh child process per stage, kills the process exactly there (:meth:`KillPoints.kill_at`) and checks

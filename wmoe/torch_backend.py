@@ -50,7 +50,7 @@ class TorchBackend:
     """``run(x)``: normalized images (N,3,S,S) — numpy, or a torch tensor (already on the device: no host copy) —
     -> ``{"scores", "maps", "text_scores"}`` float32 numpy.
 
-    ``model``: a checkpoint path (loaded with :func:`wmoe.checkpoint.load_model`, ``pretrained`` = its backbone
+    ``model``: a checkpoint path (loaded with :func:`wmoe.model.checkpoint.load_model`, ``pretrained`` = its backbone
     weights) or a model object (WMoE-CLIP, or a :class:`wmoe.reference.ReferenceModel`). ``provider``: ``cpu`` or
     ``cuda`` (the runtime's word; ``device`` overrides it with any torch device, default CUDA when available).
     ``dtype``: fp32, or fp16/bf16 on CUDA. ``kernels``: the fused stages' implementation for this backend's calls
@@ -65,7 +65,7 @@ class TorchBackend:
                  on_output: Optional[Callable[[Any], None]] = None) -> None:
         path = None
         if isinstance(model, (str, Path)):
-            from .checkpoint import load_model
+            from .model.checkpoint import load_model
             path = Path(model)
             model = load_model(path, pretrained=pretrained)
         if device is None:

@@ -38,11 +38,12 @@ def preprocess(
 ) -> torch.Tensor:
     """RGB uint8 HxWx3 (numpy or PIL) -> normalized float32 tensor 3xSxS.
 
-    The one preprocessing (:func:`wmoe.preprocess.resize_batch` + :func:`~wmoe.preprocess.normalize`, the spec's
-    ``bilinear-box`` squash resize, no crop), so a data-set image and the same image given to ``wmoe predict`` or
-    the Detector become the same tensor. HxW and HxWx1 are gray, HxWx4 drops alpha. Expects RGB order.
+    The one preprocessing (:func:`wmoe.model.preprocess.resize_batch` + :func:`~wmoe.model.preprocess.normalize`,
+    the spec's ``bilinear-box`` squash resize, no crop), so a data-set image and the same image given to
+    ``wmoe predict`` or the Detector become the same tensor. HxW and HxWx1 are gray, HxWx4 drops alpha. Expects RGB
+    order.
     """
-    from ..preprocess import normalize, resize_batch
+    from ..model.preprocess import normalize, resize_batch
 
     arr = _as_rgb_uint8(image)
     if int(image_size) <= 0:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..data import AnomalyDataset, collate, read_meta
-from ..metrics import evaluate_class, smooth_maps
-from ..model import WMoECLIP
+from ..evaluation.metrics import evaluate_class, smooth_maps
+from ..model.wmoe_clip import WMoECLIP
 from .fusion import FusionStats, fuse
 from .model import ReferenceModel
 from .store import ClassReference, ReferenceConfig

@@ -24,12 +24,12 @@ so the fit is deterministic)::
 
     L = sum_n mean_p e_n(p)                             each expert reconstructs its level (all tokens)
       + mean_p sum_n g_n(p) e_n(p).detach()             the router prefers the expert that explains the patch
-      + lambda_ESB * L_ESB(g, argmax g)                 Expert Selection Balancing (wmoe.expert_health.balance_loss)
-      + lambda_EIR * L_EIR(code_1, code_2, code_3)      Expert Information Repulsion (wmoe.expert_health.repulsion_loss)
+      + lambda_ESB * L_ESB(g, argmax g)                 Expert Selection Balancing (expert_health.balance_loss)
+      + lambda_EIR * L_EIR(code_1, code_2, code_3)      Expert Information Repulsion (expert_health.repulsion_loss)
 
 ESB keeps the router from collapsing onto one level; EIR (mean pairwise cosine similarity of the three experts'
 bottleneck codes at the same patch) keeps the experts' representations apart. Both are the SA-MoE regularizers of
-:mod:`wmoe.expert_health`, reused unchanged. Everything in :meth:`LevelExperts.forward` is plain tensor algebra
+:mod:`wmoe.model.expert_health`, reused unchanged. Everything in :meth:`LevelExperts.forward` is plain tensor algebra
 (Linear, GELU, AvgPool, Softmax), so the experts export into the same ONNX graph as the memory.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..expert_health import balance_loss, repulsion_loss
+from ..model.expert_health import balance_loss, repulsion_loss
 from .fusion import ReferenceError
 from .memory import local_features
 

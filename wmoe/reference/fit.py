@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..contract import is_image_name, sha256_file
-from ..model import WMoECLIP
+from ..model.wmoe_clip import WMoECLIP
 from .experts import ExpertsConfig, fit_experts
 from .fusion import FusionStats, ReferenceError
 from .memory import greedy_coreset, local_features, squared_distances
@@ -156,7 +156,7 @@ def fit_normal(model_or_ckpt: Union[WMoECLIP, str, Path], good_dir: Union[str, P
     if isinstance(model_or_ckpt, WMoECLIP):
         model = model_or_ckpt
     else:
-        from ..checkpoint import load_model
+        from ..model.checkpoint import load_model
         model = load_model(model_or_ckpt, pretrained=pretrained)
         ckpt_sha = sha256_file(model_or_ckpt)
     model = model.to(device).eval()

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from wmoe.kernels import ChoiceLike
 
-from ..model import WMoECLIP, WMoEOutput
+from ..model.wmoe_clip import WMoECLIP, WMoEOutput
 from .experts import reference_std
 from .fusion import FusionStats, ReferenceError, check_weight, combine_reference, fuse
 from .memory import local_features, nn_distance

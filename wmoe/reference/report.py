@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..model import WMoECLIP
+from ..model.wmoe_clip import WMoECLIP
 from .compare import score_test_split
 from .experts import ExpertsConfig
 from .fit import find_good_images, fit_class

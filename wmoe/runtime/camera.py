@@ -32,9 +32,8 @@ from typing import List, Optional
 import numpy as np
 
 from .. import __version__
-from ..cli_run import Parser, finish, run
-from ..cli_types import (checked, finite_float, non_negative_float, non_negative_int, one_of, output_dir,
-                         positive_int)
+from ..cli.run import Parser, finish, run
+from ..cli.types import checked, finite_float, non_negative_float, non_negative_int, one_of, output_dir, positive_int
 from ..contract import CPU_PRECISIONS
 from ..errors import WMoEError
 from .loop import DROP_POLICIES, LoopStats, frame_result, resolve_drop, run_loop
@@ -56,7 +55,7 @@ class _RefusePassword(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``wmoe-camera`` parser, with the conventions of every wmoe command (:mod:`wmoe.cli_run`): a bad value is
+    """The ``wmoe-camera`` parser, with the conventions of every wmoe command (:mod:`wmoe.cli.run`): a bad value is
     one line naming the option (exit status 2), ``--version``, ``--debug``, defaults shown in ``--help``."""
     ap = Parser(prog="wmoe-camera", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"wmoe-camera (wmoe) {__version__}")

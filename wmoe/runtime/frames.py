@@ -1,6 +1,6 @@
 """Frame checking and preprocessing in numpy (no torch): uint8 HxWx3 RGB -> CLIP-normalized NCHW float32.
 
-:func:`resize_frame` is the numpy twin of :func:`wmoe.preprocess.resize_batch` (the spec's ``bilinear-box``
+:func:`resize_frame` is the numpy twin of :func:`wmoe.model.preprocess.resize_batch` (the spec's ``bilinear-box``
 squash resize, :class:`wmoe.contract.PreprocessSpec`): per-axis weighted gathers with cached taps, so a 1080p
 frame costs two passes of a few vectorized operations instead of Pillow per channel.
 """
@@ -82,7 +82,7 @@ def _axis_taps(n_in: int, size: int, k: int) -> "tuple[np.ndarray, np.ndarray]":
 
 def resize_frame(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8/float HxWx3 -> float32 SxSx3 in the frame's value range: the numpy twin of
-    :func:`wmoe.preprocess.resize_batch` (tested against it and the definition: max |diff| <= 1e-4 in [0, 1]
+    :func:`wmoe.model.preprocess.resize_batch` (tested against it and the definition: max |diff| <= 1e-4 in [0, 1]
     pixel units)."""
     h, w = frame.shape[:2]
     s, c = spec.size, frame.shape[2]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model import WMoEOutput
+from ..model.wmoe_clip import WMoEOutput
 
 _EPS = 1e-6
 
@@ -68,7 +68,7 @@ def total_loss(out: WMoEOutput, labels: Tensor, masks: Tensor,
                regularizers: Optional[Dict[str, Tuple[float, Tensor]]] = None) -> Dict[str, Tensor]:
     """Eq. 11: ``L = L_global + L_local + L_KL + L_rec``, plus ``sum_i w_i R_i`` for optional regularizers.
 
-    ``regularizers`` maps a name to ``(weight, term)`` (SA-MoE's ESB/EIR, :mod:`wmoe.expert_health`). Every
+    ``regularizers`` maps a name to ``(weight, term)`` (SA-MoE's ESB/EIR, :mod:`wmoe.model.expert_health`). Every
     term is returned (for the logs); one with weight 0 is not added, so the default objective is exactly Eq. 11.
     Returns the terms and ``"loss"``.
     """

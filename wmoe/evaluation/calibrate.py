@@ -2,7 +2,7 @@
 
 The model is a checkpoint (scored with torch, :class:`wmoe.Detector`) or an exported ONNX / TensorRT engine (scored
 with the torch-free runtime, :class:`wmoe.runtime.Runtime`: this path works in the runtime-only install). Either
-way only the scores come from the model; the thresholds come from :mod:`wmoe.calibration` (numpy), and the
+way only the scores come from the model; the thresholds come from :mod:`wmoe.evaluation.calibration` (numpy), and the
 result is written where that model keeps its decision (:func:`wmoe.contract.write_decision`): the checkpoint's
 ``CKPT.threshold.json``, the ONNX metadata, the engine sidecar.
 
@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .calibration import CalibrationConfig, CalibrationError, ScoredImages, decide
-from .contract import Decision, decision_carrier, is_image_name, read_onnx_contract, sha256_file, write_decision
-from .errors import printable
+from ..contract import Decision, decision_carrier, is_image_name, read_onnx_contract, sha256_file, write_decision
+from ..errors import printable
 
 PathLike = Union[str, "os.PathLike[str]"]
 Item = Tuple[Path, int, Optional[str]]  # image path, label (1 = defective), class name
@@ -92,17 +92,17 @@ def score_images(model: PathLike, items: Sequence[Item], *, batch_size: int = 8,
     """Image scores and map maxima of ``items`` from ``model``; unreadable images are skipped and returned as
     ``{"path", "error"}`` (never silently: the caller reports them). An exported model (ONNX, engine) is run by
     the torch-free runtime; a checkpoint by the torch :class:`wmoe.Detector`."""
-    from .image_io import DataError, load_image
+    from ..image_io import DataError, load_image
     kind = decision_carrier(model)
     if kind in ("onnx", "engine"):
-        from .runtime import Runtime
+        from ..runtime import Runtime
         rt = Runtime.open(model, provider=provider, allow_cpu_fallback=allow_cpu_fallback)
 
         def run(imgs: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
             r = rt.score(imgs)
             return r.scores, r.maps.reshape(len(imgs), -1).max(axis=1)
     elif kind == "checkpoint":
-        from .detector import Detector
+        from ..detector import Detector
         det = Detector.from_checkpoint(model, pretrained=pretrained, device=device, batch_size=batch_size)
 
         def run(imgs: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -143,9 +143,10 @@ def calibrate(model: PathLike, source: PathLike, cfg: CalibrationConfig = Calibr
               batch_size: int = 8, provider: str = "cpu", allow_cpu_fallback: bool = False,
               device: Optional[str] = None, pretrained: Optional[str] = None,
               progress: bool = True) -> Tuple[Decision, Optional[Path]]:
-    """Score the images of ``source`` with ``model``, compute the decision (:func:`wmoe.calibration.decide`) and,
-    with ``write``, store it with the model (``out``: another file: a decision JSON for a checkpoint, a copy of the
-    ONNX for an ONNX). Returns the decision and the file written (None when not written).
+    """Score the images of ``source`` with ``model``, compute the decision
+    (:func:`wmoe.evaluation.calibration.decide`) and, with ``write``, store it with the model (``out``: another file:
+    a decision JSON for a checkpoint, a copy of the ONNX for an ONNX). Returns the decision and the file written (None
+    when not written).
 
     ``scores_csv``: the per-image scores (path, class, label, score, map maximum) as CSV."""
     model = Path(model)
@@ -183,7 +184,7 @@ def write_scores_csv(path: PathLike, sc: ScoredImages) -> Path:
     import csv
     import io
 
-    from .atomic import atomic_write_text
+    from ..atomic import atomic_write_text
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "class", "label", "score", "map_max"])

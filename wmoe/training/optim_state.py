@@ -7,14 +7,14 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from .checkpoint import CheckpointError
+from ..model.checkpoint import CheckpointError
 
 
 def write_optimizer(opt: torch.optim.Optimizer, path: Union[str, Path], progress: Dict[str, Any],
                     save_id: Optional[str] = None) -> None:
     """Flatten ``opt.state_dict()`` into named tensors; groups, progress and the torch RNG go to the metadata.
 
-    Not atomic: :mod:`wmoe.checkpoint_set` writes it as part of an all-or-nothing set."""
+    Not atomic: :mod:`wmoe.training.checkpoint_set` writes it as part of an all-or-nothing set."""
     from safetensors.torch import save_file
 
     sd = opt.state_dict()

@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import __version__
-from .atomic import atomic_write_text
+from .. import __version__
+from ..atomic import atomic_write_text
 from .metrics import MetricsTable
 
 
@@ -65,7 +65,7 @@ def write_report(out: Path, table: MetricsTable, pred: Dict[str, Any], times: Di
 
 
 def _usage_section(out: Path, table: MetricsTable, model_cfg: Any, train_usage: List[Dict[str, Any]]) -> List[str]:
-    from .expert_health import usage_markdown
+    from ..model.expert_health import usage_markdown
     from .usage_plot import draw_usage_grid
 
     usage = table.extra.get("expert_usage")

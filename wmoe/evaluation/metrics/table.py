@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..atomic import atomic_write_text
+from ...atomic import atomic_write_text
 
 # (field, markdown header) in the order of the paper's tables
 COLUMNS = [

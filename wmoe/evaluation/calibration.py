@@ -19,9 +19,10 @@ gives the value it stays below with probability ``confidence`` (0.9 by default):
 
 **The pixel threshold** is the same rule applied to each good image's maximum map value at ``pixel_rate``: at most
 that fraction of good parts shows any defect pixel. **With labelled images** also: the F1-max threshold (the
-max of 2PR/(P+R) over all thresholds, as :mod:`wmoe.metrics` computes F1-max) and the highest threshold reaching a
-target defect recall (the ``ceil(recall * n_defective)``-th highest defect score), each with its confusion counts
-on the calibration images (in-sample figures: an evaluation on other images says what the line will see).
+max of 2PR/(P+R) over all thresholds, as :mod:`wmoe.evaluation.metrics` computes F1-max) and the highest
+threshold reaching a target defect recall (the ``ceil(recall * n_defective)``-th highest defect score), each with its
+confusion counts on the calibration images (in-sample figures: an evaluation on other images says what the line will
+see).
 
 Per class: when the images carry more than one class name, each class gets its own threshold (chosen at run time
 by a class name, :meth:`wmoe.contract.Decision.threshold_for`), and the pooled threshold serves images of no class.
@@ -34,9 +35,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .contract import (CALIBRATION_METHODS, METHOD_DEFECT_RECALL, METHOD_F1_MAX, METHOD_FALSE_REJECT,
-                       CalibrationRecord, Decision, above_threshold)
-from .errors import WMoEError
+from ..contract import (CALIBRATION_METHODS, METHOD_DEFECT_RECALL, METHOD_F1_MAX, METHOD_FALSE_REJECT,
+                        CalibrationRecord, Decision, above_threshold)
+from ..errors import WMoEError
 
 #: The rule of :func:`false_reject_threshold`, recorded with every decision it makes.
 QUANTILE_RULE = ("k = ceil((n+1)(1-rate)); anomalous when score > s_(k), the k-th smallest of n good scores "
@@ -206,7 +207,7 @@ def _need_labels(scores: np.ndarray, labels: np.ndarray, what: str, method: str)
 
 def binary_curve(labels: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative true/false positives at each distinct threshold, scores descending (one sort, no loops): the
-    counts behind ROC, PR, F1-max (here and in :mod:`wmoe.metrics`)."""
+    counts behind ROC, PR, F1-max (here and in :mod:`wmoe.evaluation.metrics`)."""
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
     y = labels[order].astype(np.float64)
@@ -218,7 +219,7 @@ def binary_curve(labels: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, np
 
 def f1_max_threshold(scores: np.ndarray, labels: np.ndarray, what: str = "images") -> Tuple[float, Dict[str, Any]]:
     """The threshold maximizing F1 = 2PR/(P+R) over all thresholds at the scores (ties: the higher threshold),
-    the same point as :func:`wmoe.metrics.image_metrics`' F1-max."""
+    the same point as :func:`wmoe.evaluation.metrics.image_metrics`' F1-max."""
     _need_labels(scores, labels, what, METHOD_F1_MAX)
     tps, fps, th = binary_curve(np.asarray(labels).astype(bool), np.asarray(scores, np.float64))
     f1 = 2 * tps / (tps + fps + tps[-1])  # = 2PR/(P+R)
@@ -291,7 +292,7 @@ def decide(sc: ScoredImages, cfg: CalibrationConfig = CalibrationConfig(), **rec
             per_class[c] = entry
     import datetime
 
-    from . import __version__
+    from .. import __version__
     rec = CalibrationRecord(
         method=cfg.method,
         target=cfg.false_reject_rate if cfg.method == METHOD_FALSE_REJECT else

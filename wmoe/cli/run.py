@@ -3,7 +3,7 @@
 
 - :class:`Parser`: a usage error is one line, ``PROG: error: argument --opt: what is wrong``, exit status 2.
 - :func:`finish`: every (sub)command gets ``--debug`` (so it works after the subcommand too), every command that
-  runs gets ``--config FILE`` and ``--print-config`` (:mod:`wmoe.cli_config`), and every option with a default
+  runs gets ``--config FILE`` and ``--print-config`` (:mod:`wmoe.cli.config`), and every option with a default
   shows it in ``--help``. It walks the whole tree, so subcommands that other modules register
   (``register(subparsers)``) get the same conventions without doing anything.
 - :func:`standalone`: one subcommand tree as its own program (``wmoe-export onnx ...``, not
@@ -22,10 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from . import __version__
-from .cli_config import add_config_options, apply_config, dump, resolved
-from .cli_types import output_dir, output_file, suggest
-from .errors import MissingDependencyError, WMoEError, printable
+from .. import __version__
+from .config import add_config_options, apply_config, dump, resolved
+from .types import output_dir, output_file, suggest
+from ..errors import MissingDependencyError, WMoEError, printable
 
 #: optional packages -> (extra of pyproject.toml, what needs them)
 OPTIONAL_DEPS = {
@@ -179,7 +179,7 @@ def _chosen(parser: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.
 
 
 def _missing_output_folders(chosen: argparse.ArgumentParser, a: argparse.Namespace) -> List[Path]:
-    """For each output option (an :func:`~wmoe.cli_types.output_dir` / :func:`~wmoe.cli_types.output_file`) of
+    """For each output option (an :func:`~wmoe.cli.types.output_dir` / :func:`~wmoe.cli.types.output_file`) of
     the command that ``a`` runs: the topmost folder of its path that does not exist yet (the command may create it)."""
     made = []
     for act in chosen._actions:

@@ -15,10 +15,10 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from . import __version__
-from .atomic import atomic_path
+from .. import __version__
+from ..atomic import atomic_path
 from .config import ModelConfig
-from .errors import WMoEError
+from ..errors import WMoEError
 
 FORMAT = "wmoe-checkpoint"
 FORMAT_VERSION = "1"
@@ -35,7 +35,7 @@ class CheckpointInfo:
     backbone_fingerprint: str
     package_version: str
     extra: Dict[str, Any] = field(default_factory=dict)
-    save_id: Optional[str] = None  # the training save this file belongs to (wmoe.checkpoint_set)
+    save_id: Optional[str] = None  # the training save this file belongs to (wmoe.training.checkpoint_set)
 
 
 def backbone_fingerprint(model: torch.nn.Module) -> str:
@@ -88,8 +88,8 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], extra: Optio
                     save_id: Optional[str] = None) -> Path:
     """Write ``model``'s trainable parameters and config to ``path`` (.safetensors) atomically, plus ``.json``.
 
-    Training runs save through :mod:`wmoe.checkpoint_set` instead, which makes the weights, sidecar and optimizer
-    state one all-or-nothing set; ``save_id`` keeps a rewritten run checkpoint a member of its set.
+    Training runs save through :mod:`wmoe.training.checkpoint_set` instead, which makes the weights, sidecar and
+    optimizer state one all-or-nothing set; ``save_id`` keeps a rewritten run checkpoint a member of its set.
     """
     path = Path(path)
     meta = checkpoint_meta(model, extra, save_id)
@@ -145,8 +145,8 @@ def load_model(path: Union[str, Path], pretrained: Optional[str] = None, map_loc
         pretrained: the backbone weights file, required when the checkpoint was trained on one.
     """
     from .backbone import BackboneError
-    from .contract import sha256_file
-    from .model import WMoECLIP
+    from ..contract import sha256_file
+    from .wmoe_clip import WMoECLIP
 
     path = Path(path)
     info, tensors = read_checkpoint(path)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TINY_BACKBONE
-from .errors import WMoEError
+from ..errors import WMoEError
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -158,7 +158,7 @@ class CLIPBackbone(nn.Module):
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as e:
                 raise BackboneError(f"{path} does not match the {name} architecture: {str(e)[:600]}") from e
-            from .contract import sha256_file
+            from ..contract import sha256_file
             self.weights_sha256 = sha256_file(path)
         self.clip = model
         self.clip.requires_grad_(False)

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .atomic import atomic_write_text, current_umask
-from .checkpoint import CheckpointError
-from .errors import output_error
-from .kill_points import KillPoints
+from ..atomic import atomic_write_text, current_umask
+from ..model.checkpoint import CheckpointError
+from ..errors import output_error
+from ..kill_points import KillPoints
 
 WEIGHTS = "last.safetensors"
 SIDECAR = "last.json"

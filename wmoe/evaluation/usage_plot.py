@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 _CELL_W, _CELL_H = 40, 18
 _LABEL_W, _EVEN_W, _HEAD_H = 56, 64, 34

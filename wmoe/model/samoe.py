@@ -47,7 +47,8 @@ class SAMoE(nn.Module):
         return torch.cat([a(g.mean(dim=(1, 2))) for a, g in zip(self.adapters, grids)], dim=-1)
 
     def route(self, x_a: Tensor):
-        """Router weights and expert indices (B, k), for the utilization statistics (wmoe.expert_health) and tests."""
+        """Router weights and expert indices (B, k), for the utilization statistics (wmoe.model.expert_health)
+        and tests."""
         return moe_router(x_a, self.router.weight, self.router.bias, self.top_k, kernels=self.kernels)
 
     def mix(self, x_a: Tensor) -> Tensor:

@@ -2,8 +2,8 @@
 
 Every option is validated while parsing (one line naming the option, exit status 2, before any work). Errors about
 the user's files (bad data, checkpoints, images) print one line and exit with status 2; ``--debug`` (before or
-after the subcommand) shows the traceback instead. The conventions live in :mod:`wmoe.cli_run` and the validators
-in :mod:`wmoe.cli_types`, shared with ``wmoe-export`` and ``wmoe-bench``.
+after the subcommand) shows the traceback instead. The conventions live in :mod:`wmoe.cli.run` and the validators
+in :mod:`wmoe.cli.types`, shared with ``wmoe-export`` and ``wmoe-bench``.
 """
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import __version__
-from .cli_run import Parser, finish, run
-from .cli_types import (device, existing_file, finite_float, non_negative_float, non_negative_int, one_of,
-                        output_dir, output_file, patch_size_of, positive_float, positive_int, unit_float)
-from .errors import UsageError
-from .reference.fusion import DEFAULT_EXPERTS_WEIGHT, DEFAULT_FUSION_WEIGHT
-from .runtime.registry import provider_help
-from .runtime.runtime import RUNTIME_PROVIDERS
+from .. import __version__
+from .run import Parser, finish, run
+from .types import (device, existing_file, finite_float, non_negative_float, non_negative_int, one_of, output_dir,
+                    output_file, patch_size_of, positive_float, positive_int, unit_float)
+from ..errors import UsageError
+from ..reference.fusion import DEFAULT_EXPERTS_WEIGHT, DEFAULT_FUSION_WEIGHT
+from ..runtime.registry import provider_help
+from ..runtime.runtime import RUNTIME_PROVIDERS
 
 
 def _formats() -> List[str]:
-    from .data.meta import list_formats
+    from ..data.meta import list_formats
     return list_formats()
 
 
@@ -31,21 +31,21 @@ def _classes(s: Optional[str]) -> Optional[List[str]]:
 
 
 def _cmd_data_meta(a: argparse.Namespace) -> int:
-    from .data import write_meta
+    from ..data import write_meta
     path = write_meta(a.root, a.format, out=a.out)
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_data_demo(a: argparse.Namespace) -> int:
-    from .data import make_demo_dataset
+    from ..data import make_demo_dataset
     root = make_demo_dataset(a.out, seed=a.seed, image_size=a.size)
     print(f"wrote the demo data set to {root} (meta.json included)")
     return 0
 
 
 def _model_cfg(a: argparse.Namespace):
-    from .config import ModelConfig
+    from ..model.config import ModelConfig
     moe = {"moe_balance": a.moe_balance, "moe_repulsion": a.moe_repulsion}  # AnomalyMoE's ESB / EIR weights
     if a.tiny:
         for opt, val in (("--backbone", a.backbone), ("--pretrained", a.pretrained)):
@@ -66,7 +66,7 @@ def _model_cfg(a: argparse.Namespace):
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from ..training.train import TrainConfig, train
     cfg = TrainConfig(a.data, out_dir=a.out, meta=a.meta, classes=_classes(a.classes), epochs=a.epochs,
                       batch_size=a.batch_size, lr=a.lr, seed=a.seed, num_workers=a.workers, device=a.device,
                       max_steps=a.max_steps, resume=a.resume, overwrite=a.overwrite,
@@ -77,7 +77,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from ..evaluation.evaluate import evaluate
     if a.write_threshold and a.reference:  # never silently not written: reference scores are in other units
         raise UsageError("--write-threshold and --reference conflict: the normal-reference mode's scores are in other "
                          "units than the checkpoint's decision; calibrate the reference-mode ONNX with wmoe calibrate")
@@ -98,8 +98,8 @@ def _open_unit_float(s: str) -> float:
 
 
 def _cmd_calibrate(a: argparse.Namespace) -> int:
-    from .calibrate import calibrate
-    from .calibration import CalibrationConfig, summary_lines
+    from ..evaluation.calibrate import calibrate
+    from ..evaluation.calibration import CalibrationConfig, summary_lines
     cfg = CalibrationConfig(method=a.method, false_reject_rate=a.false_reject_rate, defect_recall=a.defect_recall,
                             pixel_rate=a.pixel_rate, pixel=not a.no_pixel, per_class=not a.no_per_class)
     decision, written = calibrate(a.model, a.data, cfg, split=a.split, classes=_classes(a.classes),
@@ -115,7 +115,7 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def _cmd_fit_normal(a: argparse.Namespace) -> int:
-    from .reference import ReferenceConfig, fit_normal, memory_table
+    from ..reference import ReferenceConfig, fit_normal, memory_table
     cfg = ReferenceConfig(neighbourhood=a.neighbourhood, max_memory=a.max_memory, fusion_weight=a.fusion_weight,
                           experts=a.experts, experts_weight=a.experts_weight)
     ref = fit_normal(a.checkpoint, a.good_dir, a.out, cfg, classes=_classes(a.classes), k=a.k,
@@ -127,8 +127,8 @@ def _cmd_fit_normal(a: argparse.Namespace) -> int:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .contract import verdict_label
-    from .predict import predict
+    from ..contract import verdict_label
+    from ..predict import predict
     doc = predict(a.checkpoint, a.images, a.out, threshold=a.threshold, pretrained=a.pretrained, device=a.device,
                   batch_size=a.batch_size, overlays=not a.no_overlays, pixel_threshold=a.pixel_threshold,
                   class_name=a.class_name)
@@ -142,7 +142,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from ..demo import DemoConfig, run_demo
     res = run_demo(DemoConfig(out=a.out, pretrained=a.pretrained, epochs=a.epochs, lr=a.lr, seed=a.seed,
                               device=a.device, max_steps=a.max_steps))
     import shlex
@@ -155,10 +155,10 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_app(a: argparse.Namespace) -> int:
-    from .app.demo_set import DemoSet
-    from .app.scoring import open_scorer
-    from .app.server import serve
-    from .app.service import AppConfig, AppService
+    from ..app.demo_set import DemoSet
+    from ..app.scoring import open_scorer
+    from ..app.server import serve
+    from ..app.service import AppConfig, AppService
     demo = DemoSet(a.demo) if a.demo else None  # checked before the model loads: a typo fails fast
     scorer = open_scorer(a.model, provider=a.provider, threads=a.threads, pretrained=a.pretrained, device=a.device)
     cfg = AppConfig(max_upload_bytes=int(a.max_upload_mb * 1e6))

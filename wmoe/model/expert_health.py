@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from wmoe.kernels import expert_outputs_dense_ref, moe_router_probs_ref
 
 #: Per-epoch utilization written by ``wmoe train`` beside the checkpoint.
@@ -59,7 +59,7 @@ class MoERouting:
 
 
 def moe_routing(samoe, x_a: Tensor, grad_router: bool = False, grad_experts: bool = False) -> MoERouting:
-    """Route ``x_a`` (B, E) through ``samoe`` (a :class:`wmoe.samoe.SAMoE`) and run every expert on it.
+    """Route ``x_a`` (B, E) through ``samoe`` (a :class:`wmoe.model.samoe.SAMoE`) and run every expert on it.
 
     ``x_a`` is detached: with ``grad_router`` the probabilities carry a gradient to the router's weights only,
     with ``grad_experts`` the outputs to the expert MLPs only.

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import MissingDependencyError, UsageError
+from ..errors import MissingDependencyError, UsageError
 
 #: options that say how to run the command, not what it does: never in a config
 NOT_CONFIG = {"debug", "config", "print_config", "_command", "func"}
@@ -121,7 +121,7 @@ def apply_config(root: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     p, last = chosen_command(root, argv)
     if at < last or "--config" not in p._option_string_actions:
         root.error(f"--config FILE goes after the command: {root.prog} COMMAND --config FILE")
-    from .cli_types import suggest
+    from .types import suggest
 
     try:
         doc = read_config(path)

@@ -10,9 +10,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .calibration import binary_curve
-from .contract import above_threshold
+from ..contract import above_threshold
 
 _W, _H, _M = 250, 190, 34  # panel size and margin (px)
 _GOOD, _BAD, _THR, _CURVE = (46, 125, 50), (198, 40, 40), (21, 101, 192), (33, 33, 33)

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .atomic import atomic_write_text, ensure_output_dir
-from .checkpoint import load_model
-from .contract import (METHOD_F1_MAX, VERDICT_ANOMALOUS, VERDICT_NORMAL, VERDICT_UNDECIDED, CalibrationRecord,
-                       ContractError, Decision, decision_for_checkpoint, sha256_file, write_decision)
-from .data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
-from .errors import NonFiniteError
-from .expert_health import ExpertUsage, moe_routing, usage_line, usage_markdown
+from ..atomic import atomic_write_text, ensure_output_dir
+from ..model.checkpoint import load_model
+from ..contract import (METHOD_F1_MAX, VERDICT_ANOMALOUS, VERDICT_NORMAL, VERDICT_UNDECIDED, CalibrationRecord,
+                        ContractError, Decision, decision_for_checkpoint, sha256_file, write_decision)
+from ..data import AnomalyDataset, DataError, SkippedFiles, collate, read_meta
+from ..errors import NonFiniteError
+from ..model.expert_health import ExpertUsage, moe_routing, usage_line, usage_markdown
 from .metrics import MetricsTable, evaluate_class, image_metrics, smooth_maps
-from .model import WMoECLIP
+from ..model.wmoe_clip import WMoECLIP
 
 
 @torch.no_grad()
@@ -35,8 +35,8 @@ def _infer_class(model: WMoECLIP, ds: AnomalyDataset, batch_size: int, device: s
     """One class through the runtime (:class:`wmoe.torch_backend.TorchBackend`): labels, scores, maps (float16),
     masks of the images with finite outputs. An image with a NaN/inf output is a fault, as everywhere: undecided,
     appended to ``undecided`` (path, label, fault) and left out of the metrics, never an exception."""
-    from .runtime import Runtime
-    from .torch_backend import TorchBackend
+    from ..runtime import Runtime
+    from ..torch_backend import TorchBackend
 
     def observe(out) -> None:
         if usage is not None and out.moe_context is not None:
@@ -107,7 +107,7 @@ def evaluate(model_or_ckpt: Union[WMoECLIP, str, Path], data_root: Union[str, Pa
     chosen = list(classes) if classes else sorted(meta_doc["test"])
     models = {c: model for c in chosen}
     if reference is not None:
-        from .reference import NormalReference, ReferenceModel
+        from ..reference import NormalReference, ReferenceModel
         ref = reference if isinstance(reference, NormalReference) else NormalReference.load(reference, ckpt_path)
         models = {c: ReferenceModel(model, ref.get(c), ref.config, fusion_weight).eval() for c in chosen}
         store_threshold = False

@@ -2,7 +2,7 @@
 
 Defaults are the paper's: Adam, lr 2e-4, 20 epochs, batch 32. Only CTDS, WCMA and SA-MoE parameters are optimized;
 the CLIP backbone stays frozen. A checkpoint (trainable weights, safetensors) and the optimizer state (also
-safetensors) are saved after every epoch as one all-or-nothing set (:mod:`wmoe.checkpoint_set`), so ``resume``
+safetensors) are saved after every epoch as one all-or-nothing set (:mod:`wmoe.training.checkpoint_set`), so ``resume``
 continues from the last saved step even after a crash.
 Several GPUs: ``torchrun --nproc_per_node=N -m wmoe train ...`` (DistributedDataParallel; gloo on CPU).
 """
@@ -20,16 +20,16 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import checkpoint_set
-from .atomic import atomic_write_text
-from .checkpoint import CheckpointError, checkpoint_meta, read_checkpoint, write_sidecar, write_weights
-from .config import ModelConfig
-from .data import AnomalyDataset, DataError, SkippedFiles, collate
+from ..atomic import atomic_write_text
+from ..model.checkpoint import CheckpointError, checkpoint_meta, read_checkpoint, write_sidecar, write_weights
+from ..model.config import ModelConfig
+from ..data import AnomalyDataset, DataError, SkippedFiles, collate
 from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .errors import NonFiniteError, UsageError
-from .expert_health import USAGE_FILE, TrainingHealth, usage_line
-from .folder_lock import FolderLock
+from ..errors import NonFiniteError, UsageError
+from ..model.expert_health import USAGE_FILE, TrainingHealth, usage_line
+from ..folder_lock import FolderLock
 from .losses import total_loss
-from .model import WMoECLIP
+from ..model.wmoe_clip import WMoECLIP
 from .optim_state import load_optimizer, write_optimizer
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .errors import WMoEError
+from ..errors import WMoEError
 
-from .contract import PreprocessSpec
-from .image_io import pil_to_rgb_array
-from .runtime.frames import as_rgb
+from ..contract import PreprocessSpec
+from ..image_io import pil_to_rgb_array
+from ..runtime.frames import as_rgb
 
 
 class InputError(WMoEError, ValueError):

@@ -42,7 +42,7 @@ class ModelConfig:
     n_experts: int = 8
     top_k: int = 2
     expert_hidden: Optional[int] = None  # (ours) None -> embed dim
-    # Training-only regularizers from AnomalyMoE (ours; 0 = off = the paper). See wmoe/expert_health.py.
+    # Training-only regularizers from AnomalyMoE (ours; 0 = off = the paper). See wmoe/model/expert_health.py.
     moe_balance: float = 0.0  # weight of Expert Selection Balancing (Switch-style load balancing)
     moe_repulsion: float = 0.0  # weight of Expert Information Repulsion (expert output cosine similarity)
 

@@ -1,0 +1,1 @@
+"""Evaluation and decisions: the paper's metrics, zero-shot evaluation, calibration, reports."""
