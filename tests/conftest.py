@@ -48,6 +48,17 @@ def tiny_onnx(tmp_path_factory):
     return ckpt, export_onnx(ckpt, d / "m.onnx", threshold=0.25, pixel_threshold=0.5)
 
 
+def export_tiny_frames(d, seed: int, threshold: float):
+    """A tiny (56 px) model exported with in-graph preprocessing for 48x64 uint8 frames and a stored threshold."""
+    from wmoe.export.onnx_export import export_onnx
+    from wmoe.model.checkpoint import save_checkpoint
+    from wmoe.model.wmoe_clip import WMoECLIP
+
+    torch.manual_seed(seed)
+    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=56)).eval(), d / "m.safetensors")
+    return export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(48, 64), threshold=threshold)
+
+
 @pytest.fixture()
 def fresh_tiny():
     from wmoe.model.wmoe_clip import WMoECLIP

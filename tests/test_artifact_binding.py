@@ -84,17 +84,9 @@ def test_sidecar_that_contradicts_its_metadata_is_refused_at_load(tmp_path, caps
 
 @pytest.fixture(scope="module")
 def frames_onnx(tmp_path_factory):
-    import torch
+    from conftest import export_tiny_frames
 
-    from wmoe.model.checkpoint import save_checkpoint
-    from wmoe.model.config import ModelConfig
-    from wmoe.export.onnx_export import export_onnx
-    from wmoe.model.wmoe_clip import WMoECLIP
-
-    d = tmp_path_factory.mktemp("frames")
-    torch.manual_seed(2)
-    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=56)).eval(), d / "m.safetensors")
-    return export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(48, 64), threshold=1.0)
+    return export_tiny_frames(tmp_path_factory.mktemp("frames"), seed=2, threshold=1.0)
 
 
 @pytest.mark.parametrize("key,value,problem", [

@@ -102,6 +102,18 @@ def _venv_with(wheel: Path, extras, tmp: Path) -> dict:
     return {"python": py, "bin": venv / "bin", "wheel": wheel, "deps": deps, "closure": closure, "tmp": tmp}
 
 
+def _camera_on_folder(bin_dir: Path, frames, model: Path, tmp_path: Path, env, *options: str):
+    """The installed wmoe-camera on a folder of the frames (PNG), batch 2: the finished process (exit 0 checked)."""
+    src = tmp_path / "cam"
+    src.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(src / f"{i}.png")
+    r = subprocess.run([str(bin_dir / "wmoe-camera"), "--source", str(src), "--model", str(model), "--batch", "2",
+                        *options], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    return r
+
+
 def test_wheel_builds_without_warnings_and_ships_every_package_and_data_file(runtime_venv):
     """issue 22: the build printed three warnings: the deprecated `project.license` table (setuptools stops
     accepting it 2027-02-18) and 'wmoe.app.static' / 'wmoe.configs' absent from `packages`."""
@@ -155,14 +167,8 @@ assert not [m for m in ("torch", "onnx", "open_clip", "triton") if m in sys.modu
     want = Runtime.open(onnx_path).score(frames)
     np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), want.scores)
     assert r.stdout.strip() == str(want.verdicts)  # the threshold stored at export decides, no flags
-    src = tmp_path / "cam"
-    src.mkdir()
-    for i, f in enumerate(frames):
-        Image.fromarray(f).save(src / f"{i}.png")
-    r = subprocess.run([str(runtime_venv["bin"] / "wmoe-camera"), "--source", str(src), "--model", str(onnx_path),
-                        "--batch", "2", "--drop", "block", "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    r = _camera_on_folder(runtime_venv["bin"], frames, onnx_path, tmp_path, env, "--drop", "block", "--out",
+                          str(tmp_path / "out"))
     assert "final: frames 3:" in r.stdout and "dropped 0 (policy block)" in r.stdout
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     r = subprocess.run([str(runtime_venv["bin"] / "wmoe"), "train", str(tmp_path)], capture_output=True, text=True,
@@ -264,15 +270,9 @@ def test_openvino_extra_runs_the_camera_loop_without_torch(runtime_venv, frames_
     assert "openvino" in v["deps"] and not v["closure"] & MODEL_STACK
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["WMOE_OV_CACHE"] = str(tmp_path / "cache")
-    src = tmp_path / "cam"
-    src.mkdir()
     frames = np.random.default_rng(4).integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
-    for i, f in enumerate(frames):
-        Image.fromarray(f).save(src / f"{i}.png")
-    r = subprocess.run([str(v["bin"] / "wmoe-camera"), "--source", str(src), "--model", str(frames_onnx),
-                        "--provider", "openvino", "--batch", "2", "--results", str(tmp_path / "r.jsonl")],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    r = _camera_on_folder(v["bin"], frames, frames_onnx, tmp_path, env, "--provider", "openvino", "--results",
+                          str(tmp_path / "r.jsonl"))
     assert "backend: OpenVINO" in r.stdout and ", f32," in r.stdout and "final: frames 3:" in r.stdout
     code = "import sys\ntry:\n    import torch\n    sys.exit('torch importable')\nexcept ImportError:\n    pass\n"
     assert subprocess.run([str(v["python"]), "-I", "-c", code], env=env).returncode == 0

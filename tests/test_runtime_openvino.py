@@ -7,13 +7,9 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from wmoe.model.checkpoint import save_checkpoint
-from wmoe.model.config import ModelConfig
 from wmoe.contract import ContractError, CpuPrecision, ModelMeta
-from wmoe.model.wmoe_clip import WMoECLIP
 from wmoe.onnx_meta import read_onnx_metadata
 
 ov = pytest.importorskip("openvino")
@@ -25,11 +21,9 @@ ALL = ("FP32", "BF16", "INT8")
 
 @pytest.fixture(scope="module")
 def frames_onnx(tmp_path_factory):
-    from wmoe.export.onnx_export import export_onnx
-    d = tmp_path_factory.mktemp("ov")
-    torch.manual_seed(3)
-    ckpt = save_checkpoint(WMoECLIP(ModelConfig.tiny(image_size=56)).eval(), d / "m.safetensors")
-    return export_onnx(ckpt, d / "m.onnx", preprocess=True, frame_size=(48, 64), threshold=0.3)
+    from conftest import export_tiny_frames
+
+    return export_tiny_frames(tmp_path_factory.mktemp("ov"), seed=3, threshold=0.3)
 
 
 def _meta(rec=None, precision="fp32"):
