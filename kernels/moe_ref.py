@@ -52,16 +52,8 @@ def expert_mlp_ref(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) ->
     return F.gelu(x @ w1 + b1, approximate="tanh") @ w2 + b2
 
 
-def moe_experts_ref(
-    x: Tensor,
-    w_router: Tensor,
-    b_router: Tensor,
-    w1: Tensor,
-    b1: Tensor,
-    w2: Tensor,
-    b2: Tensor,
-    top_k: int,
-) -> Tensor:
+def moe_experts_ref(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                    top_k: int) -> Tensor:
     """``x_p = sum_k w_k E_k(x_a)`` (Eq. 8) for ``x (B, C)``; returns ``(B, C)`` in the dtype of ``x``.
 
     A plain loop over experts: each expert runs once on the tokens routed to it (the eager baseline the
@@ -78,16 +70,8 @@ def moe_experts_ref(
     return out.to(x.dtype)
 
 
-def moe_experts_dense_ref(
-    x: Tensor,
-    w_router: Tensor,
-    b_router: Tensor,
-    w1: Tensor,
-    b1: Tensor,
-    w2: Tensor,
-    b2: Tensor,
-    top_k: int,
-) -> Tensor:
+def moe_experts_dense_ref(x: Tensor, w_router: Tensor, b_router: Tensor, w1: Tensor, b1: Tensor, w2: Tensor,
+                          b2: Tensor, top_k: int) -> Tensor:
     """The same result as :func:`moe_experts_ref` computed densely: every expert on every token, masked combine.
 
     Host-sync free and export friendly (no data-dependent shapes); this is the form ONNX export uses.

@@ -77,13 +77,7 @@ def wcma_frequency_ref(
     return f_h * w_h + f_l
 
 
-def wcma_cross_attention_ref(
-    f_t: Tensor,
-    f_p: Tensor,
-    w_q: Tensor,
-    w_k: Tensor,
-    w_v: Tensor,
-) -> Tensor:
+def wcma_cross_attention_ref(f_t: Tensor, f_p: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor) -> Tensor:
     """Text queries over frequency-enhanced patches (Eq. 7): ``softmax(Q_T K_I^T / sqrt(C)) V_I``.
 
     Args:
@@ -103,13 +97,7 @@ def wcma_cross_attention_ref(
     return attn @ v
 
 
-def wcma_cross_attention_folded_ref(
-    f_t: Tensor,
-    f_p: Tensor,
-    w_q: Tensor,
-    w_k: Tensor,
-    w_v: Tensor,
-) -> Tensor:
+def wcma_cross_attention_folded_ref(f_t: Tensor, f_p: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor) -> Tensor:
     """Eq. 7 refactored by associativity, the form the fused kernel computes (equal to
     :func:`wcma_cross_attention_ref` in exact arithmetic):
 

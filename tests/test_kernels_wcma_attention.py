@@ -2,6 +2,7 @@
 written applied to the float64 ``F_p`` of Eq. 5-6."""
 import pytest
 import torch
+from wcma_cases import grid_cases
 
 from wmoe.kernels import dispatch
 from wmoe.kernels.spec import TARGETS, device_target
@@ -42,17 +43,7 @@ def _check(B, H, W, C, D, dtype, T=2, target=None):
     return f_t, f_p, attn
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("grid", [24, 37])
-@pytest.mark.parametrize("batch", [1, 5])
-def test_grids_batches_dtypes(grid, batch, dtype):
-    # 24 -> 144 positions in 5 tiles, 37 -> 361 in 12 (odd side: zero-padded DWT)
-    _check(batch, grid, grid, 64, 20, dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_full_width_c768_default_hidden(dtype):
-    _check(1, 24, 24, 768, 192, dtype)
+test_grids_batches_dtypes, test_full_width_c768_default_hidden = grid_cases(_check)
 
 
 def test_odd_sizes_and_other_query_counts():

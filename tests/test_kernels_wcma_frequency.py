@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from wcma_cases import grid_cases
 
 from wmoe.kernels import dispatch
 from wmoe.kernels.spec import TARGETS
@@ -34,17 +35,7 @@ def _check(B, H, W, C, D, dtype, target=None, fp32="ieee"):
     assert rel <= budget, f"{dtype} {fp32} B={B} {H}x{W} C={C}: rel err {rel:.2e}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("grid", [24, 37])
-@pytest.mark.parametrize("batch", [1, 5])
-def test_grids_batches_dtypes(grid, batch, dtype):
-    # C = 64 keeps the interpreter fast; the full width is covered below
-    _check(batch, grid, grid, 64, 20, dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_full_width_c768_default_hidden(dtype):
-    _check(1, 24, 24, 768, 192, dtype)
+test_grids_batches_dtypes, test_full_width_c768_default_hidden = grid_cases(_check)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
