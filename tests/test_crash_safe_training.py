@@ -29,7 +29,8 @@ DRIVER = textwrap.dedent(r'''
     import torch
     torch.set_num_threads(1)  # no thread pool in the parent: forking stays safe
     from safetensors.torch import load_file
-    from wmoe import checkpoint_set, kill_points
+    from wmoe import kill_points
+    from wmoe.training import checkpoint_set
     from wmoe.model.config import ModelConfig
     from wmoe.errors import WMoEError
     from wmoe.training.train import TrainConfig, train

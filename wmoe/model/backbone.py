@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .config import TINY_BACKBONE
 from ..errors import WMoEError
 
-_CONFIG_DIR = Path(__file__).parent / "configs"
+_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # wmoe/configs
 _registered = False
 
 
