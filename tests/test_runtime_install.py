@@ -183,6 +183,7 @@ assert not [m for m in ("torch", "onnx", "open_clip", "triton") if m in sys.modu
     import shutil
     model = tmp_path / "calibrated.onnx"
     shutil.copy(onnx_path, model)
+    src = tmp_path / "cam"  # the camera's folder (_camera_on_folder): frames 0-2, 6 more good ones added here
     for i in range(6, 9):  # 9 good frames: enough for a 10 % false-reject rate (n >= 1/rate - 1)
         Image.fromarray(np.roll(frames[i % 3], i, axis=1)).save(src / f"{i}.png")
     for i in range(3, 6):
